@@ -1,0 +1,57 @@
+GO ?= go
+REDIS_ADDR ?= 127.0.0.1:6379
+CLUSTER_ADDRS ?= 127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002
+
+TEST_ENV = CACHEASIDE_REDIS_ADDR=$(REDIS_ADDR) CACHEASIDE_CLUSTER_ADDRS=$(CLUSTER_ADDRS)
+
+.PHONY: test vet fmt cover cluster cluster-stop redis demo bench
+
+test: cluster
+	$(GO) vet ./...
+	@unformatted="$$(gofmt -l .)"; \
+	if [ -n "$$unformatted" ]; then \
+		echo "gofmt: these files are not formatted:"; \
+		echo "$$unformatted"; \
+		exit 1; \
+	fi
+	$(TEST_ENV) $(GO) test -race -count=1 -timeout 8m ./...
+	@if [ -f bench/go.mod ]; then \
+		echo "cd bench && $(GO) vet ./... && $(GO) test -count=1 ./..."; \
+		cd bench && $(GO) vet ./... && $(TEST_ENV) $(GO) test -count=1 ./...; \
+	fi
+	@if [ -f examples/go.mod ]; then \
+		echo "cd examples && $(GO) vet ./... && $(GO) test -count=1 ./..."; \
+		cd examples && $(GO) vet ./... && $(TEST_ENV) $(GO) test -count=1 ./...; \
+	fi
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w .
+
+cover:
+	$(TEST_ENV) $(GO) test -count=1 -coverprofile=coverage.out ./...
+	$(GO) tool cover -func=coverage.out | tail -1
+
+cluster:
+	bash scripts/cluster.sh
+
+cluster-stop:
+	bash scripts/cluster.sh stop
+
+redis:
+	bash scripts/redis.sh
+
+demo:
+	@if [ -f examples/go.mod ]; then \
+		cd examples && $(TEST_ENV) $(GO) run ./demo; \
+	else \
+		echo "demo not built yet"; \
+		exit 1; \
+	fi
+
+bench:
+	@if [ -f bench/go.mod ]; then \
+		cd bench && $(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count 1 ./...; \
+	fi

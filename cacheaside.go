@@ -1,0 +1,306 @@
+// Package cacheaside is a cache-aside layer for Go services over Redis (standalone, Sentinel,
+// Cluster) or process memory: wrap repository reads in GetOrLoad, call Invalidate after each
+// database write.
+//
+// With default options a Cache guarantees:
+//
+//  1. Stampede: any number of goroutines in any number of processes asking for one missing
+//     key cause one loader call, as long as the load finishes within its lease.
+//  2. No stale set: once Invalidate(k) has returned, a value that a loader began loading
+//     before that call is never stored for k, and a GetOrLoad(k) that starts after it
+//     returned never returns such a value.
+//  3. Fail open: when the store errors or is unreachable, GetOrLoad returns the loader's
+//     value with no error, and after a few failures stops waiting on the store at all until a
+//     background probe finds it answering again.
+//  4. Bad data: bytes at a cache key that do not decode are a miss, replaced by the next fill.
+//  5. Cancellation: a caller whose context ends gets ctx.Err() promptly; the shared load goes
+//     on for the other callers.
+//
+// The lease protocol behind 1 and 2 is described in lock.go.
+package cacheaside
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cacheaside/cacheaside/internal/breaker"
+	"github.com/cacheaside/cacheaside/internal/envelope"
+	"github.com/cacheaside/cacheaside/internal/glob"
+)
+
+// Cache is a cache-aside layer for values of type T over a Store. It is safe for concurrent
+// use. Values handed to several callers of one shared load are the same value: treat them as
+// read-only.
+type Cache[T any] struct {
+	store    Store
+	cfg      config
+	schema   uint32
+	leaseTTL time.Duration
+	tokens   *tokens
+	gens     *generations
+	breaker  *breaker.Breaker
+	warm     atomic.Bool // the store has answered once
+	lookups  *lookupShards[T] // nil for a store without round trips (MemoryStore)
+
+	mu      sync.Mutex
+	flights map[flightKey]*flight[T]
+	closed  atomic.Bool
+
+	life context.Context // cancelled by Close
+	stop context.CancelFunc
+	wg   sync.WaitGroup // flights and the breaker's prober
+}
+
+var errNilLoader = errors.New("cacheaside: nil loader")
+
+// New returns a Cache over store. It returns an error wrapping ErrInvalidOption for an invalid
+// option, and an error for a nil store.
+func New[T any](store Store, opts ...Option) (*Cache[T], error) {
+	if store == nil || (reflect.ValueOf(store).Kind() == reflect.Pointer && reflect.ValueOf(store).IsNil()) {
+		return nil, errors.New("cacheaside: nil store")
+	}
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if o == nil {
+			cfg.invalid("nil option")
+			continue
+		}
+		o(&cfg)
+	}
+	if err := cfg.err(); err != nil {
+		return nil, err
+	}
+	c := &Cache[T]{
+		store:    store,
+		cfg:      cfg,
+		schema:   envelope.Schema(cfg.codec.Name(), reflect.TypeFor[T]().String()),
+		leaseTTL: cfg.leaseTTL,
+		tokens:   newTokens(),
+		gens:     newGenerations(),
+		flights:  make(map[flightKey]*flight[T]),
+	}
+	if _, inProcess := store.(*MemoryStore); !inProcess {
+		c.lookups = newLookupShards[T]()
+	}
+	if c.leaseTTL == 0 {
+		c.leaseTTL = cfg.loadTimeout
+	}
+	c.breaker = breaker.New(cfg.breakerFailures, nil)
+	c.life, c.stop = context.WithCancel(context.Background())
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.breaker.Run(c.life, cfg.probeInterval, max(cfg.storeTimeout, cfg.connectTimeout), func(ctx context.Context) error {
+			err := store.Ping(ctx)
+			if err == nil {
+				c.warm.Store(true)
+			}
+			return err
+		})
+	}()
+	return c, nil
+}
+
+// GetOrLoad returns the value cached for key, or loads it with load, caches it and returns it.
+//
+// Concurrent callers for one missing key share one load, across processes through the store's
+// lease on the key. load runs on a context that callers' cancellation does not end, bounded by
+// the load timeout; each caller leaves when its own ctx ends. If load returns an error that
+// wraps ErrNotFound, that answer is cached for the negative TTL; any other error is returned
+// and not cached. If load panics, every caller sharing it panics with a *PanicError.
+func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.Context) (T, error)) (T, error) {
+	var zero T
+	if load == nil {
+		return zero, errNilLoader
+	}
+	if c.closed.Load() {
+		return zero, ErrClosed
+	}
+	sk := c.cfg.prefix + key
+	for {
+		if err := ctx.Err(); err != nil {
+			return zero, err
+		}
+		gen := c.gens.load(sk)
+		var f *flight[T]
+		owner := false
+		tok := "" // the lease token of a lookup that failed: the store may have granted it
+		if c.breaker.Allow() {
+			lk, lf, err := c.read(ctx, sk, gen, load)
+			if err == nil && lk.Value != nil {
+				v, notFound, ok := c.decode(lk.Value)
+				if ok {
+					if notFound {
+						return zero, ErrNotFound
+					}
+					return v, nil
+				}
+				tok = c.tokens.next()
+				if lk, err = c.leaseOver(ctx, sk, tok); err == nil && lk.Granted {
+					lf = c.startLoad(ctx, sk, tok, gen, load)
+				}
+			}
+			switch {
+			case err != nil && ctx.Err() != nil:
+				return zero, ctx.Err()
+			case err != nil:
+				var le *lookupError
+				if errors.As(err, &le) {
+					tok = le.token
+				}
+			case lk.Granted:
+				f, owner = lf, true
+			default:
+				f, owner = c.joinOrWait(ctx, sk, lk.Holder, lk.HolderTTL, gen, load)
+			}
+		}
+		if f == nil && !c.closed.Load() {
+			f, owner = c.loadWithoutStore(ctx, sk, tok, gen, load)
+		}
+		if f == nil {
+			return zero, ErrClosed
+		}
+		v, err, again := await(ctx, f, owner)
+		if !again {
+			return v, err
+		}
+	}
+}
+
+// loadWithoutStore joins or starts a load that does not wait on the store, for when the store
+// failed or its breaker is open. Loads stay coalesced per key, and a call never joins a load
+// that began before an Invalidate of its key. If tok is the token of a lookup that failed on
+// the caller's side, the store may have granted it anyway: the value is offered to the store
+// under it, which frees the other processes waiting on that lease. The callers have their
+// value already.
+func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uint64, load func(context.Context) (T, error)) (*flight[T], bool) {
+	k := flightKey{key: sk}
+	if f := c.joinable(k, gen); f != nil {
+		return f, false
+	}
+	return c.launch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+		start := time.Now()
+		f.val, f.err, f.panicked = callLoader(lctx, load)
+		if tok == "" || !c.breaker.Allow() {
+			return
+		}
+		var probe flight[T] // settle's verdict is for lease joiners; these callers have theirs
+		c.settle(lctx, &probe, sk, tok, f.val, f.err, f.panicked, time.Since(start))
+	}), true
+}
+
+// decode reads a stored entry. ok is false for anything that is not a well-formed entry of
+// this cache's codec and type.
+func (c *Cache[T]) decode(b []byte) (v T, notFound, ok bool) {
+	h, payload, ok := envelope.Decode(b, c.schema)
+	if !ok {
+		return v, false, false
+	}
+	if h.NotFound() {
+		return v, true, true
+	}
+	if err := c.cfg.codec.Unmarshal(payload, &v); err != nil {
+		var zero T
+		return zero, false, false
+	}
+	return v, false, true
+}
+
+// encode frames a loaded value (or a not-found) for the store, with its jittered TTL. ok is
+// false when it must not be stored: negative caching off, a codec error, or too large.
+func (c *Cache[T]) encode(v T, notFound bool, delta time.Duration) (data []byte, ttl time.Duration, ok bool) {
+	ttl = c.cfg.ttl
+	if notFound {
+		ttl = c.cfg.negativeTTL
+		if ttl == 0 {
+			return nil, 0, false
+		}
+	}
+	if c.cfg.jitter > 0 {
+		ttl -= time.Duration(float64(ttl) * c.cfg.jitter * rand.Float64())
+	}
+	h := envelope.Header{Expiry: time.Now().Add(ttl).UnixNano(), Delta: delta, Schema: c.schema}
+	if notFound {
+		h.Flags = envelope.FlagNotFound
+		return envelope.Encode(h, nil), ttl, true
+	}
+	payload, err := c.cfg.codec.Marshal(&v)
+	if err != nil {
+		return nil, 0, false
+	}
+	if c.cfg.maxValueSize > 0 && envelope.HeaderSize+len(payload) > c.cfg.maxValueSize {
+		return nil, 0, false
+	}
+	return envelope.Encode(h, payload), ttl, true
+}
+
+// Invalidate removes keys from the cache and voids every outstanding lease on them, so no load
+// that began before it can store its value, and no call that begins after it returns is
+// served one. Call it after each write to the source of truth. It always tries the store,
+// even with the breaker open, and returns an error if the store could not be reached: the
+// entries then live until their TTL.
+func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	sks := make([]string, len(keys))
+	for i, k := range keys {
+		sks[i] = c.cfg.prefix + k
+		c.gens.bump(sks[i]) // before the delete: stop local store-less joins early
+	}
+	_, err := storeCall(c, ctx, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, c.store.Delete(ctx, sks...)
+	})
+	for _, sk := range sks {
+		c.gens.bump(sk) // after it: a load that began in between cannot be joined either
+	}
+	if err != nil {
+		return fmt.Errorf("cacheaside: invalidate: %w", err)
+	}
+	return nil
+}
+
+// InvalidatePattern removes every entry of this cache whose key matches the Redis glob
+// pattern, and voids their leases. It matches within this cache's prefix only (the prefix's
+// own glob characters are escaped), uses SCAN on every master, never KEYS, and returns the
+// number of cached entries removed. An empty pattern is refused. It runs on ctx without the
+// store timeout: give ctx a deadline.
+func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, error) {
+	if c.closed.Load() {
+		return 0, ErrClosed
+	}
+	if pattern == "" {
+		return 0, errors.New("cacheaside: invalidate pattern: empty pattern")
+	}
+	c.gens.bumpAll()
+	n, err := c.store.DeletePattern(ctx, glob.Escape(c.cfg.prefix)+pattern)
+	c.gens.bumpAll()
+	if err != nil {
+		return n, fmt.Errorf("cacheaside: invalidate pattern: %w", err)
+	}
+	return n, nil
+}
+
+// Close stops the cache's goroutines: the store prober, and the loads in flight, whose
+// contexts it cancels. It waits for them, and leaves the store open. Calls after Close return
+// ErrClosed. Close is idempotent.
+func (c *Cache[T]) Close() error {
+	c.mu.Lock()
+	if c.closed.Swap(true) {
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.Unlock()
+	c.stop()
+	c.wg.Wait()
+	return nil
+}

@@ -1,0 +1,148 @@
+package cacheaside
+
+import (
+	"context"
+	"errors"
+	"runtime/debug"
+	"time"
+)
+
+// A flight is one shared resolution of a key in this process: a load under a lease this
+// process holds, a wait for another process's lease, or (with the store unusable) a bare
+// load. Callers join a flight only when the store has just told them its lease is live
+// (flightKey.token), or, without the store, when no Invalidate of the key has happened since
+// the flight began (gen). Either way the flight's result is no older than the caller.
+type flight[T any] struct {
+	done chan struct{}
+
+	// Set before done is closed.
+	val      T
+	err      error
+	panicked *PanicError
+	retry    bool // the store did not take the value: joiners must read again
+	loaded   bool // val and err come from a load under a lease granted after the owner began
+
+	gen  uint64      // invalidation generation at start, for store-less joins
+	regs []flightKey // where it is registered in Cache.flights
+}
+
+type flightKey struct {
+	key   string // store key
+	token string // lease token; "" for a store-less flight
+}
+
+// errLoaderExit is the error of a load whose loader called runtime.Goexit.
+var errLoaderExit = errors.New("cacheaside: loader called runtime.Goexit")
+
+// register makes f joinable under k. The caller holds c.mu.
+func (c *Cache[T]) register(f *flight[T], k flightKey) {
+	c.flights[k] = f
+	f.regs = append(f.regs, k)
+}
+
+// launch registers a new flight under k and runs fn for it; see launchMany.
+func (c *Cache[T]) launch(ctx context.Context, k flightKey, gen uint64, timeout time.Duration, fn func(ctx context.Context, f *flight[T])) *flight[T] {
+	fs := c.launchMany(ctx, []flightKey{k}, []uint64{gen}, timeout, func(ctx context.Context, fs []*flight[T]) {
+		fn(ctx, fs[0])
+	})
+	if fs == nil {
+		return nil
+	}
+	return fs[0]
+}
+
+// launchMany registers one new flight per key and runs fn for all of them on one goroutine the
+// Cache owns, with a context detached from ctx's cancellation, bounded by timeout, and
+// cancelled by Close. The flights complete when fn returns. It returns nil after Close.
+func (c *Cache[T]) launchMany(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, fn func(ctx context.Context, fs []*flight[T])) []*flight[T] {
+	fs := make([]*flight[T], len(keys))
+	for i := range fs {
+		fs[i] = &flight[T]{done: make(chan struct{}), gen: gens[i]}
+	}
+	c.mu.Lock()
+	if c.closed.Load() {
+		c.mu.Unlock()
+		return nil
+	}
+	for i, f := range fs {
+		c.register(f, keys[i])
+	}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+		stop := context.AfterFunc(c.life, cancel)
+		completed := false
+		defer func() {
+			stop()
+			cancel()
+			c.mu.Lock()
+			for _, f := range fs {
+				if !completed && f.panicked == nil {
+					f.err, f.retry = errLoaderExit, false
+				}
+				for _, r := range f.regs {
+					if c.flights[r] == f {
+						delete(c.flights, r)
+					}
+				}
+			}
+			c.mu.Unlock()
+			for _, f := range fs {
+				close(f.done)
+			}
+		}()
+		fn(lctx, fs)
+		completed = true
+	}()
+	return fs
+}
+
+// joinable returns the flight registered under k, if any. For a store-less key it must also
+// have begun at generation gen.
+func (c *Cache[T]) joinable(k flightKey, gen uint64) *flight[T] {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := c.flights[k]
+	if f != nil && k.token == "" && f.gen != gen {
+		return nil
+	}
+	return f
+}
+
+// await waits for f or for ctx. owner is true for the caller that started f: it takes the
+// value even when the store refused it (its load began after the call did). It reports
+// again=true when the caller must read the store again.
+func await[T any](ctx context.Context, f *flight[T], owner bool) (v T, err error, again bool) {
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return v, ctx.Err(), false
+	}
+	if f.panicked != nil {
+		panic(f.panicked)
+	}
+	if f.retry && !(owner && f.loaded) {
+		return v, nil, true
+	}
+	return f.val, f.err, false
+}
+
+// callLoader runs load, turning a panic into a *PanicError. A Goexit ends the calling
+// goroutine; launch reports it as errLoaderExit.
+func callLoader[R any](ctx context.Context, load func(context.Context) (R, error)) (v R, err error, pe *PanicError) {
+	normal := false
+	func() {
+		defer func() {
+			if !normal {
+				if r := recover(); r != nil {
+					pe = &PanicError{Value: r, Stack: debug.Stack()}
+				}
+			}
+		}()
+		v, err = load(ctx)
+		normal = true
+	}()
+	return v, err, pe
+}

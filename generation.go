@@ -1,0 +1,30 @@
+package cacheaside
+
+import (
+	"hash/maphash"
+	"sync/atomic"
+)
+
+// generations counts invalidations per stripe of keys, plus an epoch for pattern
+// invalidations. A flight records the sum when it begins; a caller without the store joins it
+// only if the sum is unchanged, that is, if no invalidation that may cover its key happened
+// since. Both counters only grow, so the sum changes whenever either does.
+type generations struct {
+	seed    maphash.Seed
+	epoch   atomic.Uint64
+	stripes [1024]atomic.Uint64
+}
+
+func newGenerations() *generations {
+	return &generations{seed: maphash.MakeSeed()}
+}
+
+func (g *generations) stripe(key string) *atomic.Uint64 {
+	return &g.stripes[maphash.String(g.seed, key)%uint64(len(g.stripes))]
+}
+
+func (g *generations) load(key string) uint64 { return g.epoch.Load() + g.stripe(key).Load() }
+
+func (g *generations) bump(key string) { g.stripe(key).Add(1) }
+
+func (g *generations) bumpAll() { g.epoch.Add(1) }

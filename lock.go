@@ -1,0 +1,210 @@
+package cacheaside
+
+// The lease protocol, after Facebook's memcache leases (Nishtala et al., NSDI 2013).
+//
+//	caller                         store (one atomic script per key)
+//	------                         ---------------------------------
+//	GetOrLease(k, tok) ─────────▶  value?      ─▶ hit: return it
+//	                               live lease? ─▶ held by L: wait for L's fill (poll with
+//	                                              backoff; join L's flight if it is ours)
+//	                               else        ─▶ grant tok (PX = lease TTL)
+//	load from the database
+//	Fill(k, tok, value) ────────▶  stored only if k's lease is still tok
+//	Invalidate(k) ──────────────▶  delete value and lease: every outstanding token is void,
+//	                               so a load that began before it can never store its value
+//
+// Tokens are per load, never per process. Each call asks the store itself before joining any
+// flight in this process, so a call that begins after an Invalidate never joins a load that
+// began before it. A fill the store refused is not handed to callers who joined: they read
+// again.
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"math/rand/v2"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// tokens issues lease tokens unique across processes: a random instance id and a counter.
+type tokens struct {
+	id  string
+	seq atomic.Uint64
+}
+
+func newTokens() *tokens {
+	var b [8]byte
+	_, _ = crand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	return &tokens{id: hex.EncodeToString(b[:]) + ":"}
+}
+
+func (t *tokens) next() string {
+	return t.id + strconv.FormatUint(t.seq.Add(1), 36)
+}
+
+// storeCall runs one store operation bounded by the store timeout (the connect timeout until
+// the store has answered once) and tells the breaker how it went. A failure caused by the
+// caller's own context is not the store's.
+func storeCall[T, R any](c *Cache[T], ctx context.Context, op func(context.Context) (R, error)) (R, error) {
+	warm := c.warm.Load()
+	timeout := c.cfg.storeTimeout
+	if !warm {
+		timeout = max(timeout, c.cfg.connectTimeout)
+	}
+	octx, cancel := context.WithTimeout(ctx, timeout)
+	r, err := op(octx)
+	cancel()
+	switch {
+	case err == nil:
+		c.breaker.Success()
+		if !warm {
+			c.warm.Store(true)
+		}
+	case ctx.Err() != nil:
+		// the caller left; that says nothing of the store
+	case !warm:
+		c.breaker.Trip()
+	default:
+		c.breaker.Failure()
+	}
+	return r, err
+}
+
+// lookup is the read-or-lease every call starts with. When the key holds a value that does
+// not decode (or must be replaced), it asks for a lease over it.
+func (c *Cache[T]) lookup(ctx context.Context, sk, tok string) (Lookup, error) {
+	return storeCall(c, ctx, func(ctx context.Context) (Lookup, error) {
+		return c.store.GetOrLease(ctx, sk, tok, c.leaseTTL)
+	})
+}
+
+// leaseOver takes a lease on a key whose value must be replaced.
+func (c *Cache[T]) leaseOver(ctx context.Context, sk, tok string) (Lookup, error) {
+	return storeCall(c, ctx, func(ctx context.Context) (Lookup, error) {
+		return c.store.Lease(ctx, sk, tok, c.leaseTTL)
+	})
+}
+
+// release ends tok's lease at once (loader error or panic, value not storable) and reports
+// whether tok still held it. It runs on the flight's context, detached from callers.
+func (c *Cache[T]) release(ctx context.Context, sk, tok string) (bool, error) {
+	return storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) (bool, error) {
+		return c.store.Release(ctx, sk, tok)
+	})
+}
+
+// settle decides what a finished load leaves in f and in the store, for a single key loaded
+// under tok: a value or a not-found is filled (if the lease is still tok's), anything else
+// releases the lease.
+func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T, err error, pe *PanicError, delta time.Duration) {
+	switch {
+	case pe != nil:
+		f.panicked = pe
+		_, _ = c.release(ctx, sk, tok)
+		return
+	case err != nil && !errors.Is(err, ErrNotFound):
+		f.err = err
+		_, _ = c.release(ctx, sk, tok)
+		return
+	}
+	f.val, f.err, f.loaded = v, err, true
+	data, ttl, ok := c.encode(v, err != nil, delta)
+	if !ok {
+		held, rerr := c.release(ctx, sk, tok)
+		f.retry = !held || rerr != nil
+		return
+	}
+	stored, ferr := storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) (bool, error) {
+		return c.store.Fill(ctx, sk, tok, data, ttl)
+	})
+	f.retry = !stored || ferr != nil
+}
+
+// loadUnder runs load for one key under the lease tok and settles the result.
+func (c *Cache[T]) loadUnder(ctx context.Context, f *flight[T], sk, tok string, load func(context.Context) (T, error)) {
+	start := time.Now()
+	v, err, pe := callLoader(ctx, load)
+	c.settle(ctx, f, sk, tok, v, err, pe, time.Since(start))
+}
+
+// startLoad starts the flight of a caller that was just granted the lease tok.
+func (c *Cache[T]) startLoad(ctx context.Context, sk, tok string, gen uint64, load func(context.Context) (T, error)) *flight[T] {
+	return c.launch(ctx, flightKey{sk, tok}, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+		c.loadUnder(lctx, f, sk, tok, load)
+	})
+}
+
+// joinOrWait returns the flight of holder's lease: this process's own if holder is one of its
+// loads, else a new flight that waits for the holder's fill.
+func (c *Cache[T]) joinOrWait(ctx context.Context, sk, holder string, holderTTL time.Duration, gen uint64, load func(context.Context) (T, error)) (f *flight[T], owner bool) {
+	k := flightKey{sk, holder}
+	if f := c.joinable(k, gen); f != nil {
+		return f, false
+	}
+	return c.launch(ctx, k, gen, c.leaseTTL+2*c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+		c.waitLease(lctx, f, sk, holderTTL, load)
+	}), true
+}
+
+// waitLease polls the store, with backoff never past the holder's lease, until the key holds
+// a value, or the lease is gone and this flight is granted its own (then it loads). If the
+// key stays leased for longer than a lease and a load together, it loads without storing.
+func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holderTTL time.Duration, load func(context.Context) (T, error)) {
+	giveUp := time.Now().Add(c.leaseTTL + c.cfg.loadTimeout)
+	backoff := c.cfg.leaseWaitMin
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		sleep := backoff
+		if holderTTL > 0 && holderTTL+time.Millisecond < sleep {
+			sleep = holderTTL + time.Millisecond
+		}
+		sleep = sleep/2 + rand.N(sleep/2+1) // jitter, so waiters of many processes spread out
+		timer.Reset(sleep)
+		select {
+		case <-ctx.Done():
+			f.err = ctx.Err()
+			return
+		case <-timer.C:
+		}
+		backoff = min(backoff*2, c.cfg.leaseWaitMax)
+
+		tok := c.tokens.next()
+		lk, err := c.lookup(ctx, sk, tok)
+		if err == nil && lk.Value != nil {
+			v, nf, ok := c.decode(lk.Value)
+			if ok {
+				f.val = v
+				if nf {
+					f.err = ErrNotFound
+				}
+				return
+			}
+			lk, err = c.leaseOver(ctx, sk, tok)
+		}
+		switch {
+		case err != nil:
+			f.retry = true // the store failed: callers read again, and go without it
+			return
+		case lk.Granted:
+			c.mu.Lock()
+			c.register(f, flightKey{sk, tok})
+			c.mu.Unlock()
+			lctx, cancel := context.WithTimeout(ctx, c.cfg.loadTimeout)
+			defer cancel()
+			c.loadUnder(lctx, f, sk, tok, load)
+			return
+		}
+		holderTTL = lk.HolderTTL
+		if time.Now().After(giveUp) {
+			lctx, cancel := context.WithTimeout(ctx, c.cfg.loadTimeout)
+			defer cancel()
+			v, err, pe := callLoader(lctx, load)
+			f.val, f.err, f.panicked, f.loaded = v, err, pe, true
+			return
+		}
+	}
+}

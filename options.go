@@ -1,0 +1,251 @@
+package cacheaside
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// Defaults of the options. Each option's doc repeats its default.
+const (
+	DefaultTTL             = 5 * time.Minute
+	DefaultNegativeTTL     = 10 * time.Second
+	DefaultPrefix          = "cacheaside:"
+	DefaultTTLJitter       = 0.1
+	DefaultLoadTimeout     = 10 * time.Second
+	DefaultStoreTimeout    = 50 * time.Millisecond
+	DefaultConnectTimeout  = 500 * time.Millisecond
+	DefaultMaxValueSize    = 1 << 20
+	DefaultBreakerFailures = 5
+	DefaultProbeInterval   = 500 * time.Millisecond
+	DefaultLeaseWaitMin    = 2 * time.Millisecond
+	DefaultLeaseWaitMax    = 100 * time.Millisecond
+)
+
+// Option configures a Cache. Options are checked by New, which reports every invalid one.
+type Option func(*config)
+
+type config struct {
+	ttl             time.Duration
+	negativeTTL     time.Duration
+	prefix          string
+	beta            float64
+	localMax        int
+	localTTL        time.Duration
+	jitter          float64
+	loadTimeout     time.Duration
+	leaseTTL        time.Duration // 0: loadTimeout
+	storeTimeout    time.Duration
+	connectTimeout  time.Duration
+	maxValueSize    int
+	codec           Codec
+	breakerFailures int
+	probeInterval   time.Duration
+	leaseWaitMin    time.Duration
+	leaseWaitMax    time.Duration
+	errs            []error
+}
+
+func defaultConfig() config {
+	return config{
+		ttl:             DefaultTTL,
+		negativeTTL:     DefaultNegativeTTL,
+		prefix:          DefaultPrefix,
+		jitter:          DefaultTTLJitter,
+		loadTimeout:     DefaultLoadTimeout,
+		storeTimeout:    DefaultStoreTimeout,
+		connectTimeout:  DefaultConnectTimeout,
+		maxValueSize:    DefaultMaxValueSize,
+		codec:           JSONCodec{},
+		breakerFailures: DefaultBreakerFailures,
+		probeInterval:   DefaultProbeInterval,
+		leaseWaitMin:    DefaultLeaseWaitMin,
+		leaseWaitMax:    DefaultLeaseWaitMax,
+	}
+}
+
+func (c *config) invalid(format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidOption}, args...)...))
+}
+
+func (c *config) err() error { return errors.Join(c.errs...) }
+
+func (c *config) positive(name string, d time.Duration) bool {
+	if d <= 0 {
+		c.invalid("%s must be positive, got %v", name, d)
+		return false
+	}
+	return true
+}
+
+// WithTTL sets the lifetime of a cached value. Default: DefaultTTL (5 minutes). It must be
+// positive. The stored lifetime is shortened by up to the jitter fraction (WithTTLJitter).
+func WithTTL(d time.Duration) Option {
+	return func(c *config) {
+		if c.positive("TTL", d) {
+			c.ttl = d
+		}
+	}
+}
+
+// WithPrefix sets the namespace of every key this cache writes: the store key is prefix+key.
+// InvalidatePattern never reaches outside it. Default: DefaultPrefix ("cacheaside:"). Give
+// each Cache of a distinct type its own prefix.
+func WithPrefix(p string) Option {
+	return func(c *config) { c.prefix = p }
+}
+
+// WithNegativeTTL sets the lifetime of a cached ErrNotFound. 0 disables negative caching.
+// Default: DefaultNegativeTTL (10 seconds). It must not be negative.
+func WithNegativeTTL(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.invalid("negative TTL must not be negative, got %v", d)
+			return
+		}
+		c.negativeTTL = d
+	}
+}
+
+// WithEarlyRefresh turns on XFetch probabilistic early refresh (see xfetch.go) with the given
+// beta: each hit refreshes the value in the background, under a lease, with a probability
+// that grows as its expiry nears and with how long its load took. 1 is the paper's
+// recommended value; larger refreshes earlier. 0 disables. Default: 0 (off). It must not be
+// negative.
+func WithEarlyRefresh(beta float64) Option {
+	return func(c *config) {
+		if beta < 0 || math.IsNaN(beta) || math.IsInf(beta, 0) {
+			c.invalid("early refresh beta must be finite and >= 0, got %v", beta)
+			return
+		}
+		c.beta = beta
+	}
+}
+
+// WithLocalCache puts an in-process cache of up to maxEntries decoded values, each kept for
+// at most ttl, in front of the store. Default: none. maxEntries and ttl must be positive.
+func WithLocalCache(maxEntries int, ttl time.Duration) Option {
+	return func(c *config) {
+		if maxEntries <= 0 {
+			c.invalid("local cache size must be positive, got %d", maxEntries)
+			return
+		}
+		if c.positive("local cache TTL", ttl) {
+			c.localMax, c.localTTL = maxEntries, ttl
+		}
+	}
+}
+
+// WithTTLJitter shortens each stored TTL by a random fraction in [0, f), so that keys filled
+// together do not expire together. 0 disables. Default: DefaultTTLJitter (0.1, up to 10%
+// shorter). It must be in [0, 1).
+func WithTTLJitter(f float64) Option {
+	return func(c *config) {
+		if !(f >= 0 && f < 1) {
+			c.invalid("TTL jitter must be in [0, 1), got %v", f)
+			return
+		}
+		c.jitter = f
+	}
+}
+
+// WithLoadTimeout bounds a shared load: the loader runs on a context detached from its
+// callers' cancellation (context.WithoutCancel of the first caller's context) with this
+// timeout. Default: DefaultLoadTimeout (10 seconds). It must be positive.
+func WithLoadTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if c.positive("load timeout", d) {
+			c.loadTimeout = d
+		}
+	}
+}
+
+// WithLeaseTTL sets how long a lease guards a load. A load that outlives its lease loses the
+// right to fill and the next caller takes over, so keep it at least the load timeout.
+// Default: the load timeout (WithLoadTimeout). It must be positive.
+func WithLeaseTTL(d time.Duration) Option {
+	return func(c *config) {
+		if c.positive("lease TTL", d) {
+			c.leaseTTL = d
+		}
+	}
+}
+
+// WithStoreTimeout bounds each store operation a caller waits on. When it passes, the
+// operation counts as a failure and the caller goes on without the store (fail open).
+// Default: DefaultStoreTimeout (50 milliseconds). It must be positive.
+func WithStoreTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if c.positive("store timeout", d) {
+			c.storeTimeout = d
+		}
+	}
+}
+
+// WithConnectTimeout bounds each store operation until the store has answered once, while
+// the client is still dialling its connections (a cold pool under a burst is slower than any
+// steady-state operation), and the first failure in that state opens the circuit breaker at
+// once: a store that never answered costs each caller at most this, once. It is never
+// shorter than the store timeout. Default: DefaultConnectTimeout (500 milliseconds). It must
+// be positive.
+func WithConnectTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if c.positive("connect timeout", d) {
+			c.connectTimeout = d
+		}
+	}
+}
+
+// WithMaxValueSize sets the largest encoded value (envelope included) the cache stores, in
+// bytes. Larger values are returned to callers but not stored. 0 means no limit. Default:
+// DefaultMaxValueSize (1 MiB). It must not be negative.
+func WithMaxValueSize(n int) Option {
+	return func(c *config) {
+		if n < 0 {
+			c.invalid("max value size must not be negative, got %d", n)
+			return
+		}
+		c.maxValueSize = n
+	}
+}
+
+// WithCodec sets how values are encoded. Default: JSONCodec.
+func WithCodec(codec Codec) Option {
+	return func(c *config) {
+		if codec == nil {
+			c.invalid("codec must not be nil")
+			return
+		}
+		c.codec = codec
+	}
+}
+
+// WithCircuitBreaker sets after how many consecutive store failures the cache stops using the
+// store, and how often it then probes the store in the background; the first probe that
+// succeeds puts the store back in use. Defaults: DefaultBreakerFailures (5) and
+// DefaultProbeInterval (500 milliseconds). Both must be positive.
+func WithCircuitBreaker(failures int, probeInterval time.Duration) Option {
+	return func(c *config) {
+		if failures <= 0 {
+			c.invalid("breaker failures must be positive, got %d", failures)
+			return
+		}
+		if c.positive("breaker probe interval", probeInterval) {
+			c.breakerFailures, c.probeInterval = failures, probeInterval
+		}
+	}
+}
+
+// WithLeaseWait sets the backoff of a caller waiting for another process's lease: it polls
+// the store after min, doubling up to max, never past the lease's own expiry. Defaults:
+// DefaultLeaseWaitMin (2 ms) and DefaultLeaseWaitMax (100 ms). 0 < min <= max.
+func WithLeaseWait(min, max time.Duration) Option {
+	return func(c *config) {
+		if min <= 0 || max < min {
+			c.invalid("lease wait needs 0 < min <= max, got %v, %v", min, max)
+			return
+		}
+		c.leaseWaitMin, c.leaseWaitMax = min, max
+	}
+}

@@ -1,0 +1,425 @@
+package cacheaside
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cacheaside/cacheaside/internal/slot"
+	"github.com/redis/go-redis/v9"
+)
+
+var _ Store = (*RedisStore)(nil)
+
+// RedisStore keeps entries in Redis: standalone, Sentinel (a failover client), Cluster or
+// Ring, through any redis.UniversalClient.
+//
+// Each entry is one hash at the cache key, with the encoded value in field "v" and the lease
+// token in field "t" (and its expiry, server time, in "e" when it guards a refresh of a
+// present value). Every read-or-lease, fill and release is one Lua script on one key, so
+// every script touches a single hash slot and works on Cluster. Expiry of values and of
+// leases is Redis's (PEXPIRE and the server's TIME); client clocks never decide who holds a
+// lease.
+//
+// Bounding time: go-redis honours a context's deadline only on clients built with
+// ContextTimeoutEnabled. For any other client (the default), each operation runs on its own
+// goroutine and the caller leaves at the deadline Cache gives it (WithStoreTimeout), so a
+// hung Redis costs callers at most that timeout. Build the client with
+// ContextTimeoutEnabled: true to skip the goroutine.
+type RedisStore struct {
+	client  redis.UniversalClient
+	trusted bool // the client enforces context deadlines itself
+	cluster *redis.ClusterClient
+	ring    *redis.Ring
+}
+
+// RedisOption configures a RedisStore.
+type RedisOption func(*RedisStore)
+
+// WithContextDeadlines says whether the client enforces context deadlines on its network I/O
+// (redis.Options.ContextTimeoutEnabled). When it does, operations run on the caller's
+// goroutine. Default: read from the client's options for *redis.Client and
+// *redis.ClusterClient, false for any other client.
+func WithContextDeadlines(enforced bool) RedisOption {
+	return func(s *RedisStore) { s.trusted = enforced }
+}
+
+// NewRedisStore returns a Store over client. The store does not own the client: closing the
+// Cache leaves it open.
+func NewRedisStore(client redis.UniversalClient, opts ...RedisOption) *RedisStore {
+	s := &RedisStore{client: client}
+	switch c := client.(type) {
+	case *redis.Client:
+		s.trusted = c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		s.trusted = c.Options().ContextTimeoutEnabled
+		s.cluster = c
+	case *redis.Ring:
+		s.ring = c
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Replies of getOrLease and lease: {1, value} | {2, holder, holderTTLms} | {3} granted.
+const (
+	replyValue   = 1
+	replyHeld    = 2
+	replyGranted = 3
+)
+
+// A key that is not a hash (garbage written by someone else) is deleted and treated as empty.
+var getOrLeaseScript = redis.NewScript(`
+local r = redis.pcall('HMGET', KEYS[1], 'v', 't')
+if r.err then
+  redis.call('DEL', KEYS[1])
+  r = {false, false}
+end
+if r[1] then return {1, r[1]} end
+if r[2] then return {2, r[2], redis.call('PTTL', KEYS[1])} end
+redis.call('HSET', KEYS[1], 't', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {3}
+`)
+
+var leaseScript = redis.NewScript(`
+local r = redis.pcall('HMGET', KEYS[1], 'v', 't', 'e')
+if r.err then
+  redis.call('DEL', KEYS[1])
+  r = {false, false, false}
+end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if r[2] then
+  if not r[1] then return {2, r[2], redis.call('PTTL', KEYS[1])} end
+  local left = (tonumber(r[3]) or 0) - ms
+  if left > 0 then return {2, r[2], left} end
+end
+redis.call('HSET', KEYS[1], 't', ARGV[1], 'e', string.format('%d', ms + tonumber(ARGV[2])))
+if not r[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {3}
+`)
+
+var fillScript = redis.NewScript(`
+if redis.pcall('HGET', KEYS[1], 't') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+`)
+
+var releaseScript = redis.NewScript(`
+if redis.pcall('HGET', KEYS[1], 't') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'v') == 1 then
+  redis.call('HDEL', KEYS[1], 't', 'e')
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+`)
+
+// Deletes a key and returns 1 if it held a value (or was not a hash at all), 0 for a bare lease.
+var deleteCountScript = redis.NewScript(`
+local r = redis.pcall('HEXISTS', KEYS[1], 'v')
+local n = 0
+if type(r) == 'table' then
+  n = redis.call('EXISTS', KEYS[1])
+elseif r == 1 then
+  n = 1
+end
+redis.call('UNLINK', KEYS[1])
+return n
+`)
+
+// guard runs f within ctx's deadline even when the client ignores deadlines (see RedisStore).
+func guard[R any](ctx context.Context, trusted bool, f func(context.Context) (R, error)) (R, error) {
+	if _, ok := ctx.Deadline(); trusted || !ok {
+		return f(ctx)
+	}
+	type result struct {
+		r   R
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		r, err := f(ctx)
+		ch <- result{r, err}
+	}()
+	select {
+	case res := <-ch:
+		return res.r, res.err
+	case <-ctx.Done():
+		var zero R
+		return zero, context.Cause(ctx)
+	}
+}
+
+func ms(d time.Duration) int64 {
+	m := d.Milliseconds()
+	if m < 1 {
+		m = 1
+	}
+	return m
+}
+
+// GetOrLease implements Store.
+func (s *RedisStore) GetOrLease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error) {
+	return guard(ctx, s.trusted, func(ctx context.Context) (Lookup, error) {
+		return parseLookup(getOrLeaseScript.Run(ctx, s.client, []string{key}, token, ms(leaseTTL)))
+	})
+}
+
+// Lease implements Store.
+func (s *RedisStore) Lease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error) {
+	return guard(ctx, s.trusted, func(ctx context.Context) (Lookup, error) {
+		return parseLookup(leaseScript.Run(ctx, s.client, []string{key}, token, ms(leaseTTL)))
+	})
+}
+
+func parseLookup(cmd *redis.Cmd) (Lookup, error) {
+	reply, err := cmd.Slice()
+	if err != nil {
+		return Lookup{}, err
+	}
+	if len(reply) == 0 {
+		return Lookup{}, errors.New("empty script reply")
+	}
+	code, _ := reply[0].(int64)
+	switch {
+	case code == replyValue && len(reply) == 2:
+		v, ok := reply[1].(string)
+		if !ok {
+			return Lookup{}, fmt.Errorf("unexpected value type %T", reply[1])
+		}
+		return Lookup{Value: []byte(v)}, nil
+	case code == replyHeld && len(reply) == 3:
+		h, _ := reply[1].(string)
+		ttl, _ := reply[2].(int64)
+		return Lookup{Holder: h, HolderTTL: time.Duration(max(ttl, 0)) * time.Millisecond}, nil
+	case code == replyGranted:
+		return Lookup{Granted: true}, nil
+	}
+	return Lookup{}, fmt.Errorf("unexpected script reply %v", reply)
+}
+
+// GetOrLeaseMany implements Store: one pipeline, so one round trip per node.
+func (s *RedisStore) GetOrLeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error) {
+	return guard(ctx, s.trusted, func(ctx context.Context) ([]Lookup, error) {
+		cmds, err := s.pipelineScript(ctx, getOrLeaseScript, len(keys), func(i int) ([]string, []any) {
+			return []string{keys[i]}, []any{token, ms(leaseTTL)}
+		})
+		if err != nil {
+			return nil, err
+		}
+		out := make([]Lookup, len(keys))
+		for i, cmd := range cmds {
+			if out[i], err = parseLookup(cmd); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	})
+}
+
+// pipelineScript runs script n times in one pipeline, and reloads it and retries the commands
+// that found it missing (NOSCRIPT after a restart or on a node that never saw it).
+func (s *RedisStore) pipelineScript(ctx context.Context, script *redis.Script, n int, args func(i int) ([]string, []any)) ([]*redis.Cmd, error) {
+	run := func(idx []int) ([]*redis.Cmd, error) {
+		pipe := s.client.Pipeline()
+		cmds := make([]*redis.Cmd, len(idx))
+		for j, i := range idx {
+			k, a := args(i)
+			cmds[j] = script.EvalSha(ctx, pipe, k, a...)
+		}
+		_, err := pipe.Exec(ctx)
+		if err != nil && !errors.Is(err, redis.Nil) && !isNoScript(err) {
+			return nil, err
+		}
+		return cmds, nil
+	}
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	cmds, err := run(all)
+	if err != nil {
+		return nil, err
+	}
+	var missing []int
+	for i, c := range cmds {
+		if isNoScript(c.Err()) {
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) > 0 {
+		if err := script.Load(ctx, s.client).Err(); err != nil {
+			return nil, err
+		}
+		again, err := run(missing)
+		if err != nil {
+			return nil, err
+		}
+		for j, i := range missing {
+			cmds[i] = again[j]
+		}
+	}
+	return cmds, nil
+}
+
+func isNoScript(err error) bool {
+	return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT")
+}
+
+// Fill implements Store.
+func (s *RedisStore) Fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error) {
+	return guard(ctx, s.trusted, func(ctx context.Context) (bool, error) {
+		n, err := fillScript.Run(ctx, s.client, []string{key}, token, value, ms(ttl)).Int()
+		return n == 1, err
+	})
+}
+
+// FillMany implements Store: one pipeline, so one round trip per node.
+func (s *RedisStore) FillMany(ctx context.Context, token string, entries []FillEntry) ([]bool, error) {
+	return guard(ctx, s.trusted, func(ctx context.Context) ([]bool, error) {
+		cmds, err := s.pipelineScript(ctx, fillScript, len(entries), func(i int) ([]string, []any) {
+			e := entries[i]
+			return []string{e.Key}, []any{token, e.Value, ms(e.TTL)}
+		})
+		if err != nil {
+			return nil, err
+		}
+		out := make([]bool, len(entries))
+		for i, c := range cmds {
+			n, err := c.Int()
+			if err != nil {
+				return nil, err
+			}
+			out[i] = n == 1
+		}
+		return out, nil
+	})
+}
+
+// Release implements Store.
+func (s *RedisStore) Release(ctx context.Context, key, token string) (bool, error) {
+	return guard(ctx, s.trusted, func(ctx context.Context) (bool, error) {
+		n, err := releaseScript.Run(ctx, s.client, []string{key}, token).Int()
+		return n == 1, err
+	})
+}
+
+// Delete implements Store. On a standalone or Sentinel client it is one UNLINK; on Cluster,
+// one UNLINK per hash slot, pipelined, so one round trip per node.
+func (s *RedisStore) Delete(ctx context.Context, keys ...string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	_, err := guard(ctx, s.trusted, func(ctx context.Context) (struct{}, error) {
+		switch {
+		case s.cluster != nil:
+			bySlot := make(map[int][]string)
+			for _, k := range keys {
+				sl := slot.Of(k)
+				bySlot[sl] = append(bySlot[sl], k)
+			}
+			pipe := s.client.Pipeline()
+			for _, ks := range bySlot {
+				pipe.Unlink(ctx, ks...)
+			}
+			_, err := pipe.Exec(ctx)
+			return struct{}{}, err
+		case s.ring != nil:
+			pipe := s.client.Pipeline()
+			for _, k := range keys {
+				pipe.Unlink(ctx, k)
+			}
+			_, err := pipe.Exec(ctx)
+			return struct{}{}, err
+		default:
+			return struct{}{}, s.client.Unlink(ctx, keys...).Err()
+		}
+	})
+	return err
+}
+
+// DeletePattern implements Store with SCAN (never KEYS) on every master (every shard of a
+// Ring), deleting each page of matches in one pipeline.
+func (s *RedisStore) DeletePattern(ctx context.Context, pattern string) (int, error) {
+	return guard(ctx, s.trusted, func(ctx context.Context) (int, error) {
+		var total int
+		var mu sync.Mutex
+		scan := func(ctx context.Context, c *redis.Client) error {
+			var cursor uint64
+			for {
+				keys, next, err := c.Scan(ctx, cursor, pattern, 512).Result()
+				if err != nil {
+					return err
+				}
+				if len(keys) > 0 {
+					n, err := deleteCounting(ctx, c, keys)
+					if err != nil {
+						return err
+					}
+					mu.Lock()
+					total += n
+					mu.Unlock()
+				}
+				if next == 0 {
+					return nil
+				}
+				cursor = next
+			}
+		}
+		var err error
+		switch {
+		case s.cluster != nil:
+			err = s.cluster.ForEachMaster(ctx, scan)
+		case s.ring != nil:
+			err = s.ring.ForEachShard(ctx, scan)
+		default:
+			c, ok := s.client.(*redis.Client)
+			if !ok {
+				return 0, fmt.Errorf("unsupported client type %T", s.client)
+			}
+			err = scan(ctx, c)
+		}
+		return total, err
+	})
+}
+
+func deleteCounting(ctx context.Context, c *redis.Client, keys []string) (int, error) {
+	s := &RedisStore{client: c, trusted: true}
+	cmds, err := s.pipelineScript(ctx, deleteCountScript, len(keys), func(i int) ([]string, []any) {
+		return []string{keys[i]}, nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, c := range cmds {
+		v, err := c.Int()
+		if err != nil {
+			return n, err
+		}
+		n += v
+	}
+	return n, nil
+}
+
+// Ping implements Store. On Cluster it pings every master.
+func (s *RedisStore) Ping(ctx context.Context) error {
+	_, err := guard(ctx, s.trusted, func(ctx context.Context) (struct{}, error) {
+		if s.cluster != nil {
+			return struct{}{}, s.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+				return c.Ping(ctx).Err()
+			})
+		}
+		return struct{}{}, s.client.Ping(ctx).Err()
+	})
+	return err
+}

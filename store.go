@@ -1,0 +1,73 @@
+package cacheaside
+
+import (
+	"context"
+	"time"
+)
+
+// Store is where a Cache keeps its encoded values and the leases that guard their fills.
+//
+// Every method is atomic per key. Keys arrive already prefixed by the Cache. A key holds a
+// value, a lease, both (a value being refreshed) or nothing. A lease is a token with an
+// expiry: only the holder of a key's live lease may fill the key, and Delete voids every
+// lease of the keys it removes. This is what keeps a load that began before an invalidation
+// from ever writing its old value back.
+//
+// RedisStore and MemoryStore implement it; a Store of your own must keep the same semantics
+// (the conformance suite in store_test.go shows them).
+type Store interface {
+	// GetOrLease returns the key's value if it holds one. Otherwise, if no live lease is held,
+	// it grants a lease to token for leaseTTL; if one is held, it reports the holder. All in
+	// one atomic step.
+	GetOrLease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error)
+
+	// GetOrLeaseMany is GetOrLease for several keys with one token, in as few round trips as
+	// the store allows. The result has one Lookup per key, in order.
+	GetOrLeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error)
+
+	// Lease grants a lease to token whether or not the key holds a value (to refresh or
+	// replace it), unless another live lease is held, which it reports. The value, if any, is
+	// kept until a fill replaces it.
+	Lease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error)
+
+	// Fill stores value for ttl if token still holds the key's lease, and ends the lease. It
+	// reports whether the value was stored.
+	Fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error)
+
+	// FillMany is Fill for several entries under one token. It reports, per entry, whether
+	// it was stored.
+	FillMany(ctx context.Context, token string, entries []FillEntry) ([]bool, error)
+
+	// Release ends token's lease on key, if token still holds it, leaving any value in place.
+	// It reports whether token held the lease.
+	Release(ctx context.Context, key, token string) (bool, error)
+
+	// Delete removes the keys' values and voids their leases.
+	Delete(ctx context.Context, keys ...string) error
+
+	// DeletePattern removes every key matching the glob pattern (Redis MATCH syntax) and
+	// returns how many of them held a value.
+	DeletePattern(ctx context.Context, pattern string) (int, error)
+
+	// Ping reports whether the store answers.
+	Ping(ctx context.Context) error
+}
+
+// Lookup is a store's answer to GetOrLease or Lease.
+type Lookup struct {
+	// Value is the stored bytes, or nil when the key holds no value.
+	Value []byte
+	// Granted is true when the lease was granted to the caller's token.
+	Granted bool
+	// Holder is the token of another caller's live lease, when one blocks the caller.
+	Holder string
+	// HolderTTL is the time left on Holder's lease, when the store knows it.
+	HolderTTL time.Duration
+}
+
+// FillEntry is one value of a FillMany.
+type FillEntry struct {
+	Key   string
+	Value []byte
+	TTL   time.Duration
+}
