@@ -45,7 +45,7 @@ type Cache[T any] struct {
 	tokens   *tokens
 	gens     *generations
 	breaker  *breaker.Breaker
-	warm     atomic.Bool // the store has answered once
+	warm     atomic.Bool      // the store has answered once
 	lookups  *lookupShards[T] // nil for a store without round trips (MemoryStore)
 
 	mu      sync.Mutex
