@@ -58,15 +58,25 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 	var lks []Lookup
 	err := errBreakerOpen
 	if c.breaker.Allow() {
-		lks, err = storeCall(c, ctx, func(ctx context.Context) ([]Lookup, error) {
+		// Detached from the caller's cancellation, as lookup is: leases granted to a caller
+		// that left are released.
+		lks, err = storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) ([]Lookup, error) {
 			return c.store.GetOrLeaseMany(ctx, sks, tok, c.leaseTTL)
 		})
 	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+	if ctx.Err() != nil {
+		for i, lk := range lks {
+			if lk.Granted {
+				c.abandon(ctx, sks[i], tok)
+			}
 		}
-		return nil, c.loadManyWithoutStore(ctx, keys, load, out)
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		if errors.Is(err, errBreakerOpen) {
+			tok = "" // nothing was asked of the store
+		}
+		return nil, c.loadManyWithoutStore(ctx, keys, tok, load, out)
 	}
 
 	var waits []pendingKey[T]
@@ -117,7 +127,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 		}
 	}
 	if len(bare) > 0 {
-		if err := c.loadManyWithoutStore(ctx, bare, load, out); err != nil {
+		if err := c.loadManyWithoutStore(ctx, bare, "", load, out); err != nil {
 			return nil, err
 		}
 	}
@@ -144,7 +154,12 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 func (c *Cache[T]) loadManyUnder(ctx context.Context, fs []*flight[T], keys []string, tok string, load func(context.Context, []string) (map[string]T, error)) {
 	start := time.Now()
 	m, err, pe := callLoader(ctx, func(ctx context.Context) (map[string]T, error) { return load(ctx, keys) })
-	delta := time.Since(start)
+	c.settleMany(ctx, fs, keys, tok, m, err, pe, time.Since(start))
+}
+
+// settleMany is settle for a batch loaded under tok, one flight per key: values and
+// not-founds are filled in one store round trip (per node), errors release the leases.
+func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys []string, tok string, m map[string]T, err error, pe *PanicError, delta time.Duration) {
 	allNotFound := errors.Is(err, ErrNotFound)
 	if pe != nil || (err != nil && !allNotFound) {
 		for i, f := range fs {
@@ -185,9 +200,11 @@ func (c *Cache[T]) loadManyUnder(ctx context.Context, fs []*flight[T], keys []st
 	}
 }
 
-// loadManyWithoutStore loads keys with one call of load, without the store, on a goroutine
-// the Cache owns, so the caller can leave when ctx ends.
-func (c *Cache[T]) loadManyWithoutStore(ctx context.Context, keys []string, load func(context.Context, []string) (map[string]T, error), out map[string]T) error {
+// loadManyWithoutStore loads keys with one call of load, without waiting on the store, on a
+// goroutine the Cache owns, so the caller can leave when ctx ends. If tok is the token of a
+// lookup that failed on the caller's side, the store may have granted it for some keys: the
+// values are offered to the store under it afterwards, which frees other processes waiting.
+func (c *Cache[T]) loadManyWithoutStore(ctx context.Context, keys []string, tok string, load func(context.Context, []string) (map[string]T, error), out map[string]T) error {
 	type result struct {
 		m   map[string]T
 		err error
@@ -195,7 +212,19 @@ func (c *Cache[T]) loadManyWithoutStore(ctx context.Context, keys []string, load
 	}
 	var res result
 	f := c.launch(ctx, flightKey{key: "\x00batch", token: c.tokens.next()}, 0, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+		start := time.Now()
 		res.m, res.err, res.pe = callLoader(lctx, func(ctx context.Context) (map[string]T, error) { return load(ctx, keys) })
+		if tok == "" {
+			return
+		}
+		m, err, pe, delta := res.m, res.err, res.pe, time.Since(start)
+		c.background(func() {
+			discard := make([]*flight[T], len(keys))
+			for i := range discard {
+				discard[i] = new(flight[T])
+			}
+			c.settleMany(context.WithoutCancel(lctx), discard, keys, tok, m, err, pe, delta)
+		})
 	})
 	if f == nil {
 		return ErrClosed

@@ -187,12 +187,31 @@ func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uin
 	return c.launch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		start := time.Now()
 		f.val, f.err, f.panicked = callLoader(lctx, load)
-		if tok == "" || !c.breaker.Allow() {
+		if tok == "" {
 			return
 		}
-		var probe flight[T] // settle's verdict is for lease joiners; these callers have theirs
-		c.settle(lctx, &probe, sk, tok, f.val, f.err, f.panicked, time.Since(start))
+		v, err, pe, delta := f.val, f.err, f.panicked, time.Since(start)
+		c.background(func() {
+			var discard flight[T] // settle's verdict is for lease joiners; these callers have theirs
+			c.settle(context.WithoutCancel(lctx), &discard, sk, tok, v, err, pe, delta)
+		})
 	}), true
+}
+
+// background runs fn on a goroutine the Cache owns (Close waits for it), unless the Cache is
+// closed.
+func (c *Cache[T]) background(fn func()) {
+	c.mu.Lock()
+	if c.closed.Load() {
+		c.mu.Unlock()
+		return
+	}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		fn()
+	}()
 }
 
 // decode reads a stored entry. ok is false for anything that is not a well-formed entry of

@@ -73,19 +73,43 @@ func storeCall[T, R any](c *Cache[T], ctx context.Context, op func(context.Conte
 	return r, err
 }
 
-// lookup is the read-or-lease every call starts with. When the key holds a value that does
-// not decode (or must be replaced), it asks for a lease over it.
+// lookup is the read-or-lease every call starts with.
+//
+// It runs detached from the caller's cancellation (the store timeout bounds it), so its answer
+// is always known: a lease granted to a caller that left meanwhile is released at once, in the
+// background, instead of blocking the key in every process until it expires. The caller then
+// gets ctx.Err().
 func (c *Cache[T]) lookup(ctx context.Context, sk, tok string) (Lookup, error) {
-	return storeCall(c, ctx, func(ctx context.Context) (Lookup, error) {
+	lk, err := storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) (Lookup, error) {
 		return c.store.GetOrLease(ctx, sk, tok, c.leaseTTL)
 	})
+	return c.unlessLeft(ctx, sk, tok, lk, err)
 }
 
-// leaseOver takes a lease on a key whose value must be replaced.
+// leaseOver takes a lease on a key whose value must be replaced, as lookup does.
 func (c *Cache[T]) leaseOver(ctx context.Context, sk, tok string) (Lookup, error) {
-	return storeCall(c, ctx, func(ctx context.Context) (Lookup, error) {
+	lk, err := storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) (Lookup, error) {
 		return c.store.Lease(ctx, sk, tok, c.leaseTTL)
 	})
+	return c.unlessLeft(ctx, sk, tok, lk, err)
+}
+
+// unlessLeft returns ctx.Err() if the caller left during a lookup, releasing the lease it may
+// have been granted.
+func (c *Cache[T]) unlessLeft(ctx context.Context, sk, tok string, lk Lookup, err error) (Lookup, error) {
+	if ctx.Err() == nil {
+		return lk, err
+	}
+	if err == nil && lk.Granted {
+		c.abandon(ctx, sk, tok)
+	}
+	return Lookup{}, ctx.Err()
+}
+
+// abandon releases, in the background, a lease whose caller left before using it.
+func (c *Cache[T]) abandon(ctx context.Context, sk, tok string) {
+	ctx = context.WithoutCancel(ctx)
+	c.background(func() { _, _ = c.release(ctx, sk, tok) })
 }
 
 // release ends tok's lease at once (loader error or panic, value not storable) and reports

@@ -123,20 +123,18 @@ func (c *Cache[T]) handOver(sh *lookupShard[T], sk string) {
 	slot.next = nil
 	sh.mu.Unlock()
 
-	c.mu.Lock()
-	if c.closed.Load() {
-		c.mu.Unlock()
+	if c.closed.Load() || !c.breaker.Allow() {
 		s.err = ErrClosed
+		if !c.closed.Load() {
+			s.err = errBreakerOpen // the sharers go to their loader without asking the store
+		}
 		close(s.done)
 		c.handOver(sh, sk)
 		return
 	}
-	c.wg.Add(1)
-	c.mu.Unlock()
-	go func() {
-		defer c.wg.Done()
+	c.background(func() {
 		s.lk, s.f, s.err = c.readOwn(s.ctx, sk, s.gen, s.load)
 		close(s.done)
 		c.handOver(sh, sk)
-	}()
+	})
 }

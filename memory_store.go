@@ -149,7 +149,7 @@ func (s *MemoryStore) Fill(ctx context.Context, key, token string, value []byte,
 	s.c.Compute(key, func(old *memEntry, found bool) (*memEntry, otter.ComputeOp) {
 		now := s.now()
 		e := s.live(old, found, now)
-		if e == nil || e.token != token {
+		if e == nil || e.token != token || e.leaseEnd <= now {
 			stored = false
 			return old, otter.CancelOp
 		}
@@ -172,14 +172,17 @@ func (s *MemoryStore) FillMany(ctx context.Context, token string, entries []Fill
 func (s *MemoryStore) Release(ctx context.Context, key, token string) (bool, error) {
 	held := false
 	s.c.Compute(key, func(old *memEntry, found bool) (*memEntry, otter.ComputeOp) {
-		e := s.live(old, found, s.now())
-		held = e != nil && e.token == token
+		now := s.now()
+		e := s.live(old, found, now)
 		switch {
-		case !held:
+		case e == nil || e.token != token:
+			held = false
 			return old, otter.CancelOp
 		case e.value == nil:
+			held = true
 			return nil, otter.InvalidateOp
 		default:
+			held = e.leaseEnd > now
 			return &memEntry{value: e.value, expires: e.expires}, otter.WriteOp
 		}
 	})

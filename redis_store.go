@@ -105,8 +105,14 @@ if not r[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return {3}
 `)
 
+// A lease on a present value ends at "e" (server time); a bare lease ends with its key.
 var fillScript = redis.NewScript(`
-if redis.pcall('HGET', KEYS[1], 't') ~= ARGV[1] then return 0 end
+local r = redis.pcall('HMGET', KEYS[1], 't', 'e')
+if r.err or r[1] ~= ARGV[1] then return 0 end
+if r[2] then
+  local now = redis.call('TIME')
+  if tonumber(r[2]) <= tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then return 0 end
+end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -114,12 +120,15 @@ return 1
 `)
 
 var releaseScript = redis.NewScript(`
-if redis.pcall('HGET', KEYS[1], 't') ~= ARGV[1] then return 0 end
-if redis.call('HEXISTS', KEYS[1], 'v') == 1 then
-  redis.call('HDEL', KEYS[1], 't', 'e')
-else
+local r = redis.pcall('HMGET', KEYS[1], 't', 'e', 'v')
+if r.err or r[1] ~= ARGV[1] then return 0 end
+if not r[3] then
   redis.call('DEL', KEYS[1])
+  return 1
 end
+redis.call('HDEL', KEYS[1], 't', 'e')
+local now = redis.call('TIME')
+if tonumber(r[2]) <= tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then return 0 end
 return 1
 `)
 
