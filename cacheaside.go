@@ -129,6 +129,7 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 	return c.getOrLoad(ctx, key, load)
 }
 
+// getOrLoad is GetOrLoad without a span of its own.
 func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.Context) (T, error)) (T, error) {
 	var zero T
 	if load == nil {
