@@ -60,7 +60,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 	if c.breaker.Allow() {
 		// Detached from the caller's cancellation, as lookup is: leases granted to a caller
 		// that left are released.
-		lks, err = storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) ([]Lookup, error) {
+		lks, err = storeCall(c, context.WithoutCancel(ctx), opGetOrLeaseMany, func(ctx context.Context) ([]Lookup, error) {
 			return c.store.GetOrLeaseMany(ctx, sks, tok, c.leaseTTL)
 		})
 	}
@@ -86,6 +86,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 		if lk.Value != nil {
 			v, notFound, ok := c.decode(lk.Value)
 			if ok {
+				c.obs.count(keys[i], hitResult(notFound))
 				if !notFound {
 					out[keys[i]] = v
 				}
@@ -135,6 +136,9 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 	var again []string
 	for _, w := range waits {
 		v, err, retry := await(ctx, w.f, w.owner)
+		if !retry {
+			c.obs.count(w.key, resultMiss)
+		}
 		switch {
 		case retry:
 			again = append(again, w.key)
@@ -152,9 +156,10 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 // values and not-founds are filled in one store round trip (per node), errors release the
 // leases.
 func (c *Cache[T]) loadManyUnder(ctx context.Context, fs []*flight[T], keys []string, tok string, load func(context.Context, []string) (map[string]T, error)) {
-	start := time.Now()
+	ctx, obs := c.obs.loadStartMany(ctx, keys)
+	defer obs.end()
 	m, err, pe := callLoader(ctx, func(ctx context.Context) (map[string]T, error) { return load(ctx, keys) })
-	c.settleMany(ctx, fs, keys, tok, m, err, pe, time.Since(start))
+	c.settleMany(ctx, fs, keys, tok, m, err, pe, c.obs.loadDone(&obs, err, pe))
 }
 
 // settleMany is settle for a batch loaded under tok, one flight per key: values and
@@ -192,7 +197,7 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys []strin
 	if len(entries) == 0 {
 		return
 	}
-	stored, ferr := storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) ([]bool, error) {
+	stored, ferr := storeCall(c, context.WithoutCancel(ctx), opFillMany, func(ctx context.Context) ([]bool, error) {
 		return c.store.FillMany(ctx, tok, entries)
 	})
 	for i, f := range filled {
@@ -211,13 +216,18 @@ func (c *Cache[T]) loadManyWithoutStore(ctx context.Context, keys []string, tok 
 		pe  *PanicError
 	}
 	var res result
+	for _, k := range keys {
+		c.obs.count(k, resultMiss)
+	}
 	f := c.launch(ctx, flightKey{key: "\x00batch", token: c.tokens.next()}, 0, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
-		start := time.Now()
+		lctx, obs := c.obs.loadStartMany(lctx, keys)
+		defer obs.end()
 		res.m, res.err, res.pe = callLoader(lctx, func(ctx context.Context) (map[string]T, error) { return load(ctx, keys) })
+		delta := c.obs.loadDone(&obs, res.err, res.pe)
 		if tok == "" {
 			return
 		}
-		m, err, pe, delta := res.m, res.err, res.pe, time.Since(start)
+		m, err, pe := res.m, res.err, res.pe
 		c.background(func() {
 			discard := make([]*flight[T], len(keys))
 			for i := range discard {

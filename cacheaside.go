@@ -47,6 +47,7 @@ type Cache[T any] struct {
 	breaker  *breaker.Breaker
 	warm     atomic.Bool      // the store has answered once
 	lookups  *lookupShards[T] // nil for a store without round trips (MemoryStore)
+	obs      *observer        // metrics, logs and traces: metrics.go
 
 	mu      sync.Mutex
 	flights map[flightKey]*flight[T]
@@ -91,13 +92,20 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	if c.leaseTTL == 0 {
 		c.leaseTTL = cfg.loadTimeout
 	}
-	c.breaker = breaker.New(cfg.breakerFailures, nil)
+	c.obs = newObserver(&c.cfg, c.lookups != nil)
+	c.breaker = breaker.New(cfg.breakerFailures, c.obs.breakerChanged)
+	c.obs.breaker = c.breaker
+	if err := c.obs.register(); err != nil {
+		return nil, err
+	}
 	c.life, c.stop = context.WithCancel(context.Background())
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
 		c.breaker.Run(c.life, cfg.probeInterval, max(cfg.storeTimeout, cfg.connectTimeout), func(ctx context.Context) error {
+			ctx, obs := c.obs.storeStart(ctx, opPing)
 			err := store.Ping(ctx)
+			c.obs.storeEnd(obs, err, c.life.Err() != nil)
 			if err == nil {
 				c.warm.Store(true)
 			}
@@ -115,6 +123,14 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 // wraps ErrNotFound, that answer is cached for the negative TTL; any other error is returned
 // and not cached. If load panics, every caller sharing it panics with a *PanicError.
 func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.Context) (T, error)) (T, error) {
+	if c.obs.noteResult {
+		return tracedGetOrLoad(c, ctx, key, load) // WithHitSpans: tracing.go
+	}
+	return c.getOrLoad(ctx, key, load)
+}
+
+// getOrLoad is GetOrLoad without a span of its own.
+func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.Context) (T, error)) (T, error) {
 	var zero T
 	if load == nil {
 		return zero, errNilLoader
@@ -136,6 +152,7 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 			if err == nil && lk.Value != nil {
 				v, notFound, ok := c.decode(lk.Value)
 				if ok {
+					c.obs.request(ctx, key, hitResult(notFound))
 					if notFound {
 						return zero, ErrNotFound
 					}
@@ -168,6 +185,7 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 		}
 		v, err, again := await(ctx, f, owner)
 		if !again {
+			c.obs.request(ctx, key, resultMiss)
 			return v, err
 		}
 	}
@@ -182,15 +200,18 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uint64, load func(context.Context) (T, error)) (*flight[T], bool) {
 	k := flightKey{key: sk}
 	if f := c.joinable(k, gen); f != nil {
+		c.obs.coalesced(ctx, coalescedFlight)
 		return f, false
 	}
 	return c.launch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
-		start := time.Now()
+		lctx, obs := c.obs.loadStart(lctx, sk)
+		defer obs.end()
 		f.val, f.err, f.panicked = callLoader(lctx, load)
+		delta := c.obs.loadDone(&obs, f.err, f.panicked)
 		if tok == "" {
 			return
 		}
-		v, err, pe, delta := f.val, f.err, f.panicked, time.Since(start)
+		v, err, pe := f.val, f.err, f.panicked
 		c.background(func() {
 			var discard flight[T] // settle's verdict is for lease joiners; these callers have theirs
 			c.settle(context.WithoutCancel(lctx), &discard, sk, tok, v, err, pe, delta)
@@ -219,12 +240,14 @@ func (c *Cache[T]) background(fn func()) {
 func (c *Cache[T]) decode(b []byte) (v T, notFound, ok bool) {
 	h, payload, ok := envelope.Decode(b, c.schema)
 	if !ok {
+		c.obs.undecodableValue()
 		return v, false, false
 	}
 	if h.NotFound() {
 		return v, true, true
 	}
 	if err := c.cfg.codec.Unmarshal(payload, &v); err != nil {
+		c.obs.undecodableValue()
 		var zero T
 		return zero, false, false
 	}
@@ -271,12 +294,13 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 	if len(keys) == 0 {
 		return nil
 	}
+	c.obs.invalidated(invalidatedKey, len(keys))
 	sks := make([]string, len(keys))
 	for i, k := range keys {
 		sks[i] = c.cfg.prefix + k
 		c.gens.bump(sks[i]) // before the delete: stop local store-less joins early
 	}
-	_, err := storeCall(c, ctx, func(ctx context.Context) (struct{}, error) {
+	_, err := storeCall(c, ctx, opDelete, func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, c.store.Delete(ctx, sks...)
 	})
 	for _, sk := range sks {
@@ -300,8 +324,11 @@ func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, 
 	if pattern == "" {
 		return 0, errors.New("cacheaside: invalidate pattern: empty pattern")
 	}
+	c.obs.invalidated(invalidatedPattern, 1)
 	c.gens.bumpAll()
-	n, err := c.store.DeletePattern(ctx, glob.Escape(c.cfg.prefix)+pattern)
+	sctx, obs := c.obs.storeStart(ctx, opDeletePattern)
+	n, err := c.store.DeletePattern(sctx, glob.Escape(c.cfg.prefix)+pattern)
+	c.obs.storeEnd(obs, err, ctx.Err() != nil)
 	c.gens.bumpAll()
 	if err != nil {
 		return n, fmt.Errorf("cacheaside: invalidate pattern: %w", err)
@@ -321,5 +348,6 @@ func (c *Cache[T]) Close() error {
 	c.mu.Unlock()
 	c.stop()
 	c.wg.Wait()
+	c.obs.unregister()
 	return nil
 }

@@ -21,7 +21,7 @@ import (
 // cause one loader call.
 func TestStampedeAcrossInstances(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		caches := instances[int](t, b, 8)
+		caches := instances[int](t, b, 8, slowMachine...) // counts loader calls exactly
 		var calls atomic.Int32
 		var wg sync.WaitGroup
 		start := make(chan struct{})
@@ -51,7 +51,7 @@ func TestStampedeAcrossInstances(t *testing.T) {
 // Several cold keys at once, each read by many goroutines on many instances: one load each.
 func TestStampedeManyKeys(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		caches := instances[string](t, b, 4)
+		caches := instances[string](t, b, 4, slowMachine...) // counts loader calls exactly
 		const keys = 20
 		var calls [keys]atomic.Int32
 		var wg sync.WaitGroup
@@ -128,7 +128,9 @@ func TestInvalidateDuringLoad(t *testing.T) {
 // an older version, and at rest every cached value equals the source of truth.
 func TestNoStaleSetRace(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		caches := instances[int64](t, b, 4, WithLeaseWait(time.Millisecond, 10*time.Millisecond))
+		// slowMachine: an Invalidate must not time out on a busy machine (the test stops at an
+		// invalidation error).
+		caches := instances[int64](t, b, 4, append(slowMachine, WithLeaseWait(time.Millisecond, 10*time.Millisecond))...)
 		const keys = 4
 		var truth [keys]atomic.Int64
 		// invalidated[k] is the newest version whose invalidation has returned.

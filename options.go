@@ -44,6 +44,7 @@ type config struct {
 	probeInterval   time.Duration
 	leaseWaitMin    time.Duration
 	leaseWaitMax    time.Duration
+	obs             observeConfig // metrics, logs, traces: metrics.go
 	errs            []error
 }
 

@@ -213,7 +213,8 @@ func parseLookup(cmd *redis.Cmd) (Lookup, error) {
 	case code == replyGranted:
 		return Lookup{Granted: true}, nil
 	}
-	return Lookup{}, fmt.Errorf("unexpected script reply %v", reply)
+	// Never the reply itself: it may hold a value, and store errors are logged.
+	return Lookup{}, fmt.Errorf("unexpected script reply: code %d, %d elements", code, len(reply))
 }
 
 // GetOrLeaseMany implements Store: one pipeline, so one round trip per node.
