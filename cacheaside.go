@@ -55,6 +55,12 @@ type Cache[T any] struct {
 	life context.Context // cancelled by Close
 	stop context.CancelFunc
 	wg   sync.WaitGroup // flights and the breaker's prober
+
+	// unsafeSkipLeaseCheck breaks guarantee 2 on purpose: a finished load stores its value
+	// under a fresh lease instead of the one it loaded under, as a cache without leases
+	// would. Only tests set it (before first use), to show the linearizability checker
+	// catches the stale set it lets back in. It costs one branch on the fill path.
+	unsafeSkipLeaseCheck bool
 }
 
 var errNilLoader = errors.New("cacheaside: nil loader")
@@ -176,25 +182,21 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 // loadWithoutStore joins or starts a load that does not wait on the store, for when the store
 // failed or its breaker is open. Loads stay coalesced per key, and a call never joins a load
 // that began before an Invalidate of its key. If tok is the token of a lookup that failed on
-// the caller's side, the store may have granted it anyway: the value is offered to the store
-// under it, which frees the other processes waiting on that lease. The callers have their
-// value already.
+// the caller's side, the store may have granted it anyway, and maybe only now (a request held
+// up on the network lands after the caller gave up): the lease is released after the load,
+// which frees the other processes waiting on it. The value is never filled under tok: the
+// load may have read the source before the lease was granted, and before an Invalidate that
+// the lease, granted after it, did not see.
 func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uint64, load func(context.Context) (T, error)) (*flight[T], bool) {
 	k := flightKey{key: sk}
 	if f := c.joinable(k, gen); f != nil {
 		return f, false
 	}
 	return c.launch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
-		start := time.Now()
 		f.val, f.err, f.panicked = callLoader(lctx, load)
-		if tok == "" {
-			return
+		if tok != "" {
+			c.abandon(lctx, sk, tok)
 		}
-		v, err, pe, delta := f.val, f.err, f.panicked, time.Since(start)
-		c.background(func() {
-			var discard flight[T] // settle's verdict is for lease joiners; these callers have theirs
-			c.settle(context.WithoutCancel(lctx), &discard, sk, tok, v, err, pe, delta)
-		})
 	}), true
 }
 
