@@ -2,6 +2,7 @@ package cacheaside
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -141,5 +142,75 @@ func testLateLease(t *testing.T, get func(c *Cache[int], load func(context.Conte
 	}
 	if v != 1 {
 		t.Fatalf("a read that began after Invalidate returned got version %d, loaded before it (want 1)", v)
+	}
+}
+
+// downStore is a store that never answers.
+type downStore struct{ Store }
+
+var errDown = errors.New("store down")
+
+func (downStore) GetOrLease(context.Context, string, string, time.Duration) (Lookup, error) {
+	return Lookup{}, errDown
+}
+func (downStore) GetOrLeaseMany(context.Context, []string, string, time.Duration) ([]Lookup, error) {
+	return nil, errDown
+}
+func (downStore) Lease(context.Context, string, string, time.Duration) (Lookup, error) {
+	return Lookup{}, errDown
+}
+func (downStore) Fill(context.Context, string, string, []byte, time.Duration) (bool, error) {
+	return false, errDown
+}
+func (downStore) FillMany(context.Context, string, []FillEntry) ([]bool, error) { return nil, errDown }
+func (downStore) Release(context.Context, string, string) (bool, error)         { return false, errDown }
+func (downStore) Delete(context.Context, ...string) error                       { return errDown }
+func (downStore) DeletePattern(context.Context, string) (int, error)            { return 0, errDown }
+func (downStore) Ping(context.Context) error                                    { return errDown }
+
+// A process that cannot reach the store coalesces its loads, but it cannot see another
+// process's Invalidate: a call that begins after one returned must not join a load that
+// began before it, which may have read the source before the write. Found by the soak.
+func TestFailOpenNoJoinAcrossRemoteInvalidate(t *testing.T) {
+	mem := NewMemoryStore()
+	defer mem.Close()
+	prefix := testPrefix(t)
+	a := newTestCache[int](t, downStore{mem}, WithPrefix(prefix), WithCircuitBreaker(1, time.Hour))
+	b := newTestCache[int](t, mem, WithPrefix(prefix))
+
+	var truth atomic.Int64
+	read := make(chan struct{})
+	hold := make(chan struct{})
+	var first atomic.Bool
+	load := func(ctx context.Context) (int, error) {
+		v := int(truth.Load())
+		if first.CompareAndSwap(false, true) {
+			close(read)
+			<-hold // the first load has read the source and is slow to return
+		}
+		return v, nil
+	}
+	done1 := make(chan int, 1)
+	go func() {
+		v, _ := a.GetOrLoad(bg(), "k", load)
+		done1 <- v
+	}()
+	<-read
+	truth.Store(1)
+	if err := b.Invalidate(bg(), "k"); err != nil {
+		t.Fatal(err)
+	}
+	done2 := make(chan int, 1)
+	go func() {
+		v, _ := a.GetOrLoad(bg(), "k", load) // begins after the Invalidate returned
+		done2 <- v
+	}()
+	time.Sleep(50 * time.Millisecond) // let it join the first load, if it would
+	close(hold)
+	if v := <-done1; v != 0 {
+		t.Errorf("first call: %d, want 0", v)
+	}
+	if v := <-done2; v != 1 {
+		t.Fatalf("a call that began after Invalidate returned got version %d, loaded before it (want 1)", v)
 	}
 }

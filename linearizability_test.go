@@ -224,7 +224,7 @@ func linzOps(ops []linzOp, staleBound time.Duration) (out []porcupine.Operation,
 // linzResult sums the checks of one run.
 type linzResult struct {
 	histories, ops       int
-	violations           int // guarantee-2 violations, plus inversions in a strict scenario
+	violations           int // reads that break guarantee 2, plus histories with inversions in a strict scenario
 	inversions           int // strict linearizability failures a non-strict scenario tolerates
 	unknown              int // checks porcupine could not finish in time
 	readErrs, taintReads int
@@ -278,7 +278,7 @@ func (h *linzHistory) check(label string, strict bool, staleBound time.Duration)
 			res.unknown++
 			continue
 		case perRead == porcupine.Illegal:
-			res.violations++
+			res.violations += staleReads(ops)
 			failed = linzModel(true)
 		case full == porcupine.Illegal && strict:
 			res.violations++
@@ -290,10 +290,60 @@ func (h *linzHistory) check(label string, strict bool, staleBound time.Duration)
 			continue
 		}
 		if res.viz == "" {
-			res.viz = visualizeLinz(label, k, failed, ops)
+			res.viz = visualizeLinz(label, k, failed, ops) + explainStale(k, ops)
 		}
 	}
 	return res
+}
+
+// staleReads counts the reads of a key's history that break guarantee 2, each checked alone
+// with every write (at least 1: the caller saw the history fail).
+func staleReads(ops []porcupine.Operation) int {
+	m := linzModel(false)
+	var writes []porcupine.Operation
+	for _, op := range ops {
+		if op.Input.(linzIn).write {
+			writes = append(writes, op)
+		}
+	}
+	n := 0
+	for _, op := range ops {
+		if !op.Input.(linzIn).write && !porcupine.CheckOperations(m, append(slices.Clip(writes), op)) {
+			n++
+		}
+	}
+	return max(n, 1)
+}
+
+// explainStale describes the first read of a key's history that breaks guarantee 2 on its
+// own: what it returned, and the newest write whose Invalidate returned before it began.
+func explainStale(key string, ops []porcupine.Operation) string {
+	m := linzModel(false)
+	var writes []porcupine.Operation
+	for _, op := range ops {
+		if op.Input.(linzIn).write {
+			writes = append(writes, op)
+		}
+	}
+	ms := func(ns int64) string { return fmt.Sprintf("%.3fms", float64(ns)/1e6) }
+	for _, r := range ops {
+		if r.Input.(linzIn).write || porcupine.CheckOperations(m, append(slices.Clip(writes), r)) {
+			continue
+		}
+		var before *porcupine.Operation
+		for i, w := range writes {
+			if w.Return < r.Call && (before == nil || w.Input.(linzIn).version > before.Input.(linzIn).version) {
+				before = &writes[i]
+			}
+		}
+		s := fmt.Sprintf("\n  key %s: read by client %d over [%s, %s] returned v%d", key, r.ClientId, ms(r.Call), ms(r.Return), r.Output.(uint64))
+		if before != nil {
+			s += fmt.Sprintf("; write v%d by client %d over [%s, %s] (%v) had returned before it began",
+				before.Input.(linzIn).version, before.ClientId, ms(before.Call), ms(before.Return), before.Metadata)
+		}
+		return s
+	}
+	return ""
 }
 
 // visualizeLinz writes porcupine's HTML view of a failed history to a file under the temp
