@@ -48,6 +48,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -538,12 +539,21 @@ func runLinz(t *testing.T, sc linzScenario, store string, scale int) (linzResult
 	}
 	var res linzResult
 	var notes []string
+	relaxed := 0
 	for r := range w.rounds * scale {
+		errs := tg.storeErrs.Load()
 		h, note := linzRound(t, sc, tg, caches, fmt.Sprintf("r%d:", r))
 		if note != "" {
 			notes = append(notes, note)
 		}
-		res.merge(h.check(sc.name+"/"+store, sc.strict, sc.staleBound))
+		strict := sc.strict
+		if strict && tg.storeErrs.Load() != errs {
+			// A store call failed (a busy machine outlasted even generous timeouts) and
+			// callers failed open: full linearizability is not promised for this round.
+			strict = false
+			relaxed++
+		}
+		res.merge(h.check(sc.name+"/"+store, strict, sc.staleBound))
 	}
 	note := ""
 	if len(notes) > 0 {
@@ -551,6 +561,9 @@ func runLinz(t *testing.T, sc linzScenario, store string, scale int) (linzResult
 		if len(notes) > 1 {
 			note = fmt.Sprintf("%s (last of %d rounds)", note, len(notes))
 		}
+	}
+	if relaxed > 0 {
+		note = strings.TrimPrefix(note+fmt.Sprintf("; %d rounds checked for guarantee 2 only: the store erred", relaxed), "; ")
 	}
 	return res, note
 }

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,6 +38,7 @@ type linzTarget struct {
 
 	adminOnce sync.Once
 	admins    []*redis.Client
+	storeErrs atomic.Int64 // errors the instances' stores returned to their caches
 }
 
 // linzStores are the stores every scenario may run on: memory, the shared standalone Redis,
@@ -110,7 +112,7 @@ func (tg *linzTarget) newStore(t testing.TB) Store {
 		c = redis.NewClient(&redis.Options{Addr: tg.addrs[0], ClientName: tg.clientID, Dialer: tg.dial})
 	}
 	t.Cleanup(func() { c.Close() })
-	return NewRedisStore(c)
+	return erringStore{Store: NewRedisStore(c), errs: &tg.storeErrs}
 }
 
 // admin returns a direct client to each server, for faults and checks. Its connections are
@@ -376,4 +378,53 @@ func faultMixed(ctx context.Context, t testing.TB, tg *linzTarget) string {
 		cancel()
 	}
 	return strings.Join(acc, "; ")
+}
+
+// erringStore counts the errors a store returns to its cache: a strict scenario whose store
+// erred (a call timed out on a busy machine, so callers failed open) is checked as a fault
+// scenario instead.
+type erringStore struct {
+	Store
+	errs *atomic.Int64
+}
+
+func (s erringStore) count(err error) error {
+	if err != nil {
+		s.errs.Add(1)
+	}
+	return err
+}
+
+func (s erringStore) GetOrLease(ctx context.Context, key, token string, ttl time.Duration) (Lookup, error) {
+	lk, err := s.Store.GetOrLease(ctx, key, token, ttl)
+	return lk, s.count(err)
+}
+
+func (s erringStore) GetOrLeaseMany(ctx context.Context, keys []string, token string, ttl time.Duration) ([]Lookup, error) {
+	lks, err := s.Store.GetOrLeaseMany(ctx, keys, token, ttl)
+	return lks, s.count(err)
+}
+
+func (s erringStore) Lease(ctx context.Context, key, token string, ttl time.Duration) (Lookup, error) {
+	lk, err := s.Store.Lease(ctx, key, token, ttl)
+	return lk, s.count(err)
+}
+
+func (s erringStore) Fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error) {
+	ok, err := s.Store.Fill(ctx, key, token, value, ttl)
+	return ok, s.count(err)
+}
+
+func (s erringStore) FillMany(ctx context.Context, token string, entries []FillEntry) ([]bool, error) {
+	ok, err := s.Store.FillMany(ctx, token, entries)
+	return ok, s.count(err)
+}
+
+func (s erringStore) Release(ctx context.Context, key, token string) (bool, error) {
+	ok, err := s.Store.Release(ctx, key, token)
+	return ok, s.count(err)
+}
+
+func (s erringStore) Delete(ctx context.Context, keys ...string) error {
+	return s.count(s.Store.Delete(ctx, keys...))
 }
