@@ -24,9 +24,9 @@ test: cluster
 		cd examples && $(GO) vet ./... && $(TEST_ENV) $(GO) test -count=1 ./...; \
 	fi
 
-# verify runs the linearizability scenarios (and the broken-build check) about ten times
+# verify runs the linearizability scenarios (and the broken-build check) about six times
 # larger than CI does, under -race: about five minutes. Each scenario prints its line.
-VERIFY_SCALE ?= 10
+VERIFY_SCALE ?= 6
 verify: cluster
 	$(TEST_ENV) CACHEASIDE_VERIFY_SCALE=$(VERIFY_SCALE) $(GO) test -race -count=1 -timeout 30m \
 		-run 'TestLinearizability|TestFailOpenLateLease|TestFailOpenNoJoin' -v .

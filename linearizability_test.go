@@ -37,7 +37,7 @@ package cacheaside
 // violations, so the suite can fail.
 //
 // Sizes: CACHEASIDE_VERIFY_SCALE multiplies the rounds (1, the default, is the CI size; make
-// verify runs 10).
+// verify runs 6, about five minutes).
 
 import (
 	"context"
