@@ -207,7 +207,7 @@ func TestNoStaleSetRace(t *testing.T) {
 // others.
 func TestCancelledWaiter(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		cs := instances[string](t, b, 2)
+		cs := instances[string](t, b, 2, slowMachine...) // counts loader calls exactly
 		release := make(chan struct{})
 		loading := make(chan struct{})
 		var calls atomic.Int32
@@ -390,7 +390,7 @@ func TestLoaderErrorNotCached(t *testing.T) {
 func TestBadDataIsAMiss(t *testing.T) {
 	forEachRedis(t, func(t *testing.T, b backend) {
 		prefix := testPrefix(t)
-		c := backendCache[map[string]int](t, b, WithPrefix(prefix))
+		c := backendCache[map[string]int](t, b, append([]Option{WithPrefix(prefix)}, slowMachine...)...)
 		raw := b.client(t)
 		want := map[string]int{"a": 1}
 		load := func(context.Context) (map[string]int, error) { return want, nil }
@@ -465,7 +465,7 @@ func TestTypeChangeIsAMiss(t *testing.T) {
 // not found, cached as such, and absent from the result.
 func TestGetOrLoadManyContract(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		c := backendCache[string](t, b)
+		c := backendCache[string](t, b, slowMachine...)
 		for _, k := range []string{"a", "b"} {
 			_, err := c.GetOrLoad(bg(), k, func(context.Context) (string, error) { return "cached-" + k, nil })
 			require.NoError(t, err)
