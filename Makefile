@@ -4,7 +4,7 @@ CLUSTER_ADDRS ?= 127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002
 
 TEST_ENV = CACHEASIDE_REDIS_ADDR=$(REDIS_ADDR) CACHEASIDE_CLUSTER_ADDRS=$(CLUSTER_ADDRS)
 
-.PHONY: test vet fmt cover cluster cluster-stop redis demo bench
+.PHONY: test vet fmt cover cluster cluster-stop redis demo bench verify soak
 
 test: cluster
 	$(GO) vet ./...
@@ -23,6 +23,19 @@ test: cluster
 		echo "cd examples && $(GO) vet ./... && $(GO) test -count=1 ./..."; \
 		cd examples && $(GO) vet ./... && $(TEST_ENV) $(GO) test -count=1 ./...; \
 	fi
+
+# verify runs the linearizability scenarios (and the broken-build check) about six times
+# larger than CI does, under -race: about five minutes. Each scenario prints its line.
+VERIFY_SCALE ?= 6
+verify: cluster
+	$(TEST_ENV) CACHEASIDE_VERIFY_SCALE=$(VERIFY_SCALE) $(GO) test -race -count=1 -timeout 30m \
+		-run 'TestLinearizability|TestFailOpenLateLease|TestFailOpenNoJoin' -v .
+
+# soak runs mixed reads, writes and faults at full speed on every store at once for
+# SOAK_FOR: no violation, heap and goroutines flat.
+SOAK_FOR ?= 60s
+soak: cluster
+	$(TEST_ENV) CACHEASIDE_SOAK=$(SOAK_FOR) $(GO) test -count=1 -timeout 10m -run 'TestSoak' -v .
 
 vet:
 	$(GO) vet ./...

@@ -207,8 +207,9 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys []strin
 
 // loadManyWithoutStore loads keys with one call of load, without waiting on the store, on a
 // goroutine the Cache owns, so the caller can leave when ctx ends. If tok is the token of a
-// lookup that failed on the caller's side, the store may have granted it for some keys: the
-// values are offered to the store under it afterwards, which frees other processes waiting.
+// lookup that failed on the caller's side, the store may have granted it for some keys, maybe
+// only now: those leases are released after the load, which frees other processes waiting,
+// and the values are never filled under tok (see loadWithoutStore).
 func (c *Cache[T]) loadManyWithoutStore(ctx context.Context, keys []string, tok string, load func(context.Context, []string) (map[string]T, error), out map[string]T) error {
 	type result struct {
 		m   map[string]T
@@ -223,18 +224,12 @@ func (c *Cache[T]) loadManyWithoutStore(ctx context.Context, keys []string, tok 
 		lctx, obs := c.obs.loadStartMany(lctx, keys)
 		defer obs.end()
 		res.m, res.err, res.pe = callLoader(lctx, func(ctx context.Context) (map[string]T, error) { return load(ctx, keys) })
-		delta := c.obs.loadDone(&obs, res.err, res.pe)
-		if tok == "" {
-			return
-		}
-		m, err, pe := res.m, res.err, res.pe
-		c.background(func() {
-			discard := make([]*flight[T], len(keys))
-			for i := range discard {
-				discard[i] = new(flight[T])
+		c.obs.loadDone(&obs, res.err, res.pe)
+		if tok != "" {
+			for _, k := range keys {
+				c.abandon(lctx, c.cfg.prefix+k, tok)
 			}
-			c.settleMany(context.WithoutCancel(lctx), discard, keys, tok, m, err, pe, delta)
-		})
+		}
 	})
 	if f == nil {
 		return ErrClosed

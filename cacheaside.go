@@ -51,11 +51,19 @@ type Cache[T any] struct {
 
 	mu      sync.Mutex
 	flights map[flightKey]*flight[T]
+	seq     atomic.Uint64 // numbers flights in launch order
 	closed  atomic.Bool
 
 	life context.Context // cancelled by Close
 	stop context.CancelFunc
 	wg   sync.WaitGroup // flights and the breaker's prober
+
+	// unsafeSkipLeaseCheck breaks guarantee 2 on purpose: a finished load overwrites the key
+	// (it voids every lease and fills under a fresh one) instead of filling only if its own
+	// lease still holds, as a cache without leases would. Only tests set it (before first
+	// use), to show the linearizability checker catches the stale set it lets back in. It
+	// costs one predictable branch on the fill path, none on the hit path.
+	unsafeSkipLeaseCheck bool
 }
 
 var errNilLoader = errors.New("cacheaside: nil loader")
@@ -181,6 +189,9 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 			f, owner = c.loadWithoutStore(ctx, sk, tok, gen, load)
 		}
 		if f == nil {
+			if err := ctx.Err(); err != nil {
+				return zero, err
+			}
 			return zero, ErrClosed
 		}
 		v, err, again := await(ctx, f, owner)
@@ -192,30 +203,52 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 }
 
 // loadWithoutStore joins or starts a load that does not wait on the store, for when the store
-// failed or its breaker is open. Loads stay coalesced per key, and a call never joins a load
-// that began before an Invalidate of its key. If tok is the token of a lookup that failed on
-// the caller's side, the store may have granted it anyway: the value is offered to the store
-// under it, which frees the other processes waiting on that lease. The callers have their
-// value already.
+// failed or its breaker is open. Loads stay coalesced per key, but a call only joins a load
+// that began after it did: without the store, this process cannot see another process's
+// Invalidate, so a load already running may have read the source before a write whose
+// Invalidate returned before this call began. A call that finds such a load waits for it to
+// end and then shares the next one, with the other calls that arrived meanwhile. It returns
+// nil if ctx ends while waiting, or after Close.
+//
+// If tok is the token of a lookup that failed on the caller's side, the store may have
+// granted it anyway, and maybe only now (a request held up on the network lands after the
+// caller gave up): the lease is released, which frees the other processes waiting on it. The
+// value is never filled under tok: the load may have read the source before the lease was
+// granted, and before an Invalidate that the lease, granted after it, did not see.
 func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uint64, load func(context.Context) (T, error)) (*flight[T], bool) {
 	k := flightKey{key: sk}
-	if f := c.joinable(k, gen); f != nil {
-		c.obs.coalesced(ctx, coalescedFlight)
-		return f, false
+	since := c.seq.Load()
+	for {
+		c.mu.Lock()
+		f := c.flights[k]
+		c.mu.Unlock()
+		if f == nil {
+			break
+		}
+		if f.seq > since {
+			c.obs.coalesced(ctx, coalescedFlight)
+			if tok != "" {
+				c.abandon(ctx, sk, tok)
+			}
+			return f, false
+		}
+		select {
+		case <-f.done: // it is unregistered before done closes
+		case <-ctx.Done():
+			if tok != "" {
+				c.abandon(ctx, sk, tok)
+			}
+			return nil, false
+		}
 	}
 	return c.launch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		lctx, obs := c.obs.loadStart(lctx, sk)
 		defer obs.end()
 		f.val, f.err, f.panicked = callLoader(lctx, load)
-		delta := c.obs.loadDone(&obs, f.err, f.panicked)
-		if tok == "" {
-			return
+		c.obs.loadDone(&obs, f.err, f.panicked)
+		if tok != "" {
+			c.abandon(lctx, sk, tok)
 		}
-		v, err, pe := f.val, f.err, f.panicked
-		c.background(func() {
-			var discard flight[T] // settle's verdict is for lease joiners; these callers have theirs
-			c.settle(context.WithoutCancel(lctx), &discard, sk, tok, v, err, pe, delta)
-		})
 	}), true
 }
 

@@ -82,7 +82,7 @@ func TestStampedeManyKeys(t *testing.T) {
 // after the Invalidate returned never joins it, even in the same instance.
 func TestInvalidateDuringLoad(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		cs := instances[string](t, b, 2)
+		cs := instances[string](t, b, 2, slowMachine...) // a timed-out store call would fail open
 		a, other := cs[0], cs[1]
 		release := make(chan struct{})
 		loading := make(chan struct{})
@@ -209,7 +209,7 @@ func TestNoStaleSetRace(t *testing.T) {
 // others.
 func TestCancelledWaiter(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		cs := instances[string](t, b, 2)
+		cs := instances[string](t, b, 2, slowMachine...) // counts loader calls exactly
 		release := make(chan struct{})
 		loading := make(chan struct{})
 		var calls atomic.Int32
@@ -392,7 +392,7 @@ func TestLoaderErrorNotCached(t *testing.T) {
 func TestBadDataIsAMiss(t *testing.T) {
 	forEachRedis(t, func(t *testing.T, b backend) {
 		prefix := testPrefix(t)
-		c := backendCache[map[string]int](t, b, WithPrefix(prefix))
+		c := backendCache[map[string]int](t, b, append([]Option{WithPrefix(prefix)}, slowMachine...)...)
 		raw := b.client(t)
 		want := map[string]int{"a": 1}
 		load := func(context.Context) (map[string]int, error) { return want, nil }
@@ -467,7 +467,7 @@ func TestTypeChangeIsAMiss(t *testing.T) {
 // not found, cached as such, and absent from the result.
 func TestGetOrLoadManyContract(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		c := backendCache[string](t, b)
+		c := backendCache[string](t, b, slowMachine...)
 		for _, k := range []string{"a", "b"} {
 			_, err := c.GetOrLoad(bg(), k, func(context.Context) (string, error) { return "cached-" + k, nil })
 			require.NoError(t, err)
@@ -703,8 +703,8 @@ func TestInvalidatePattern(t *testing.T) {
 		base := testPrefix(t)
 		s := b.newStore(t)
 		// A prefix with glob characters, and a neighbour it would match if not escaped.
-		globby := newTestCache[int](t, s, WithPrefix(base+"a*["))
-		neighbour := newTestCache[int](t, s, WithPrefix(base+"aXY["))
+		globby := newTestCache[int](t, s, append([]Option{WithPrefix(base + "a*[")}, slowMachine...)...)
+		neighbour := newTestCache[int](t, s, append([]Option{WithPrefix(base + "aXY[")}, slowMachine...)...)
 		fill := func(c *Cache[int], keys ...string) {
 			for _, k := range keys {
 				_, err := c.GetOrLoad(bg(), k, func(context.Context) (int, error) { return 1, nil })

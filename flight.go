@@ -10,8 +10,8 @@ import (
 // A flight is one shared resolution of a key in this process: a load under a lease this
 // process holds, a wait for another process's lease, or (with the store unusable) a bare
 // load. Callers join a flight only when the store has just told them its lease is live
-// (flightKey.token), or, without the store, when no Invalidate of the key has happened since
-// the flight began (gen). Either way the flight's result is no older than the caller.
+// (flightKey.token), or, without the store, when the flight began after they did (seq).
+// Either way the flight's result is no older than the caller.
 type flight[T any] struct {
 	done chan struct{}
 
@@ -22,7 +22,8 @@ type flight[T any] struct {
 	retry    bool // the store did not take the value: joiners must read again
 	loaded   bool // val and err come from a load under a lease granted after the owner began
 
-	gen  uint64      // invalidation generation at start, for store-less joins
+	gen  uint64      // invalidation generation at start
+	seq  uint64      // launch order in its Cache, for store-less joins
 	regs []flightKey // where it is registered in Cache.flights
 }
 
@@ -57,7 +58,7 @@ func (c *Cache[T]) launch(ctx context.Context, k flightKey, gen uint64, timeout 
 func (c *Cache[T]) launchMany(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, fn func(ctx context.Context, fs []*flight[T])) []*flight[T] {
 	fs := make([]*flight[T], len(keys))
 	for i := range fs {
-		fs[i] = &flight[T]{done: make(chan struct{}), gen: gens[i]}
+		fs[i] = &flight[T]{done: make(chan struct{}), gen: gens[i], seq: c.seq.Add(1)}
 	}
 	c.mu.Lock()
 	if c.closed.Load() {

@@ -143,10 +143,31 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 		f.retry = !held || rerr != nil
 		return
 	}
+	if c.unsafeSkipLeaseCheck {
+		tok = c.takeLeaseUnsafely(ctx, sk, tok)
+	}
 	stored, ferr := storeCall(c, context.WithoutCancel(ctx), opFill, func(ctx context.Context) (bool, error) {
 		return c.store.Fill(ctx, sk, tok, data, ttl)
 	})
 	f.retry = !stored || ferr != nil
+}
+
+// takeLeaseUnsafely is the broken build's fill (see Cache.unsafeSkipLeaseCheck): like a cache
+// without leases it overwrites whatever the key holds. It voids every lease on the key
+// (including the one of a load that began after the invalidation this load missed), takes a
+// fresh one and returns its token to fill under. Tests only.
+func (c *Cache[T]) takeLeaseUnsafely(ctx context.Context, sk, tok string) string {
+	fresh := c.tokens.next()
+	lk, err := storeCall(c, context.WithoutCancel(ctx), opLease, func(ctx context.Context) (Lookup, error) {
+		if err := c.store.Delete(ctx, sk); err != nil {
+			return Lookup{}, err
+		}
+		return c.store.Lease(ctx, sk, fresh, c.leaseTTL)
+	})
+	if err == nil && lk.Granted {
+		return fresh
+	}
+	return tok
 }
 
 // loadUnder runs load for one key under the lease tok and settles the result.
