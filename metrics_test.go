@@ -229,8 +229,8 @@ func TestStatsLeaseWaitsAndCoalesced(t *testing.T) {
 	})
 }
 
-// Store failures count per operation (the failed lookup, and the fill the fail-open load
-// offers under its token afterwards), and every call still gets its value.
+// Store failures count per operation (the failed lookup, and the release of the lease that
+// lookup may have been granted, after the fail-open load), and every call still gets its value.
 func TestStatsStoreFailures(t *testing.T) {
 	store := newFaultyStore(t)
 	c := newTestCache[string](t, store, WithCircuitBreaker(1000, time.Hour))
@@ -242,8 +242,8 @@ func TestStatsStoreFailures(t *testing.T) {
 		require.NoError(t, err, "fails open")
 		require.Equal(t, "v", v)
 	}
-	stPoll(t, 10*time.Second, time.Millisecond, "background fills tried", func() bool {
-		return c.obs.storeErrors[opFill].Load() == 3
+	stPoll(t, 10*time.Second, time.Millisecond, "background releases tried", func() bool {
+		return c.obs.storeErrors[opRelease].Load() == 3
 	})
 	require.EqualValues(t, 3, c.obs.storeErrors[opGetOrLease].Load())
 	s := c.Stats()
