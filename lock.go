@@ -49,10 +49,23 @@ func (t *tokens) next() string {
 // the store has answered once) and tells the breaker how it went. A failure caused by the
 // caller's own context is not the store's.
 func storeCall[T, R any](c *Cache[T], ctx context.Context, op func(context.Context) (R, error)) (R, error) {
+	return storeCallN(c, ctx, 1, op)
+}
+
+// batchKeysPerTimeout is how many keys of a batch operation one store timeout covers: a batch
+// of n keys is allowed 1 + n/batchKeysPerTimeout store timeouts, so that a large batch (far
+// longer to encode, send and run than one key) does not fail open on a healthy store.
+const batchKeysPerTimeout = 100
+
+// storeCallN is storeCall for an operation on n keys.
+func storeCallN[T, R any](c *Cache[T], ctx context.Context, n int, op func(context.Context) (R, error)) (R, error) {
 	warm := c.warm.Load()
 	timeout := c.cfg.storeTimeout
 	if !warm {
 		timeout = max(timeout, c.cfg.connectTimeout)
+	}
+	if n > batchKeysPerTimeout {
+		timeout *= time.Duration(1 + n/batchKeysPerTimeout)
 	}
 	octx, cancel := context.WithTimeout(ctx, timeout)
 	r, err := op(octx)
@@ -149,9 +162,16 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 
 // loadUnder runs load for one key under the lease tok and settles the result.
 func (c *Cache[T]) loadUnder(ctx context.Context, f *flight[T], sk, tok string, load func(context.Context) (T, error)) {
+	completed := false
+	defer func() {
+		if !completed { // the loader called runtime.Goexit: the key is loadable again at once
+			_, _ = c.release(ctx, sk, tok)
+		}
+	}()
 	start := time.Now()
 	v, err, pe := callLoader(ctx, load)
 	c.settle(ctx, f, sk, tok, v, err, pe, time.Since(start))
+	completed = true
 }
 
 // startLoad starts the flight of a caller that was just granted the lease tok.
