@@ -472,7 +472,9 @@ func TestGetOrLoadManyChunks(t *testing.T) {
 		mu.Lock()
 		calls = nil
 		mu.Unlock()
-		_, err = c.GetOrLoadMany(bg(), more, load)
+		within(t, 5*time.Second, "a batch after a failed chunk (its leases released)", func() {
+			_, err = c.GetOrLoadMany(bg(), more, load)
+		})
 		require.NoError(t, err)
 		require.Len(t, calls, 1, "only the failed chunk is loaded again")
 		require.Contains(t, calls[0], itemKey(215))
@@ -649,4 +651,35 @@ func TestGetOrLoadManyChunkPanicAndGoexit(t *testing.T) {
 			require.Equal(t, 7, v)
 		})
 	})
+}
+
+// slowBatchStore is a MemoryStore whose batch lookups take 30µs per key, like a large batch
+// over the network.
+type slowBatchStore struct{ *MemoryStore }
+
+func (s slowBatchStore) GetOrLeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error) {
+	select {
+	case <-time.After(time.Duration(len(keys)) * 30 * time.Microsecond):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return s.MemoryStore.GetOrLeaseMany(ctx, keys, token, leaseTTL)
+}
+
+// A large batch gets a store timeout in proportion to its size: 2,000 keys read in 60 ms do
+// not fail open under the default 50 ms store timeout.
+func TestGetOrLoadManyLargeBatchTimeout(t *testing.T) {
+	mem := NewMemoryStore()
+	t.Cleanup(func() { mem.Close() })
+	c := newTestCache[int](t, slowBatchStore{mem}, WithConnectTimeout(DefaultStoreTimeout))
+	db := newKeyLoads(2000, 0)
+	keys := itemKeys(2000)
+	got, err := c.GetOrLoadMany(bg(), keys, db.batch)
+	require.NoError(t, err)
+	checkBatch(t, keys, got)
+	got, err = c.GetOrLoadMany(bg(), keys, func(context.Context, []string) (map[string]int, error) {
+		return nil, errors.New("the batch failed open: its keys were not read from the store")
+	})
+	require.NoError(t, err)
+	checkBatch(t, keys, got)
 }

@@ -52,10 +52,13 @@ func storeCall[T, R any](c *Cache[T], ctx context.Context, op func(context.Conte
 	return storeCallN(c, ctx, 1, op)
 }
 
-// batchKeysPerTimeout is how many keys of a batch operation one store timeout covers: a batch
-// of n keys is allowed 1 + n/batchKeysPerTimeout store timeouts, so that a large batch (far
-// longer to encode, send and run than one key) does not fail open on a healthy store.
-const batchKeysPerTimeout = 100
+// A batch operation of n keys is allowed 1 + n/batchKeysPerTimeout store timeouts, at most
+// maxBatchTimeouts: a large batch (far longer to encode, send and run than one key) must not
+// fail open on a healthy store, and a hung store must not hold it for long either.
+const (
+	batchKeysPerTimeout = 100
+	maxBatchTimeouts    = 20
+)
 
 // storeCallN is storeCall for an operation on n keys.
 func storeCallN[T, R any](c *Cache[T], ctx context.Context, n int, op func(context.Context) (R, error)) (R, error) {
@@ -65,7 +68,7 @@ func storeCallN[T, R any](c *Cache[T], ctx context.Context, n int, op func(conte
 		timeout = max(timeout, c.cfg.connectTimeout)
 	}
 	if n > batchKeysPerTimeout {
-		timeout *= time.Duration(1 + n/batchKeysPerTimeout)
+		timeout *= time.Duration(min(1+n/batchKeysPerTimeout, maxBatchTimeouts))
 	}
 	octx, cancel := context.WithTimeout(ctx, timeout)
 	r, err := op(octx)

@@ -145,6 +145,11 @@ func (c *Cache[T]) Warm(ctx context.Context, keys []string, load func(ctx contex
 		wg.Wait()
 		close(results)
 	}()
+	defer func() { // on every way out (a progress callback that panics too): no worker left
+		cancel()
+		for range results {
+		}
+	}()
 
 	var errs []error
 	var stopErr error
