@@ -128,7 +128,7 @@ func TestInvalidateDuringLoad(t *testing.T) {
 // an older version, and at rest every cached value equals the source of truth.
 func TestNoStaleSetRace(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		caches := instances[int64](t, b, 4, WithLeaseWait(time.Millisecond, 10*time.Millisecond))
+		caches := instances[int64](t, b, 4, append([]Option{WithLeaseWait(time.Millisecond, 10*time.Millisecond)}, slowMachine...)...)
 		const keys = 4
 		var truth [keys]atomic.Int64
 		// invalidated[k] is the newest version whose invalidation has returned.
