@@ -49,10 +49,26 @@ func (t *tokens) next() string {
 // the store has answered once) and tells the breaker, and the metrics as op, how it went. A
 // failure caused by the caller's own context is not the store's.
 func storeCall[T, R any](c *Cache[T], ctx context.Context, op storeOp, call func(context.Context) (R, error)) (R, error) {
+	return storeCallN(c, ctx, op, 1, call)
+}
+
+// A batch operation of n keys is allowed 1 + n/batchKeysPerTimeout store timeouts, at most
+// maxBatchTimeouts: a large batch (far longer to encode, send and run than one key) must not
+// fail open on a healthy store, and a hung store must not hold it for long either.
+const (
+	batchKeysPerTimeout = 100
+	maxBatchTimeouts    = 20
+)
+
+// storeCallN is storeCall for an operation on n keys.
+func storeCallN[T, R any](c *Cache[T], ctx context.Context, op storeOp, n int, call func(context.Context) (R, error)) (R, error) {
 	warm := c.warm.Load()
 	timeout := c.cfg.storeTimeout
 	if !warm {
 		timeout = max(timeout, c.cfg.connectTimeout)
+	}
+	if n > batchKeysPerTimeout {
+		timeout *= time.Duration(min(1+n/batchKeysPerTimeout, maxBatchTimeouts))
 	}
 	octx, cancel := context.WithTimeout(ctx, timeout)
 	octx, obs := c.obs.storeStart(octx, op)
@@ -174,8 +190,15 @@ func (c *Cache[T]) takeLeaseUnsafely(ctx context.Context, sk, tok string) string
 func (c *Cache[T]) loadUnder(ctx context.Context, f *flight[T], sk, tok string, load func(context.Context) (T, error)) {
 	ctx, obs := c.obs.loadStart(ctx, sk)
 	defer obs.end()
+	completed := false
+	defer func() {
+		if !completed { // the loader called runtime.Goexit: the key is loadable again at once
+			_, _ = c.release(ctx, sk, tok)
+		}
+	}()
 	v, err, pe := callLoader(ctx, load)
 	c.settle(ctx, f, sk, tok, v, err, pe, c.obs.loadDone(&obs, err, pe))
+	completed = true
 }
 
 // startLoad starts the flight of a caller that was just granted the lease tok.
