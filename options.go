@@ -48,7 +48,7 @@ type config struct {
 	leaseWaitMin    time.Duration
 	leaseWaitMax    time.Duration
 	obs             observeConfig // metrics, logs, traces: metrics.go
-	batchLoadSize   int // 0: no cap
+	batchLoadSize   int           // 0: no cap
 	batchLoadConc   int
 	errs            []error
 }
