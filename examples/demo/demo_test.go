@@ -29,6 +29,10 @@ func TestDemo(t *testing.T) {
 	o.chart = filepath.Join(t.TempDir(), "load.svg")
 	// The embedded defaults, whatever the environment says.
 	o.databaseURL, o.redisURL = "", ""
+	// A generous store timeout: on two busy cores the embedded miniredis can take longer than
+	// its default to answer, and a timed-out lookup rightly fails open to the loader, which
+	// would add loader calls to a stampede for a reason the stampede count does not measure.
+	o.storeTimeout = 10 * time.Second
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -58,14 +58,16 @@ func runPhase(ctx context.Context, o options, cached bool, bar *progressBar) (*p
 	rand.Read(id)
 	run := hex.EncodeToString(id)
 	svc, err := userservice.New(ctx, userservice.Config{
-		DatabaseURL: o.databaseURL,
-		RedisURL:    o.redisURL,
-		Table:       "demo_users_" + run,
-		CachePrefix: "cacheaside-demo-" + run + ":",
-		NoCache:     !cached,
-		DBLatency:   o.dbLatency,
-		Ephemeral:   true, // drop the table and the cache keys at the end
-		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
+		DatabaseURL:  o.databaseURL,
+		RedisURL:     o.redisURL,
+		Table:        "demo_users_" + run,
+		CachePrefix:  "cacheaside-demo-" + run + ":",
+		NoCache:      !cached,
+		MemoryCache:  o.memoryCache,
+		StoreTimeout: o.storeTimeout,
+		DBLatency:    o.dbLatency,
+		Ephemeral:    true, // drop the table and the cache keys at the end
+		Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
 	})
 	if err != nil {
 		return nil, err

@@ -53,7 +53,6 @@ func (b *progressBar) done() {
 		return
 	}
 	if b.tty {
-		b.update(b.total, 0)
 		fmt.Fprintf(b.w, "\r%-14s [%s] done%s\n", b.label, strings.Repeat("#", 30), strings.Repeat(" ", 30))
 		return
 	}

@@ -18,6 +18,17 @@ type Config struct {
 	// password.
 	RedisURL string
 
+	// MemoryCache keeps the cache in process memory (cacheaside.NewMemoryStore) instead of
+	// Redis: for a single process, where it spares a network round trip per read; RedisURL is
+	// then ignored. Several processes need Redis to share one cache and its leases.
+	MemoryCache bool
+
+	// StoreTimeout bounds each cache store operation; past it the read goes to the database
+	// (the cache fails open). Default: the library's (cacheaside.DefaultStoreTimeout) for a
+	// real Redis; 1 second for the embedded miniredis, which interprets each Lua script in a
+	// fresh interpreter and answers in milliseconds on a busy machine.
+	StoreTimeout time.Duration
+
 	// Table is the users table, created if missing. Default: "users".
 	Table string
 	// CachePrefix namespaces the service's cache keys in Redis. Default: "userservice:user:".

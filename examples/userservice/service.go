@@ -31,7 +31,8 @@ type Service struct {
 	cfg     Config
 	db      *database
 	redis   *redis.Client
-	mini    *miniredis.Miniredis // the embedded Redis, when no RedisURL is set
+	mini    *miniredis.Miniredis    // the embedded Redis, when no RedisURL is set
+	memory  *cacheaside.MemoryStore // with Config.MemoryCache
 	users   *cacheaside.Cache[User]
 	repo    *Repository
 	stats   *counters
@@ -63,6 +64,16 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 }
 
 func (s *Service) openCache(ctx context.Context) error {
+	cacheOpts := []cacheaside.Option{
+		cacheaside.WithPrefix(s.cfg.CachePrefix),
+		cacheaside.WithTTL(s.cfg.CacheTTL),
+	}
+	if s.cfg.MemoryCache {
+		s.memory = cacheaside.NewMemoryStore()
+		var err error
+		s.users, err = cacheaside.New[User](s.memory, cacheOpts...)
+		return err
+	}
 	var opts *redis.Options
 	if s.cfg.RedisURL != "" {
 		var err error
@@ -80,16 +91,15 @@ func (s *Service) openCache(ctx context.Context) error {
 	// Deadlines on the socket, so the cache bounds each Redis call without a goroutine.
 	opts.ContextTimeoutEnabled = true
 	s.redis = redis.NewClient(opts)
-
-	cacheOpts := []cacheaside.Option{
-		cacheaside.WithPrefix(s.cfg.CachePrefix),
-		cacheaside.WithTTL(s.cfg.CacheTTL),
-	}
-	if s.mini != nil {
+	timeout := s.cfg.StoreTimeout
+	if timeout == 0 && s.mini != nil {
 		// miniredis runs every Lua script in a fresh interpreter: on a busy laptop it answers
 		// in milliseconds, not the tens of microseconds of a real Redis. A longer store
 		// timeout keeps the cache from failing open (to the database) on that alone.
-		cacheOpts = append(cacheOpts, cacheaside.WithStoreTimeout(time.Second), cacheaside.WithConnectTimeout(2*time.Second))
+		timeout = time.Second
+	}
+	if timeout > 0 {
+		cacheOpts = append(cacheOpts, cacheaside.WithStoreTimeout(timeout), cacheaside.WithConnectTimeout(max(2*timeout, cacheaside.DefaultConnectTimeout)))
 	}
 	var err error
 	if s.users, err = cacheaside.New[User](cacheaside.NewRedisStore(s.redis), cacheOpts...); err != nil {
@@ -123,6 +133,9 @@ func (s *Service) Describe() string {
 }
 
 func (s *Service) cacheWhere() string {
+	if s.memory != nil {
+		return "process memory (MemoryStore)"
+	}
 	if s.mini != nil {
 		return "miniredis (embedded)"
 	}
@@ -171,6 +184,9 @@ func (s *Service) Close() error {
 	}
 	if s.redis != nil {
 		errs = append(errs, s.redis.Close())
+	}
+	if s.memory != nil {
+		errs = append(errs, s.memory.Close())
 	}
 	if s.mini != nil {
 		s.mini.Close()

@@ -61,10 +61,14 @@ func unique(t *testing.T) string {
 	return hex.EncodeToString(b)
 }
 
-// backends runs fn once per setup: the embedded defaults, and the real PostgreSQL + Redis.
+// backends runs fn once per setup: the embedded defaults, SQLite with the cache in process
+// memory, and the real PostgreSQL + Redis.
 func backends(t *testing.T, fn func(t *testing.T, cfg userservice.Config)) {
 	t.Run("embedded", func(t *testing.T) {
 		fn(t, userservice.Config{})
+	})
+	t.Run("sqlite+memory", func(t *testing.T) {
+		fn(t, userservice.Config{MemoryCache: true})
 	})
 	t.Run("postgres+redis", func(t *testing.T) {
 		needServer(t, "PostgreSQL", postgresURL())
