@@ -71,7 +71,7 @@ BENCH_COUNT ?= 6
 BENCH_RUNS ?= 5
 
 bench: redis
-	cd bench && $(TEST_ENV) $(GO) test -run '^$$' -bench 'RedisHit|MemoryHit|MissFill' -benchmem -count $(BENCH_COUNT) -timeout 30m . | tee bench.out
+	cd bench && $(TEST_ENV) $(GO) test -run '^$$' -bench 'RedisHit|MemoryHit|MissFill|HitMetrics' -benchmem -count $(BENCH_COUNT) -timeout 30m . | tee bench.out
 	cd bench && $(TEST_ENV) $(GO) test -run '^$$' -bench 'ColdKeyInstances|StaleSetRace' -benchtime $(BENCH_RUNS)x -count 1 -timeout 10m . | tee -a bench.out
 	@echo
 	@echo "Machine: $$(nproc) CPUs, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $$($(GO) env GOVERSION), Redis $$(redis-cli -h $$(echo $(REDIS_ADDR) | cut -d: -f1) -p $$(echo $(REDIS_ADDR) | cut -d: -f2) info server 2>/dev/null | grep -m1 redis_version | cut -d: -f2 | tr -d '\r') on loopback"

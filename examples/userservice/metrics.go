@@ -80,9 +80,8 @@ func newRegistry(c *counters) (*prometheus.Registry, *httpMetrics) {
 		counter("db_queries_total", "Database statements.", &c.dbWrites, prometheus.Labels{"kind": "write"}),
 		counter("cache_invalidate_errors_total", "Invalidations that failed after a database write (the entry lives until its TTL).", &c.invalidateErrors, nil),
 	)
-	// The cache's own metrics (hits, misses, loads, lease waits, store errors) come with the
-	// library's Prometheus collector (issue 7): register it here, e.g.
-	//	reg.MustRegister(cacheasideprom.NewCollector(users))
+	// The cache's own metrics (cacheaside_*) join this registry through the cache's
+	// WithPrometheus option (service.go).
 	m := &httpMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "userservice", Name: "http_requests_total", Help: "HTTP requests by route and status code.",

@@ -23,6 +23,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/cacheaside/cacheaside"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -50,23 +51,26 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if s.db, err = openDatabase(ctx, cfg, s.stats); err != nil {
 		return nil, err
 	}
+	reg, hm := newRegistry(s.stats)
 	if !cfg.NoCache {
-		if err := s.openCache(ctx); err != nil {
+		if err := s.openCache(ctx, reg); err != nil {
 			s.Close()
 			return nil, err
 		}
 	}
 	s.repo = &Repository{db: s.db, users: s.users, stats: s.stats, log: s.log}
-	reg, hm := newRegistry(s.stats)
 	s.http = hm
 	s.handler = s.routes(reg)
 	return s, nil
 }
 
-func (s *Service) openCache(ctx context.Context) error {
+func (s *Service) openCache(ctx context.Context, reg *prometheus.Registry) error {
 	cacheOpts := []cacheaside.Option{
 		cacheaside.WithPrefix(s.cfg.CachePrefix),
 		cacheaside.WithTTL(s.cfg.CacheTTL),
+		// The cache's own metrics on /metrics, labelled cache="users": requests by result
+		// (hit, negative_hit, miss), loads, store errors and latency, lease waits.
+		cacheaside.WithPrometheus(reg, "users"),
 	}
 	if s.cfg.MemoryCache {
 		s.memory = cacheaside.NewMemoryStore()

@@ -352,6 +352,8 @@ func TestMetrics(t *testing.T) {
 		`userservice_db_queries_total{kind="read"} 1`,
 		`userservice_http_requests_total{code="404",route="GET /users/{id}"} 1`,
 		`userservice_user_reads_total 1`,
+		`cacheaside_requests_total{cache="users",group="",result="miss"} 1`,
+		`cacheaside_loads_total{cache="users",group="",outcome="not_found"} 1`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(string(b), want) {
