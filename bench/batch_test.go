@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"testing"
 	"time"
@@ -21,13 +20,6 @@ type product struct {
 	Name  string   `json:"name"`
 	Price float64  `json:"price"`
 	Tags  []string `json:"tags"`
-}
-
-func redisAddr() string {
-	if a := os.Getenv("CACHEASIDE_REDIS_ADDR"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
 }
 
 // realRedis returns a client to the real Redis, or skips the benchmark when none answers.
