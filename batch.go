@@ -16,12 +16,21 @@ import (
 // A load error fails the whole call (nothing is cached for the keys it covered); a load panic
 // panics every caller sharing it. With the store unusable, load is called with every key that
 // was not resolved, and nothing is stored.
-func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error)) (map[string]T, error) {
+//
+// opts apply to this call only (TTL, NegativeTTL); an invalid one is an error wrapping
+// ErrInvalidOption.
+func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error), opts ...CallOption) (map[string]T, error) {
 	if load == nil {
 		return nil, errNilLoader
 	}
 	if c.closed.Load() {
 		return nil, ErrClosed
+	}
+	if len(opts) > 0 {
+		var err error
+		if ctx, err = withCallOptions(ctx, opts); err != nil {
+			return nil, err
+		}
 	}
 	out := make(map[string]T, len(keys))
 	pending := dedupe(keys)
@@ -84,10 +93,10 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 	var bare []string
 	for i, lk := range lks {
 		if lk.Value != nil {
-			v, notFound, ok := c.decode(lk.Value)
+			v, h, ok := c.decode(sks[i], lk.Value)
 			if ok {
-				c.obs.count(keys[i], hitResult(notFound))
-				if !notFound {
+				c.obs.count(keys[i], hitResult(h.NotFound()))
+				if !h.NotFound() {
 					out[keys[i]] = v
 				}
 				continue
@@ -185,7 +194,7 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys []strin
 		} else {
 			f.err = ErrNotFound
 		}
-		data, ttl, ok := c.encode(v, !found, delta)
+		data, ttl, ok := c.encode(ctx, sk, v, !found, delta)
 		if !ok {
 			held, rerr := c.release(ctx, sk, tok)
 			f.retry = !held || rerr != nil
