@@ -131,6 +131,7 @@ func TestTamperedValueIsAMiss(t *testing.T) {
 						}
 						require.Equal(t, before+1, loads.Load(), "byte %d ^ %#x: reloaded", i, mask)
 						require.Equal(t, rejected+1, c.rejected(), "byte %d ^ %#x: counted", i, mask)
+						require.Equal(t, rejected+1, c.Stats().UndecodableValues, "byte %d ^ %#x: in Stats", i, mask)
 						require.NotEqual(t, bad, storedFrame(t, s, sk), "byte %d ^ %#x: replaced", i, mask)
 					}
 				}
@@ -201,6 +202,7 @@ func TestWireSettingsChange(t *testing.T) {
 		read(sealed, "k", big)
 		expect(2, "a plain value is a miss for an encrypting cache")
 		require.Equal(t, uint64(1), sealed.wire.rejects[rejectPlain].Load())
+		require.Equal(t, uint64(1), sealed.Stats().UnopenedValues)
 		read(sealed, "k", big)
 		read(sealedCompressing, "k", big)
 		expect(0, "sealed by a cache of the same ring: read by both")
