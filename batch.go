@@ -20,12 +20,21 @@ import (
 // A load error fails the whole call (nothing is cached for the keys it covered); a load panic
 // panics every caller sharing it. With the store unusable, load is called with every key that
 // was not resolved, and nothing is stored. load may reorder or keep missing: it is its own.
-func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error)) (map[string]T, error) {
+//
+// opts apply to this call only (TTL, NegativeTTL); an invalid one is an error wrapping
+// ErrInvalidOption.
+func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error), opts ...CallOption) (map[string]T, error) {
 	if load == nil {
 		return nil, errNilLoader
 	}
 	if c.closed.Load() {
 		return nil, ErrClosed
+	}
+	if len(opts) > 0 {
+		var err error
+		if ctx, err = withCallOptions(ctx, opts); err != nil {
+			return nil, err
+		}
 	}
 	b := &batch[T]{load: load, out: make(map[string]T, len(keys))}
 	if err := c.resolveAll(ctx, keys, b); err != nil {
@@ -107,13 +116,13 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 		lk := &lks[i]
 		switch {
 		case lk.Value != nil:
-			v, notFound, ok := c.decode(lk.Value)
+			v, h, ok := c.decode(sks[i], lk.Value)
 			if !ok {
 				bad = append(bad, i)
 				break
 			}
-			c.obs.count(keys[i], hitResult(notFound))
-			if !notFound && b.out != nil {
+			c.obs.count(keys[i], hitResult(h.NotFound()))
+			if !h.NotFound() && b.out != nil {
 				b.out[keys[i]] = v
 			}
 		case lk.Granted:

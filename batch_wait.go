@@ -71,11 +71,11 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 			f := fs[i]
 			switch lk := lks[j]; {
 			case lk.Value != nil:
-				v, notFound, ok := c.decode(lk.Value)
+				v, h, ok := c.decode(sks[i], lk.Value)
 				switch {
 				case !ok:
 					f.retry = true // bad data: callers read again, and replace it
-				case notFound:
+				case h.NotFound():
 					f.err = ErrNotFound
 				default:
 					f.val = v

@@ -48,6 +48,8 @@ type Cache[T any] struct {
 	warm     atomic.Bool      // the store has answered once
 	lookups  *lookupShards[T] // nil for a store without round trips (MemoryStore)
 	obs      *observer        // metrics, logs and traces: metrics.go
+	vc       valueCodec[T]    // the codec, bound to T (codec.go)
+	wire     wire             // compression, encryption, limits (wire.go)
 
 	mu      sync.Mutex
 	flights map[flightKey]*flight[T]
@@ -85,6 +87,10 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	if err := cfg.err(); err != nil {
 		return nil, err
 	}
+	vc, err := bindCodec[T](cfg.codec)
+	if err != nil {
+		return nil, err
+	}
 	c := &Cache[T]{
 		store:    store,
 		cfg:      cfg,
@@ -93,6 +99,8 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		tokens:   newTokens(),
 		gens:     newGenerations(),
 		flights:  make(map[flightKey]*flight[T]),
+		vc:       vc,
+		wire:     newWire(cfg, store),
 	}
 	if _, inProcess := store.(*MemoryStore); !inProcess {
 		c.lookups = newLookupShards[T]()
@@ -130,7 +138,17 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 // the load timeout; each caller leaves when its own ctx ends. If load returns an error that
 // wraps ErrNotFound, that answer is cached for the negative TTL; any other error is returned
 // and not cached. If load panics, every caller sharing it panics with a *PanicError.
-func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.Context) (T, error)) (T, error) {
+//
+// opts apply to this call only (TTL, NegativeTTL); an invalid one is an error wrapping
+// ErrInvalidOption.
+func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.Context) (T, error), opts ...CallOption) (T, error) {
+	if len(opts) > 0 {
+		var err error
+		if ctx, err = withCallOptions(ctx, opts); err != nil {
+			var zero T
+			return zero, err
+		}
+	}
 	if c.obs.noteResult {
 		return tracedGetOrLoad(c, ctx, key, load) // WithHitSpans: tracing.go
 	}
@@ -158,10 +176,10 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 		if c.breaker.Allow() {
 			lk, lf, err := c.read(ctx, sk, gen, load)
 			if err == nil && lk.Value != nil {
-				v, notFound, ok := c.decode(lk.Value)
+				v, h, ok := c.decode(sk, lk.Value)
 				if ok {
-					c.obs.request(ctx, key, hitResult(notFound))
-					if notFound {
+					c.obs.request(ctx, key, hitResult(h.NotFound()))
+					if h.NotFound() {
 						return zero, ErrNotFound
 					}
 					return v, nil
@@ -268,34 +286,30 @@ func (c *Cache[T]) background(fn func()) {
 	}()
 }
 
-// decode reads a stored entry. ok is false for anything that is not a well-formed entry of
-// this cache's codec and type.
-func (c *Cache[T]) decode(b []byte) (v T, notFound, ok bool) {
+// decode reads a stored entry at store key sk and its header (h.NotFound() for a cached
+// not-found). ok is false for anything that is not a well-formed entry of this cache's codec
+// and type, or that does not open (wire.go).
+func (c *Cache[T]) decode(sk string, b []byte) (v T, h envelope.Header, ok bool) {
 	h, payload, ok := envelope.Decode(b, c.schema)
 	if !ok {
+		c.wire.rejects.add(rejectFrame)
 		c.obs.undecodableValue()
-		return v, false, false
+		return v, h, false
 	}
-	if h.NotFound() {
-		return v, true, true
-	}
-	if err := c.cfg.codec.Unmarshal(payload, &v); err != nil {
+	if v, ok = c.unframe(sk, b, h, payload); !ok {
 		c.obs.undecodableValue()
-		var zero T
-		return zero, false, false
+		return v, envelope.Header{}, false
 	}
-	return v, false, true
+	return v, h, true
 }
 
-// encode frames a loaded value (or a not-found) for the store, with its jittered TTL. ok is
-// false when it must not be stored: negative caching off, a codec error, or too large.
-func (c *Cache[T]) encode(v T, notFound bool, delta time.Duration) (data []byte, ttl time.Duration, ok bool) {
-	ttl = c.cfg.ttl
-	if notFound {
-		ttl = c.cfg.negativeTTL
-		if ttl == 0 {
-			return nil, 0, false
-		}
+// encode frames a loaded value (or a not-found) for store key sk, with its jittered TTL: the
+// TTL of the call whose load it is (callopts.go), else the cache's. ok is false when it must
+// not be stored: negative caching off, a codec error, or too large.
+func (c *Cache[T]) encode(ctx context.Context, sk string, v T, notFound bool, delta time.Duration) (data []byte, ttl time.Duration, ok bool) {
+	ttl = c.fillTTL(ctx, notFound)
+	if ttl == 0 {
+		return nil, 0, false
 	}
 	if c.cfg.jitter > 0 {
 		ttl -= time.Duration(float64(ttl) * c.cfg.jitter * rand.Float64())
@@ -303,16 +317,9 @@ func (c *Cache[T]) encode(v T, notFound bool, delta time.Duration) (data []byte,
 	h := envelope.Header{Expiry: time.Now().Add(ttl).UnixNano(), Delta: delta, Schema: c.schema}
 	if notFound {
 		h.Flags = envelope.FlagNotFound
-		return envelope.Encode(h, nil), ttl, true
 	}
-	payload, err := c.cfg.codec.Marshal(&v)
-	if err != nil {
-		return nil, 0, false
-	}
-	if c.cfg.maxValueSize > 0 && envelope.HeaderSize+len(payload) > c.cfg.maxValueSize {
-		return nil, 0, false
-	}
-	return envelope.Encode(h, payload), ttl, true
+	data, ok = c.frame(sk, h, &v)
+	return data, ttl, ok
 }
 
 // Invalidate removes keys from the cache and voids every outstanding lease on them, so no load

@@ -153,7 +153,7 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 		return
 	}
 	f.val, f.err, f.loaded = v, err, true
-	data, ttl, ok := c.encode(v, err != nil, delta)
+	data, ttl, ok := c.encode(ctx, sk, v, err != nil, delta)
 	if !ok {
 		held, rerr := c.release(ctx, sk, tok)
 		f.retry = !held || rerr != nil
@@ -249,10 +249,10 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 		tok := c.tokens.next()
 		lk, err := c.lookup(ctx, sk, tok)
 		if err == nil && lk.Value != nil {
-			v, nf, ok := c.decode(lk.Value)
+			v, h, ok := c.decode(sk, lk.Value)
 			if ok {
 				f.val = v
-				if nf {
+				if h.NotFound() {
 					f.err = ErrNotFound
 				}
 				return
