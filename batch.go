@@ -24,7 +24,7 @@ func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(c
 		return nil, ErrClosed
 	}
 	out := make(map[string]T, len(keys))
-	pending := dedupe(keys)
+	pending := c.l1Many(dedupe(keys), out) // local.go
 	for len(pending) > 0 {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -52,7 +52,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 	gens := make([]uint64, len(keys))
 	for i, k := range keys {
 		sks[i] = c.cfg.prefix + k
-		gens[i] = c.gens.load(sks[i])
+		gens[i] = c.gens.load(k)
 	}
 	tok := c.tokens.next()
 	var lks []Lookup
@@ -87,6 +87,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 			v, notFound, ok := c.decode(lk.Value)
 			if ok {
 				c.obs.count(keys[i], hitResult(notFound))
+				c.l1Fill(keys[i], gens[i], v, lk.Value)
 				if !notFound {
 					out[keys[i]] = v
 				}
@@ -202,6 +203,9 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys []strin
 	})
 	for i, f := range filled {
 		f.retry = ferr != nil || !stored[i]
+		if !f.retry {
+			c.l1FillStored(entries[i].Key, f.gen, f.val, entries[i].Value)
+		}
 	}
 }
 

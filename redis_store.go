@@ -34,6 +34,7 @@ type RedisStore struct {
 	trusted bool // the client enforces context deadlines itself
 	cluster *redis.ClusterClient
 	ring    *redis.Ring
+	pubsub  pubsubTiming // invalidation subscriber's liveness (broadcast_redis.go); zero: defaults
 }
 
 // RedisOption configures a RedisStore.
