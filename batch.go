@@ -37,7 +37,7 @@ func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(c
 		}
 	}
 	b := &batch[T]{load: load, out: make(map[string]T, len(keys))}
-	if err := c.resolveAll(ctx, keys, b); err != nil {
+	if err := c.resolveAll(ctx, c.l1Many(dedupe(keys), b.out), b); err != nil { // L1 hits: local.go
 		return nil, err
 	}
 	return b.out, nil
@@ -81,8 +81,10 @@ type pendingKey[T any] struct {
 // read again.
 func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) ([]string, error) {
 	sks := make([]string, len(keys))
+	gens := make([]uint64, len(keys)) // before the lookup: an L1 fill is kept only if no invalidation came since
 	for i, k := range keys {
 		sks[i] = c.cfg.prefix + k
+		gens[i] = c.gens.load(k)
 	}
 	tok := c.tokens.next()
 	var lks []Lookup
@@ -122,6 +124,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 				break
 			}
 			c.obs.count(keys[i], hitResult(h.NotFound()))
+			c.l1Fill(keys[i], gens[i], v, lk.Value)
 			if !h.NotFound() && b.out != nil {
 				b.out[keys[i]] = v
 			}
@@ -151,7 +154,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 	waits := make([]pendingKey[T], 0, len(won)+len(held))
 	if len(won) > 0 {
 		wkeys := pick(keys, won)
-		fs := c.loadMany(ctx, wkeys, pick(sks, won), tok, b.load)
+		fs := c.loadMany(ctx, wkeys, pick(sks, won), pick(gens, won), tok, b.load)
 		if fs == nil {
 			return nil, ErrClosed
 		}

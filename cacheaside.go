@@ -51,6 +51,11 @@ type Cache[T any] struct {
 	vc       valueCodec[T]    // the codec, bound to T (codec.go)
 	wire     wire             // compression, encryption, limits (wire.go)
 
+	// Local cache and invalidation broadcast (local.go, broadcast.go).
+	l1      *local[T]   // nil without WithLocalCache
+	bus     broadcaster // nil if the store cannot broadcast: Invalidate then publishes nothing
+	channel string      // this prefix's invalidation channel
+
 	mu      sync.Mutex
 	flights map[flightKey]*flight[T]
 	seq     atomic.Uint64 // numbers flights in launch order
@@ -91,6 +96,10 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	if err != nil {
 		return nil, err
 	}
+	bus, _ := store.(broadcaster)
+	if cfg.localMax > 0 && bus == nil {
+		return nil, fmt.Errorf("%w: WithLocalCache needs a store that broadcasts invalidations (RedisStore, MemoryStore); %T does not", ErrInvalidOption, store)
+	}
 	c := &Cache[T]{
 		store:    store,
 		cfg:      cfg,
@@ -101,6 +110,8 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		flights:  make(map[flightKey]*flight[T]),
 		vc:       vc,
 		wire:     newWire(cfg, store),
+		bus:      bus,
+		channel:  invalidationChannel(cfg.prefix),
 	}
 	if _, inProcess := store.(*MemoryStore); !inProcess {
 		c.lookups = newLookupShards[T]()
@@ -128,6 +139,9 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 			return err
 		})
 	}()
+	if cfg.localMax > 0 {
+		c.startLocal(bus)
+	}
 	return c, nil
 }
 
@@ -164,12 +178,20 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 	if c.closed.Load() {
 		return zero, ErrClosed
 	}
+	if e := c.l1Hit(key); e != nil { // local.go; the early-refresh hook goes here (see l1Entry.header)
+		if e.notFound {
+			c.obs.request(ctx, key, resultNegativeHit)
+			return zero, ErrNotFound
+		}
+		c.obs.request(ctx, key, resultL1Hit)
+		return e.val, nil
+	}
 	sk := c.cfg.prefix + key
 	for {
 		if err := ctx.Err(); err != nil {
 			return zero, err
 		}
-		gen := c.gens.load(sk)
+		gen := c.gens.load(key)
 		var f *flight[T]
 		owner := false
 		tok := "" // the lease token of a lookup that failed: the store may have granted it
@@ -179,6 +201,7 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 				v, h, ok := c.decode(sk, lk.Value)
 				if ok {
 					c.obs.request(ctx, key, hitResult(h.NotFound()))
+					c.l1Fill(key, gen, v, lk.Value)
 					if h.NotFound() {
 						return zero, ErrNotFound
 					}
@@ -327,6 +350,13 @@ func (c *Cache[T]) encode(ctx context.Context, sk string, v T, notFound bool, de
 // served one. Call it after each write to the source of truth. It always tries the store,
 // even with the breaker open, and returns an error if the store could not be reached: the
 // entries then live until their TTL.
+//
+// Then it publishes the keys on the store's invalidation channel of this cache's prefix
+// (RedisStore: Redis pub/sub; MemoryStore: in process), and every instance with a local cache
+// (WithLocalCache) drops them from it on receipt. It does so with or without a local cache of
+// its own, so instances that have one stay coherent with those that do not. If the publish
+// fails, Invalidate returns an error: this instance is up to date, but other instances' local
+// caches may serve the old value until their local TTL.
 func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 	if c.closed.Load() {
 		return ErrClosed
@@ -338,14 +368,13 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 	sks := make([]string, len(keys))
 	for i, k := range keys {
 		sks[i] = c.cfg.prefix + k
-		c.gens.bump(sks[i]) // before the delete: stop local store-less joins early
+		c.gens.bump(k) // before the delete: stop local store-less joins and L1 fills early
 	}
-	_, err := storeCall(c, ctx, opDelete, func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, c.store.Delete(ctx, sks...)
-	})
-	for _, sk := range sks {
-		c.gens.bump(sk) // after it: a load that began in between cannot be joined either
+	err := c.deleteAndPublish(ctx, sks, encodeKeysMsg(c.tokens.id, keys)) // broadcast.go
+	for _, k := range keys {
+		c.gens.bump(k) // after the delete: a load or L1 fill that began in between is not used either
 	}
+	c.l1Forget(keys)
 	if err != nil {
 		return fmt.Errorf("cacheaside: invalidate: %w", err)
 	}
@@ -357,6 +386,9 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 // own glob characters are escaped), uses SCAN on every master, never KEYS, and returns the
 // number of cached entries removed. An empty pattern is refused. It runs on ctx without the
 // store timeout: give ctx a deadline.
+//
+// Then it tells every instance to clear its local cache (WithLocalCache) of this prefix
+// entirely, as Invalidate does for keys (see Invalidate for a failed publish).
 func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, error) {
 	if c.closed.Load() {
 		return 0, ErrClosed
@@ -369,7 +401,8 @@ func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, 
 	sctx, obs := c.obs.storeStart(ctx, opDeletePattern)
 	n, err := c.store.DeletePattern(sctx, glob.Escape(c.cfg.prefix)+pattern)
 	c.obs.storeEnd(obs, err, ctx.Err() != nil)
-	c.gens.bumpAll()
+	c.l1Flush() // bumps the epoch again
+	err = errors.Join(err, c.publish(ctx, encodeAllMsg(c.tokens.id, pattern)))
 	if err != nil {
 		return n, fmt.Errorf("cacheaside: invalidate pattern: %w", err)
 	}
@@ -389,5 +422,9 @@ func (c *Cache[T]) Close() error {
 	c.stop()
 	c.wg.Wait()
 	c.obs.unregister()
+	if c.l1 != nil {
+		c.l1.live.Store(false)
+		c.l1.entries.StopAllGoroutines()
+	}
 	return nil
 }

@@ -166,6 +166,9 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 		return c.store.Fill(ctx, sk, tok, data, ttl)
 	})
 	f.retry = !stored || ferr != nil
+	if !f.retry {
+		c.l1FillStored(sk, f.gen, v, data)
+	}
 }
 
 // takeLeaseUnsafely is the broken build's fill (see Cache.unsafeSkipLeaseCheck): like a cache
@@ -251,6 +254,7 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 		if err == nil && lk.Value != nil {
 			v, h, ok := c.decode(sk, lk.Value)
 			if ok {
+				c.l1FillStored(sk, f.gen, v, lk.Value)
 				f.val = v
 				if h.NotFound() {
 					f.err = ErrNotFound

@@ -112,6 +112,7 @@ const (
 	opDelete
 	opDeletePattern
 	opPing
+	opPublish // an invalidation message to the other instances (broadcast.go)
 	numStoreOps
 )
 
@@ -133,6 +134,8 @@ func (op storeOp) String() string {
 		return "delete"
 	case opDeletePattern:
 		return "delete_pattern"
+	case opPublish:
+		return "publish"
 	default:
 		return "ping"
 	}
