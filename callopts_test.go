@@ -25,7 +25,7 @@ func (c *Cache[T]) storedTTL(t testing.TB, s Store, sk string) time.Duration {
 func TestCallTTL(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		s := b.newStore(t)
-		c := newTestCache[string](t, s, append(b.opts, WithTTL(time.Minute), WithTTLJitter(0))...)
+		c := newTestCache[string](t, s, steady(WithTTL(time.Minute), WithTTLJitter(0))...)
 		load := func(context.Context) (string, error) { return "v", nil }
 		_, err := c.GetOrLoad(bg(), "default", load)
 		require.NoError(t, err)
@@ -58,7 +58,7 @@ func TestCallTTL(t *testing.T) {
 func TestCallNegativeTTL(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		s := b.newStore(t)
-		c := newTestCache[string](t, s, append(b.opts, WithNegativeTTL(30*time.Second), WithTTLJitter(0))...)
+		c := newTestCache[string](t, s, steady(WithNegativeTTL(30*time.Second), WithTTLJitter(0))...)
 		var loads atomic.Int32
 		notFound := func(context.Context) (string, error) { loads.Add(1); return "", ErrNotFound }
 

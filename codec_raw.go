@@ -15,9 +15,10 @@ var _ Codec = RawCodec{}
 // returns a string that shares memory with the bytes read (they never change), and a []byte
 // that is a fresh copy, unless the Cache itself just produced those bytes by decompressing or
 // decrypting: then it is returned as is, and nothing else holds it. A []byte result never
-// shares memory with the store's copy of the value or with another read's result, so a caller
-// may write to it without corrupting the cache (values from one shared load are still one
-// value for all its callers: see Cache).
+// shares memory with the store's copy of the value, so writing to it cannot corrupt what other
+// reads decode. It is still one value for every caller that receives it: the callers of one
+// shared load, and, with WithLocalCache, every hit on the local cache (which keeps decoded
+// values). Treat it as read-only, as any cached value.
 type RawCodec struct{}
 
 // Name implements Codec.

@@ -94,7 +94,7 @@ func TestTamperedValueIsAMiss(t *testing.T) {
 			{"not found", nil, ""},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
-				c := newTestCache[string](t, s, append(tc.opts, WithEncryption(testRing(t)))...)
+				c := newTestCache[string](t, s, steady(append(tc.opts, WithEncryption(testRing(t)))...)...)
 				sk := c.cfg.prefix + "k"
 				var loads atomic.Int32
 				gen := 0
@@ -143,7 +143,7 @@ func TestTamperedValueIsAMiss(t *testing.T) {
 // A sealed value copied to another key does not open there: the key is authenticated with it.
 func TestMovedValueIsAMiss(t *testing.T) {
 	tamperBackends(t, func(t *testing.T, b backend, s Store, raw rawWriter) {
-		c := newTestCache[string](t, s, WithEncryption(testRing(t)))
+		c := newTestCache[string](t, s, steady(WithEncryption(testRing(t)))...)
 		for _, from := range []string{"a", "gone"} {
 			_, _ = c.GetOrLoad(bg(), from, func(context.Context) (string, error) {
 				if from == "gone" {
@@ -162,7 +162,7 @@ func TestMovedValueIsAMiss(t *testing.T) {
 			require.Equal(t, rejected+1, c.rejected())
 		}
 		// Another prefix is another key too.
-		other := newTestCache[string](t, s, WithEncryption(c.wire.ring))
+		other := newTestCache[string](t, s, steady(WithEncryption(c.wire.ring))...)
 		putFrame(t, b, raw, s, other.cfg.prefix+"a", storedFrame(t, s, c.cfg.prefix+"a"))
 		v, err := other.GetOrLoad(bg(), "a", func(context.Context) (string, error) { return "reloaded", nil })
 		require.NoError(t, err)
@@ -180,7 +180,7 @@ func TestWireSettingsChange(t *testing.T) {
 		prefix := testPrefix(t)
 		ring := testRing(t)
 		mk := func(opts ...Option) *Cache[string] {
-			return newTestCache[string](t, s, append(append([]Option{WithPrefix(prefix)}, b.opts...), opts...)...)
+			return newTestCache[string](t, s, steady(append([]Option{WithPrefix(prefix)}, opts...)...)...)
 		}
 		plain, sealed := mk(WithCompression(0)), mk(WithEncryption(ring))
 		compressing, sealedCompressing := mk(WithCompression(1)), mk(WithCompression(1), WithEncryption(ring))
@@ -234,7 +234,7 @@ func TestCodecChangeIsAMiss(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		s := b.newStore(t)
 		prefix := testPrefix(t)
-		opts := append([]Option{WithPrefix(prefix)}, b.opts...)
+		opts := steady(WithPrefix(prefix))
 		asJSON := newTestCache[wireDoc](t, s, opts...)
 		asMsgpack := newTestCache[wireDoc](t, s, append(opts, WithCodec(MsgpackCodec{}))...)
 		asRaw := newTestCache[string](t, s, append(opts, WithCodec(RawCodec{}))...)

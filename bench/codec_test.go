@@ -9,7 +9,8 @@ package bench
 //
 // A fill is Invalidate + GetOrLoad on a missing key (lease, load, encode, fill); a hit is a
 // GetOrLoad that finds it. raw/plain/small is the cache's own overhead: subtract it to see
-// the codec and wrapper alone. bytes/value is the stored frame, envelope included.
+// the codec and wrapper alone. bytes/value is the stored frame, envelope included; cpu-ns/op
+// (serial benchmarks) is the process's CPU time per op, steadier than ns/op on a shared machine.
 //
 // Codecs: json, msgpack (a struct), proto (structpb.Struct, a generic message heavier than a
 // generated one; wrapperspb.BytesValue for the blob), raw ([]byte). Wrappers: plain
@@ -161,9 +162,9 @@ func run[T any](b *testing.B, m mode, codec cacheaside.Codec, w wrapper, v T) {
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
+	cpu0, n := processCPU(), 0
 	switch m {
 	case fillAndHit:
-		n := 0
 		for b.Loop() {
 			if err := c.Invalidate(ctx, "k"); err != nil {
 				b.Fatal(err)
@@ -178,6 +179,7 @@ func run[T any](b *testing.B, m mode, codec cacheaside.Codec, w wrapper, v T) {
 	case hit:
 		for b.Loop() {
 			mustGet()
+			n++
 		}
 	case hitParallel:
 		b.RunParallel(func(pb *testing.PB) {
@@ -190,6 +192,11 @@ func run[T any](b *testing.B, m mode, codec cacheaside.Codec, w wrapper, v T) {
 		})
 	}
 	b.StopTimer()
+	if cpu1 := processCPU(); cpu0 >= 0 && n > 0 {
+		// CPU time per op: wall time counts the waits for a CPU on a busy machine, this does
+		// not (it counts GC and other goroutines of the process, as a server would pay them).
+		b.ReportMetric(float64(cpu1-cpu0)/float64(n), "cpu-ns/op")
+	}
 	if m != fillAndHit && loads != 1 {
 		b.Fatalf("%d loads: hits were not hits", loads)
 	}
