@@ -172,7 +172,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 	}
 	if len(remote) > 0 {
 		rkeys := pick(keys, remote)
-		fs := c.waitMany(ctx, rkeys, pick(sks, remote), pick(lks, remote), b.load)
+		fs := c.waitMany(ctx, rkeys, pick(sks, remote), pick(gens, remote), pick(lks, remote), b.load)
 		if fs == nil {
 			return nil, ErrClosed
 		}

@@ -12,15 +12,16 @@ import (
 // held in one round trip (per node), with the backoff of waitLease, never past the soonest
 // lease expiry. Keys whose leases end without a value are leased by the poll and loaded with
 // load, together (in chunks), like the keys a batch wins at once. Keys still held after a
-// lease and a load's time are loaded without storing. It returns nil after Close.
-func (c *Cache[T]) waitMany(ctx context.Context, keys, sks []string, lks []Lookup, load func(context.Context, []string) (map[string]T, error)) []*flight[T] {
+// lease and a load's time are loaded without storing. gens are the keys' generations read
+// before the caller's lookup, for the local cache. It returns nil after Close.
+func (c *Cache[T]) waitMany(ctx context.Context, keys, sks []string, gens []uint64, lks []Lookup, load func(context.Context, []string) (map[string]T, error)) []*flight[T] {
 	fks := make([]flightKey, len(keys))
 	ttls := make([]time.Duration, len(keys))
 	for i, lk := range lks {
 		fks[i] = flightKey{sks[i], lk.Holder}
 		ttls[i] = lk.HolderTTL
 	}
-	return c.launchMany(ctx, fks, make([]uint64, len(keys)), 0, func(lctx context.Context, fs []*flight[T]) {
+	return c.launchMany(ctx, fks, gens, 0, func(lctx context.Context, fs []*flight[T]) {
 		c.pollMany(lctx, fs, keys, sks, ttls, load)
 	})
 }
@@ -79,6 +80,9 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 					f.err = ErrNotFound
 				default:
 					f.val = v
+				}
+				if ok {
+					c.l1Fill(keys[i], f.gen, v, lk.Value)
 				}
 				settled = append(settled, f)
 			case lk.Granted:

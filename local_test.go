@@ -207,9 +207,10 @@ func TestLocalEntryFromBeforeAnInvalidationIsNeverServed(t *testing.T) {
 // answered it.
 type hookStore struct {
 	Store
-	bus       broadcaster
-	afterGet  atomic.Pointer[func(key string, lk Lookup)]
-	afterFill atomic.Pointer[func(key string, stored bool)]
+	bus          broadcaster
+	afterGet     atomic.Pointer[func(key string, lk Lookup)]
+	afterFill    atomic.Pointer[func(key string, stored bool)]
+	afterGetMany atomic.Pointer[func(keys []string, lks []Lookup)]
 }
 
 func newHookStore(s Store) *hookStore { return &hookStore{Store: s, bus: s.(broadcaster)} }
@@ -225,6 +226,14 @@ func (h *hookStore) GetOrLease(ctx context.Context, key, token string, leaseTTL 
 		(*f)(key, lk)
 	}
 	return lk, err
+}
+
+func (h *hookStore) GetOrLeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error) {
+	lks, err := h.Store.GetOrLeaseMany(ctx, keys, token, leaseTTL)
+	if f := h.afterGetMany.Load(); f != nil && err == nil {
+		(*f)(keys, lks)
+	}
+	return lks, err
 }
 
 func (h *hookStore) Fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error) {
@@ -683,4 +692,59 @@ func TestLocalRefusedFillStaysOut(t *testing.T) {
 	if v, err := c.GetOrLoad(bg(), "k", load); err != nil || v != 2 {
 		t.Fatalf("next read: %d, %v; want 2", v, err)
 	}
+}
+
+// A batch that waited for another process's lease keeps the value it then read in L1.
+func TestLocalBatchWaitFillsL1(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		prefix := testPrefix(t)
+		opts := append(append(append([]Option{}, b.opts...), slowMachine...), l1Opts(WithPrefix(prefix))...)
+		hs := newHookStore(b.newStore(t))
+		batcher := newTestCache[int64](t, hs, opts...)
+		loader := newTestCache[int64](t, b.newStore(t), opts...)
+		waitLive(t, batcher, loader)
+
+		started, release := make(chan struct{}), make(chan struct{})
+		go func() {
+			_, err := loader.GetOrLoad(bg(), "k", func(context.Context) (int64, error) {
+				close(started)
+				<-release
+				return 1, nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+		waitFor(t, started, "the other instance's load")
+		held := make(chan struct{})
+		var once sync.Once
+		f := func(keys []string, lks []Lookup) {
+			if len(lks) == 1 && lks[0].Holder != "" {
+				once.Do(func() { close(held) })
+			}
+		}
+		hs.afterGetMany.Store(&f)
+		var batchLoads atomic.Int64
+		load := func(_ context.Context, missing []string) (map[string]int64, error) {
+			batchLoads.Add(1)
+			return map[string]int64{"k": 2}, nil
+		}
+		res := make(chan map[string]int64, 1)
+		go func() {
+			m, err := batcher.GetOrLoadMany(bg(), []string{"k"}, load)
+			if err != nil {
+				t.Error(err)
+			}
+			res <- m
+		}()
+		waitFor(t, held, "the batch finding the key leased")
+		close(release)
+		if m := <-res; m["k"] != 1 {
+			t.Fatalf("the batch got %v, want the other instance's 1", m)
+		}
+		removeBehindBack(t, batcher, "k")
+		if m, err := batcher.GetOrLoadMany(bg(), []string{"k"}, load); err != nil || m["k"] != 1 || batchLoads.Load() != 0 {
+			t.Fatalf("from L1: %v, %v, %d batch loads; want 1 without a load", m, err, batchLoads.Load())
+		}
+	})
 }
