@@ -82,14 +82,27 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 	var waits []pendingKey[T]
 	var won []int // indexes of keys whose lease tok won
 	var bare []string
+	var stales map[string]*staleValue[T] // expired values seen, for stale-if-error
 	for i, lk := range lks {
 		if lk.Value != nil {
-			v, notFound, ok := c.decode(lk.Value)
+			v, h, ok := c.decode(lk.Value)
 			if ok {
-				if !notFound {
-					out[keys[i]] = v
+				switch c.judge(h) {
+				case serveRefresh:
+					c.refresh(ctx, sks[i], lk.Value, oneOf(load, keys[i]))
+					fallthrough
+				case serveIt:
+					if !h.NotFound() {
+						out[keys[i]] = v
+					}
+					continue
 				}
-				continue
+				if s := c.keepStale(v, h); s.expiry != 0 {
+					if stales == nil {
+						stales = make(map[string]*staleValue[T])
+					}
+					stales[keys[i]] = &s
+				}
 			}
 			if lk, err = c.leaseOver(ctx, sks[i], tok); err != nil {
 				if ctx.Err() != nil {
@@ -127,7 +140,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 		}
 	}
 	if len(bare) > 0 {
-		if err := c.loadManyWithoutStore(ctx, bare, "", load, out); err != nil {
+		if err := c.loadManyWithoutStore(ctx, bare, "", load, out); err != nil && !c.staleForAll(ctx, err, bare, stales, out) {
 			return nil, err
 		}
 	}
@@ -140,12 +153,34 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 			again = append(again, w.key)
 		case errors.Is(err, ErrNotFound):
 		case err != nil:
-			return nil, err
+			if !c.staleForAll(ctx, err, []string{w.key}, stales, out) {
+				return nil, err
+			}
 		default:
 			out[w.key] = v
 		}
 	}
 	return again, nil
+}
+
+// staleForAll serves, for a failed load of keys, their expired values into out, if
+// stale-if-error allows it for every one of them; it reports whether it did.
+func (c *Cache[T]) staleForAll(ctx context.Context, err error, keys []string, stales map[string]*staleValue[T], out map[string]T) bool {
+	if ctx.Err() != nil || errors.Is(err, ErrNotFound) {
+		return false
+	}
+	for _, k := range keys {
+		if s := stales[k]; s == nil || !c.staleOK(s) {
+			return false
+		}
+	}
+	for _, k := range keys {
+		c.onStaleServed()
+		if s := stales[k]; !s.notFound {
+			out[k] = s.v
+		}
+	}
+	return true
 }
 
 // loadManyUnder runs one batch load for keys, all leased under tok, and settles every flight:

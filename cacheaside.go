@@ -48,6 +48,14 @@ type Cache[T any] struct {
 	warm     atomic.Bool      // the store has answered once
 	lookups  *lookupShards[T] // nil for a store without round trips (MemoryStore)
 
+	// Early refresh and stale windows (xfetch.go). Hits read the clock only when timed.
+	timed      bool
+	extraTTL   time.Duration  // physical TTL - logical TTL: the longer stale window
+	now        func() int64   // Unix nanoseconds; injectable for tests
+	rand       func() float64 // uniform in [0,1); injectable for tests
+	refreshing refreshSet
+	stats      stats
+
 	mu      sync.Mutex
 	flights map[flightKey]*flight[T]
 	closed  atomic.Bool
@@ -84,6 +92,10 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		tokens:   newTokens(),
 		gens:     newGenerations(),
 		flights:  make(map[flightKey]*flight[T]),
+		timed:    cfg.beta > 0 || cfg.staleRevalidate > 0 || cfg.staleIfError > 0,
+		extraTTL: max(cfg.staleRevalidate, cfg.staleIfError),
+		now:      func() int64 { return time.Now().UnixNano() },
+		rand:     rand.Float64,
 	}
 	if _, inProcess := store.(*MemoryStore); !inProcess {
 		c.lookups = newLookupShards[T]()
@@ -114,6 +126,10 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 // the load timeout; each caller leaves when its own ctx ends. If load returns an error that
 // wraps ErrNotFound, that answer is cached for the negative TTL; any other error is returned
 // and not cached. If load panics, every caller sharing it panics with a *PanicError.
+//
+// With WithEarlyRefresh or WithStaleWhileRevalidate, a hit may also start one background
+// refresh of the key with load (the caller does not wait for it); with WithStaleIfError, a
+// failed load may be answered with the expired value instead of its error (see xfetch.go).
 func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.Context) (T, error)) (T, error) {
 	var zero T
 	if load == nil {
@@ -123,6 +139,7 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 		return zero, ErrClosed
 	}
 	sk := c.cfg.prefix + key
+	missed := false
 	for {
 		if err := ctx.Err(); err != nil {
 			return zero, err
@@ -130,16 +147,24 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 		gen := c.gens.load(sk)
 		var f *flight[T]
 		owner := false
-		tok := "" // the lease token of a lookup that failed: the store may have granted it
+		tok := ""               // the lease token of a lookup that failed: the store may have granted it
+		var stale staleValue[T] // an expired value seen by this pass, for stale-if-error
 		if c.breaker.Allow() {
 			lk, lf, err := c.read(ctx, sk, gen, load)
 			if err == nil && lk.Value != nil {
-				v, notFound, ok := c.decode(lk.Value)
+				v, h, ok := c.decode(lk.Value)
 				if ok {
-					if notFound {
-						return zero, ErrNotFound
+					switch c.judge(h) {
+					case serveRefresh:
+						c.refresh(ctx, sk, lk.Value, load)
+						fallthrough
+					case serveIt:
+						if h.NotFound() {
+							return zero, ErrNotFound
+						}
+						return v, nil
 					}
-					return v, nil
+					stale = c.keepStale(v, h) // expired: replace it like bad data
 				}
 				tok = c.tokens.next()
 				if lk, err = c.leaseOver(ctx, sk, tok); err == nil && lk.Granted {
@@ -166,9 +191,13 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 		if f == nil {
 			return zero, ErrClosed
 		}
+		if !missed {
+			missed = true
+			c.stats.misses.Add(1)
+		}
 		v, err, again := await(ctx, f, owner)
 		if !again {
-			return v, err
+			return c.orStale(ctx, v, err, &stale)
 		}
 	}
 }
@@ -214,25 +243,27 @@ func (c *Cache[T]) background(fn func()) {
 	}()
 }
 
-// decode reads a stored entry. ok is false for anything that is not a well-formed entry of
-// this cache's codec and type.
-func (c *Cache[T]) decode(b []byte) (v T, notFound, ok bool) {
+// decode reads a stored entry and its header (h.NotFound() for a cached not-found). ok is
+// false for anything that is not a well-formed entry of this cache's codec and type.
+func (c *Cache[T]) decode(b []byte) (v T, h envelope.Header, ok bool) {
 	h, payload, ok := envelope.Decode(b, c.schema)
 	if !ok {
-		return v, false, false
+		return v, h, false
 	}
 	if h.NotFound() {
-		return v, true, true
+		return v, h, true
 	}
 	if err := c.cfg.codec.Unmarshal(payload, &v); err != nil {
 		var zero T
-		return zero, false, false
+		return zero, envelope.Header{}, false
 	}
-	return v, false, true
+	return v, h, true
 }
 
-// encode frames a loaded value (or a not-found) for the store, with its jittered TTL. ok is
-// false when it must not be stored: negative caching off, a codec error, or too large.
+// encode frames a loaded value (or a not-found) for the store. Its header carries the logical
+// expiry (now + the jittered TTL); ttl is how long the store keeps it: the logical TTL plus
+// the longer stale window. ok is false when it must not be stored: negative caching off, a
+// codec error, or too large.
 func (c *Cache[T]) encode(v T, notFound bool, delta time.Duration) (data []byte, ttl time.Duration, ok bool) {
 	ttl = c.cfg.ttl
 	if notFound {
@@ -244,7 +275,8 @@ func (c *Cache[T]) encode(v T, notFound bool, delta time.Duration) (data []byte,
 	if c.cfg.jitter > 0 {
 		ttl -= time.Duration(float64(ttl) * c.cfg.jitter * rand.Float64())
 	}
-	h := envelope.Header{Expiry: time.Now().Add(ttl).UnixNano(), Delta: delta, Schema: c.schema}
+	h := envelope.Header{Expiry: c.now() + int64(ttl), Delta: delta, Schema: c.schema}
+	ttl += c.extraTTL
 	if notFound {
 		h.Flags = envelope.FlagNotFound
 		return envelope.Encode(h, nil), ttl, true

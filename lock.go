@@ -199,15 +199,15 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 		tok := c.tokens.next()
 		lk, err := c.lookup(ctx, sk, tok)
 		if err == nil && lk.Value != nil {
-			v, nf, ok := c.decode(lk.Value)
-			if ok {
+			v, h, ok := c.decode(lk.Value)
+			if ok && c.judge(h) != expired {
 				f.val = v
-				if nf {
+				if h.NotFound() {
 					f.err = ErrNotFound
 				}
 				return
 			}
-			lk, err = c.leaseOver(ctx, sk, tok)
+			lk, err = c.leaseOver(ctx, sk, tok) // bad data, or past its stale windows: replace it
 		}
 		switch {
 		case err != nil:
