@@ -4,7 +4,7 @@ CLUSTER_ADDRS ?= 127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002
 
 TEST_ENV = CACHEASIDE_REDIS_ADDR=$(REDIS_ADDR) CACHEASIDE_CLUSTER_ADDRS=$(CLUSTER_ADDRS)
 
-.PHONY: test vet fmt cover cluster cluster-stop redis demo bench
+.PHONY: test vet fmt cover cluster cluster-stop redis demo bench verify soak
 
 test: cluster
 	$(GO) vet ./...
@@ -23,6 +23,19 @@ test: cluster
 		echo "cd examples && $(GO) vet ./... && $(GO) test -count=1 ./..."; \
 		cd examples && $(GO) vet ./... && $(TEST_ENV) $(GO) test -count=1 ./...; \
 	fi
+
+# verify runs the linearizability scenarios (and the broken-build check) about six times
+# larger than CI does, under -race: about five minutes. Each scenario prints its line.
+VERIFY_SCALE ?= 6
+verify: cluster
+	$(TEST_ENV) CACHEASIDE_VERIFY_SCALE=$(VERIFY_SCALE) $(GO) test -race -count=1 -timeout 30m \
+		-run 'TestLinearizability|TestFailOpenLateLease|TestFailOpenNoJoin' -v .
+
+# soak runs mixed reads, writes and faults at full speed on every store at once for
+# SOAK_FOR: no violation, heap and goroutines flat.
+SOAK_FOR ?= 60s
+soak: cluster
+	$(TEST_ENV) CACHEASIDE_SOAK=$(SOAK_FOR) $(GO) test -count=1 -timeout 10m -run 'TestSoak' -v .
 
 vet:
 	$(GO) vet ./...
@@ -43,15 +56,23 @@ cluster-stop:
 redis:
 	bash scripts/redis.sh
 
-demo:
-	@if [ -f examples/go.mod ]; then \
-		cd examples && $(TEST_ENV) $(GO) run ./demo; \
-	else \
-		echo "demo not built yet"; \
-		exit 1; \
-	fi
+# The demo runs on embedded SQLite + miniredis with no setup; DATABASE_URL and REDIS_URL put it
+# on real servers. DEMO_FLAGS=-quick for a run of a few seconds (go run ./demo -h lists them).
+DEMO_FLAGS ?=
 
-bench:
-	@if [ -f bench/go.mod ]; then \
-		cd bench && $(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count 1 ./...; \
-	fi
+demo:
+	cd examples && $(GO) run ./demo $(DEMO_FLAGS)
+
+# Side-by-side benchmarks against the peers (bench/ is its own module), needing the Redis at
+# REDIS_ADDR: micro-benchmarks BENCH_COUNT times each, the behaviour benchmarks (loader calls,
+# stale entries) BENCH_RUNS runs each, then a markdown table through benchstat (pinned in
+# bench/go.mod as a tool). Raw results: bench/bench.out.
+BENCH_COUNT ?= 6
+BENCH_RUNS ?= 5
+
+bench: redis
+	cd bench && $(TEST_ENV) $(GO) test -run '^$$' -bench 'RedisHit|MemoryHit|MissFill|HitMetrics' -benchmem -count $(BENCH_COUNT) -timeout 30m . | tee bench.out
+	cd bench && $(TEST_ENV) $(GO) test -run '^$$' -bench 'ColdKeyInstances|StaleSetRace' -benchtime $(BENCH_RUNS)x -count 1 -timeout 10m . | tee -a bench.out
+	@echo
+	@echo "Machine: $$(nproc) CPUs, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $$($(GO) env GOVERSION), Redis $$(redis-cli -h $$(echo $(REDIS_ADDR) | cut -d: -f1) -p $$(echo $(REDIS_ADDR) | cut -d: -f2) info server 2>/dev/null | grep -m1 redis_version | cut -d: -f2 | tr -d '\r') on loopback"
+	@cd bench && $(GO) tool benchstat -format csv bench.out 2>/dev/null | $(GO) run ./cmd/benchtable

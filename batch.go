@@ -4,18 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 )
 
 // GetOrLoadMany returns the values of keys, reading every key in one store round trip (one per
 // node on Cluster) and calling load once with exactly the keys that were not cached and whose
-// lease this call won; keys another caller is loading are waited for, as GetOrLoad does. A key
-// that load leaves out of its map is not found: it is cached as such for the negative TTL and
-// absent from the result, as are cached not-found keys. Duplicate keys are read once.
+// lease this call won (in chunks, with WithBatchLoadSize). A key that load leaves out of its
+// map is not found: it is cached as such for the negative TTL and absent from the result, as
+// are cached not-found keys. Duplicate keys are read once.
+//
+// Keys another caller is loading are not loaded again: a key this process is loading (for a
+// GetOrLoad or another batch) is joined; keys whose leases other processes hold are waited
+// for together, polling the store for all of them in one round trip per node, and loaded by
+// this call's loader if their leases end without a value.
 //
 // A load error fails the whole call (nothing is cached for the keys it covered); a load panic
 // panics every caller sharing it. With the store unusable, load is called with every key that
-// was not resolved, and nothing is stored.
+// was not resolved, and nothing is stored. load may reorder or keep missing: it is its own.
 func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error)) (map[string]T, error) {
 	if load == nil {
 		return nil, errNilLoader
@@ -23,19 +27,37 @@ func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(c
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
-	out := make(map[string]T, len(keys))
+	b := &batch[T]{load: load, out: make(map[string]T, len(keys))}
+	if err := c.resolveAll(ctx, keys, b); err != nil {
+		return nil, err
+	}
+	return b.out, nil
+}
+
+// batch is what one GetOrLoadMany (or one batch of a Warm) resolves keys into.
+type batch[T any] struct {
+	load func(ctx context.Context, missing []string) (map[string]T, error)
+	// out receives the values found; nil when they are not wanted (Warm).
+	out map[string]T
+	// errs receives the keys that failed, when the batch goes on past failures (Warm); with a
+	// nil errs the first failure ends the batch with its error.
+	errs map[string]error
+}
+
+// resolveAll resolves keys into b, reading again the keys a pass could not settle.
+func (c *Cache[T]) resolveAll(ctx context.Context, keys []string, b *batch[T]) error {
 	pending := dedupe(keys)
 	for len(pending) > 0 {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
-		again, err := c.resolveMany(ctx, pending, load, out)
+		again, err := c.resolveMany(ctx, pending, b)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		pending = again
 	}
-	return out, nil
+	return nil
 }
 
 // pendingKey is one key of a batch being resolved by a flight.
@@ -45,14 +67,13 @@ type pendingKey[T any] struct {
 	owner bool
 }
 
-// resolveMany makes one pass over keys: hits go to out, misses are loaded or waited for. It
-// returns the keys that must be read again.
-func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(context.Context, []string) (map[string]T, error), out map[string]T) ([]string, error) {
+// resolveMany makes one pass over keys: one read-or-lease round trip for all of them; hits go
+// to b, won keys are loaded, the others joined or waited for. It returns the keys that must be
+// read again.
+func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) ([]string, error) {
 	sks := make([]string, len(keys))
-	gens := make([]uint64, len(keys))
 	for i, k := range keys {
 		sks[i] = c.cfg.prefix + k
-		gens[i] = c.gens.load(sks[i])
 	}
 	tok := c.tokens.next()
 	var lks []Lookup
@@ -60,15 +81,17 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 	if c.breaker.Allow() {
 		// Detached from the caller's cancellation, as lookup is: leases granted to a caller
 		// that left are released.
-		lks, err = storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) ([]Lookup, error) {
-			return c.store.GetOrLeaseMany(ctx, sks, tok, c.leaseTTL)
+		lks, err = storeCallN(c, context.WithoutCancel(ctx), opGetOrLeaseMany, len(sks), func(ctx context.Context) ([]Lookup, error) {
+			lks, err := c.store.GetOrLeaseMany(ctx, sks, tok, c.leaseTTL)
+			if err == nil && len(lks) != len(sks) {
+				err = fmt.Errorf("cacheaside: store answered %d lookups for %d keys", len(lks), len(sks))
+			}
+			return lks, err
 		})
 	}
 	if ctx.Err() != nil {
-		for i, lk := range lks {
-			if lk.Granted {
-				c.abandon(ctx, sks[i], tok)
-			}
+		if err == nil {
+			c.abandonMany(ctx, tok, sks, lks)
 		}
 		return nil, ctx.Err()
 	}
@@ -76,62 +99,64 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 		if errors.Is(err, errBreakerOpen) {
 			tok = "" // nothing was asked of the store
 		}
-		return nil, c.loadManyWithoutStore(ctx, keys, tok, load, out)
+		return nil, c.loadManyWithoutStore(ctx, keys, sks, tok, b)
 	}
 
-	var waits []pendingKey[T]
-	var won []int // indexes of keys whose lease tok won
-	var bare []string
+	var won, held, bad []int
 	var stales map[string]*staleValue[T] // expired values seen, for stale-if-error
-	for i, lk := range lks {
-		if lk.Value != nil {
+	for i := range lks {
+		lk := &lks[i]
+		switch {
+		case lk.Value != nil:
 			v, h, ok := c.decode(lk.Value)
+			vd := expired
 			if ok {
-				switch c.judge(h) {
-				case serveRefresh:
-					c.refresh(ctx, sks[i], lk.Value, oneOf(load, keys[i]))
-					fallthrough
-				case serveIt:
-					if !h.NotFound() {
-						out[keys[i]] = v
-					}
-					continue
-				}
-				if s := c.keepStale(v, h); s.expiry != 0 {
+				vd = c.judge(h)
+			}
+			if vd == expired {
+				bad = append(bad, i) // bad data, or past its stale windows: replace it
+				if s := c.keepStale(v, h); ok && s.expiry != 0 && b.out != nil {
 					if stales == nil {
 						stales = make(map[string]*staleValue[T])
 					}
 					stales[keys[i]] = &s
 				}
+				break
 			}
-			if lk, err = c.leaseOver(ctx, sks[i], tok); err != nil {
-				if ctx.Err() != nil {
-					return nil, ctx.Err()
-				}
-				bare = append(bare, keys[i])
-				continue
+			if vd != serveIt {
+				c.refresh(ctx, sks[i], lk.Value, vd == serveRefresh, oneKey(b.load, keys[i]))
 			}
-		}
-		if lk.Granted {
+			c.obs.count(keys[i], resultOf(vd, h))
+			if !h.NotFound() && b.out != nil {
+				b.out[keys[i]] = v
+			}
+		case lk.Granted:
 			won = append(won, i)
-			continue
+		default:
+			held = append(held, i)
 		}
-		f, owner := c.joinOrWait(ctx, sks[i], lk.Holder, lk.HolderTTL, gens[i], oneOf(load, keys[i]))
-		if f == nil {
-			return nil, ErrClosed
-		}
-		waits = append(waits, pendingKey[T]{keys[i], f, owner})
 	}
-	if len(won) > 0 {
-		fks := make([]flightKey, len(won))
-		wkeys := make([]string, len(won))
-		wgens := make([]uint64, len(won))
-		for j, i := range won {
-			fks[j], wkeys[j], wgens[j] = flightKey{sks[i], tok}, keys[i], gens[i]
+	var bare []int // keys to replace that the store then failed to lease
+	for _, i := range bad {
+		lk, err := c.leaseOver(ctx, sks[i], tok)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			c.abandonMany(ctx, tok, pick(sks, won), nil)
+			return nil, ctx.Err()
+		case err != nil:
+			bare = append(bare, i)
+		case lk.Granted:
+			won = append(won, i)
+		default:
+			lks[i] = lk
+			held = append(held, i)
 		}
-		fs := c.launchMany(ctx, fks, wgens, c.cfg.loadTimeout, func(lctx context.Context, fs []*flight[T]) {
-			c.loadManyUnder(lctx, fs, wkeys, tok, load)
-		})
+	}
+
+	waits := make([]pendingKey[T], 0, len(won)+len(held))
+	if len(won) > 0 {
+		wkeys := pick(keys, won)
+		fs := c.loadMany(ctx, wkeys, pick(sks, won), tok, b.load)
 		if fs == nil {
 			return nil, ErrClosed
 		}
@@ -139,8 +164,28 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 			waits = append(waits, pendingKey[T]{wkeys[j], f, true})
 		}
 	}
+	var remote []int // held by leases of other processes (or of loads already over here)
+	for _, i := range held {
+		if f := c.joinable(flightKey{sks[i], lks[i].Holder}, 0); f != nil {
+			waits = append(waits, pendingKey[T]{keys[i], f, false})
+		} else {
+			remote = append(remote, i)
+		}
+	}
+	if len(remote) > 0 {
+		rkeys := pick(keys, remote)
+		fs := c.waitMany(ctx, rkeys, pick(sks, remote), pick(lks, remote), b.load)
+		if fs == nil {
+			return nil, ErrClosed
+		}
+		for j, f := range fs {
+			waits = append(waits, pendingKey[T]{rkeys[j], f, true})
+		}
+	}
 	if len(bare) > 0 {
-		if err := c.loadManyWithoutStore(ctx, bare, "", load, out); err != nil && !c.staleForAll(ctx, err, bare, stales, out) {
+		// loadManyWithoutStore counts these keys as misses itself.
+		bkeys := pick(keys, bare)
+		if err := c.loadManyWithoutStore(ctx, bkeys, pick(sks, bare), "", b); err != nil && !c.staleForAll(ctx, err, bkeys, stales, b.out, false) {
 			return nil, err
 		}
 	}
@@ -148,25 +193,34 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, load func(con
 	var again []string
 	for _, w := range waits {
 		v, err, retry := await(ctx, w.f, w.owner)
+		if err != nil && !retry && c.staleForAll(ctx, err, []string{w.key}, stales, b.out, true) {
+			continue // stale-if-error
+		}
+		if !retry && ctx.Err() == nil {
+			c.obs.count(w.key, resultMiss)
+		}
 		switch {
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
 		case retry:
 			again = append(again, w.key)
-		case errors.Is(err, ErrNotFound):
-		case err != nil:
-			if !c.staleForAll(ctx, err, []string{w.key}, stales, out) {
+		case err != nil && !errors.Is(err, ErrNotFound):
+			if b.errs == nil {
 				return nil, err
 			}
-		default:
-			out[w.key] = v
+			b.errs[w.key] = err
+		case err == nil && b.out != nil:
+			b.out[w.key] = v
 		}
 	}
 	return again, nil
 }
 
 // staleForAll serves, for a failed load of keys, their expired values into out, if
-// stale-if-error allows it for every one of them; it reports whether it did.
-func (c *Cache[T]) staleForAll(ctx context.Context, err error, keys []string, stales map[string]*staleValue[T], out map[string]T) bool {
-	if ctx.Err() != nil || errors.Is(err, ErrNotFound) {
+// stale-if-error allows it for every one of them; it reports whether it did. note counts
+// each key as a stale request.
+func (c *Cache[T]) staleForAll(ctx context.Context, err error, keys []string, stales map[string]*staleValue[T], out map[string]T, note bool) bool {
+	if len(stales) == 0 || ctx.Err() != nil || errors.Is(err, ErrNotFound) {
 		return false
 	}
 	for _, k := range keys {
@@ -176,6 +230,9 @@ func (c *Cache[T]) staleForAll(ctx context.Context, err error, keys []string, st
 	}
 	for _, k := range keys {
 		c.onStaleServed()
+		if note {
+			c.obs.count(k, resultStale)
+		}
 		if s := stales[k]; !s.notFound {
 			out[k] = s.v
 		}
@@ -183,127 +240,13 @@ func (c *Cache[T]) staleForAll(ctx context.Context, err error, keys []string, st
 	return true
 }
 
-// loadManyUnder runs one batch load for keys, all leased under tok, and settles every flight:
-// values and not-founds are filled in one store round trip (per node), errors release the
-// leases.
-func (c *Cache[T]) loadManyUnder(ctx context.Context, fs []*flight[T], keys []string, tok string, load func(context.Context, []string) (map[string]T, error)) {
-	start := time.Now()
-	m, err, pe := callLoader(ctx, func(ctx context.Context) (map[string]T, error) { return load(ctx, keys) })
-	c.settleMany(ctx, fs, keys, tok, m, err, pe, time.Since(start))
-}
-
-// settleMany is settle for a batch loaded under tok, one flight per key: values and
-// not-founds are filled in one store round trip (per node), errors release the leases.
-func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys []string, tok string, m map[string]T, err error, pe *PanicError, delta time.Duration) {
-	allNotFound := errors.Is(err, ErrNotFound)
-	if pe != nil || (err != nil && !allNotFound) {
-		for i, f := range fs {
-			f.panicked, f.err = pe, err
-			_, _ = c.release(ctx, c.cfg.prefix+keys[i], tok)
-		}
-		return
+// pick returns the elements of s at idx.
+func pick[E any](s []E, idx []int) []E {
+	out := make([]E, len(idx))
+	for j, i := range idx {
+		out[j] = s[i]
 	}
-	entries := make([]FillEntry, 0, len(keys))
-	filled := make([]*flight[T], 0, len(keys))
-	for i, f := range fs {
-		sk := c.cfg.prefix + keys[i]
-		v, found := m[keys[i]]
-		found = found && !allNotFound
-		f.loaded = true
-		if found {
-			f.val = v
-		} else {
-			f.err = ErrNotFound
-		}
-		data, ttl, ok := c.encode(v, !found, delta)
-		if !ok {
-			held, rerr := c.release(ctx, sk, tok)
-			f.retry = !held || rerr != nil
-			continue
-		}
-		entries = append(entries, FillEntry{Key: sk, Value: data, TTL: ttl})
-		filled = append(filled, f)
-	}
-	if len(entries) == 0 {
-		return
-	}
-	stored, ferr := storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) ([]bool, error) {
-		return c.store.FillMany(ctx, tok, entries)
-	})
-	for i, f := range filled {
-		f.retry = ferr != nil || !stored[i]
-	}
-}
-
-// loadManyWithoutStore loads keys with one call of load, without waiting on the store, on a
-// goroutine the Cache owns, so the caller can leave when ctx ends. If tok is the token of a
-// lookup that failed on the caller's side, the store may have granted it for some keys: the
-// values are offered to the store under it afterwards, which frees other processes waiting.
-func (c *Cache[T]) loadManyWithoutStore(ctx context.Context, keys []string, tok string, load func(context.Context, []string) (map[string]T, error), out map[string]T) error {
-	type result struct {
-		m   map[string]T
-		err error
-		pe  *PanicError
-	}
-	var res result
-	f := c.launch(ctx, flightKey{key: "\x00batch", token: c.tokens.next()}, 0, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
-		start := time.Now()
-		res.m, res.err, res.pe = callLoader(lctx, func(ctx context.Context) (map[string]T, error) { return load(ctx, keys) })
-		if tok == "" {
-			return
-		}
-		m, err, pe, delta := res.m, res.err, res.pe, time.Since(start)
-		c.background(func() {
-			discard := make([]*flight[T], len(keys))
-			for i := range discard {
-				discard[i] = new(flight[T])
-			}
-			c.settleMany(context.WithoutCancel(lctx), discard, keys, tok, m, err, pe, delta)
-		})
-	})
-	if f == nil {
-		return ErrClosed
-	}
-	select {
-	case <-f.done:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if res.pe != nil {
-		panic(res.pe)
-	}
-	if errors.Is(res.err, ErrNotFound) {
-		return nil
-	}
-	if res.err != nil {
-		return res.err
-	}
-	if f.err != nil {
-		return f.err // the loader called Goexit
-	}
-	for _, k := range keys {
-		if v, ok := res.m[k]; ok {
-			out[k] = v
-		}
-	}
-	return nil
-}
-
-// oneOf adapts a batch loader to one key, for a key whose lease another caller held when this
-// batch began and which this batch ends up loading itself.
-func oneOf[T any](load func(context.Context, []string) (map[string]T, error), key string) func(context.Context) (T, error) {
-	return func(ctx context.Context) (T, error) {
-		m, err := load(ctx, []string{key})
-		if err != nil {
-			var zero T
-			return zero, err
-		}
-		v, ok := m[key]
-		if !ok {
-			return v, fmt.Errorf("%w: %q left out by the loader", ErrNotFound, key)
-		}
-		return v, nil
-	}
+	return out
 }
 
 func dedupe(keys []string) []string {

@@ -47,6 +47,7 @@ type Cache[T any] struct {
 	breaker  *breaker.Breaker
 	warm     atomic.Bool      // the store has answered once
 	lookups  *lookupShards[T] // nil for a store without round trips (MemoryStore)
+	obs      *observer        // metrics, logs and traces: metrics.go
 
 	// Early refresh and stale windows (xfetch.go). Hits read the clock only when timed.
 	timed      bool
@@ -58,11 +59,19 @@ type Cache[T any] struct {
 
 	mu      sync.Mutex
 	flights map[flightKey]*flight[T]
+	seq     atomic.Uint64 // numbers flights in launch order
 	closed  atomic.Bool
 
 	life context.Context // cancelled by Close
 	stop context.CancelFunc
 	wg   sync.WaitGroup // flights and the breaker's prober
+
+	// unsafeSkipLeaseCheck breaks guarantee 2 on purpose: a finished load overwrites the key
+	// (it voids every lease and fills under a fresh one) instead of filling only if its own
+	// lease still holds, as a cache without leases would. Only tests set it (before first
+	// use), to show the linearizability checker catches the stale set it lets back in. It
+	// costs one predictable branch on the fill path, none on the hit path.
+	unsafeSkipLeaseCheck bool
 }
 
 var errNilLoader = errors.New("cacheaside: nil loader")
@@ -103,13 +112,20 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	if c.leaseTTL == 0 {
 		c.leaseTTL = cfg.loadTimeout
 	}
-	c.breaker = breaker.New(cfg.breakerFailures, nil)
+	c.obs = newObserver(&c.cfg, c.lookups != nil)
+	c.breaker = breaker.New(cfg.breakerFailures, c.obs.breakerChanged)
+	c.obs.breaker = c.breaker
+	if err := c.obs.register(); err != nil {
+		return nil, err
+	}
 	c.life, c.stop = context.WithCancel(context.Background())
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
 		c.breaker.Run(c.life, cfg.probeInterval, max(cfg.storeTimeout, cfg.connectTimeout), func(ctx context.Context) error {
+			ctx, obs := c.obs.storeStart(ctx, opPing)
 			err := store.Ping(ctx)
+			c.obs.storeEnd(obs, err, c.life.Err() != nil)
 			if err == nil {
 				c.warm.Store(true)
 			}
@@ -131,6 +147,14 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 // refresh of the key with load (the caller does not wait for it); with WithStaleIfError, a
 // failed load may be answered with the expired value instead of its error (see xfetch.go).
 func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.Context) (T, error)) (T, error) {
+	if c.obs.noteResult {
+		return tracedGetOrLoad(c, ctx, key, load) // WithHitSpans: tracing.go
+	}
+	return c.getOrLoad(ctx, key, load)
+}
+
+// getOrLoad is GetOrLoad without a span of its own.
+func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.Context) (T, error)) (T, error) {
 	var zero T
 	if load == nil {
 		return zero, errNilLoader
@@ -139,7 +163,6 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 		return zero, ErrClosed
 	}
 	sk := c.cfg.prefix + key
-	missed := false
 	for {
 		if err := ctx.Err(); err != nil {
 			return zero, err
@@ -154,11 +177,11 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 			if err == nil && lk.Value != nil {
 				v, h, ok := c.decode(lk.Value)
 				if ok {
-					switch c.judge(h) {
-					case serveRefresh:
-						c.refresh(ctx, sk, lk.Value, load)
-						fallthrough
-					case serveIt:
+					if vd := c.judge(h); vd != expired {
+						if vd != serveIt {
+							c.refresh(ctx, sk, lk.Value, vd == serveRefresh, load)
+						}
+						c.obs.request(ctx, key, resultOf(vd, h))
 						if h.NotFound() {
 							return zero, ErrNotFound
 						}
@@ -189,41 +212,71 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 			f, owner = c.loadWithoutStore(ctx, sk, tok, gen, load)
 		}
 		if f == nil {
+			if err := ctx.Err(); err != nil {
+				return zero, err
+			}
 			return zero, ErrClosed
-		}
-		if !missed {
-			missed = true
-			c.stats.misses.Add(1)
 		}
 		v, err, again := await(ctx, f, owner)
 		if !again {
-			return c.orStale(ctx, v, err, &stale)
+			v, err, served := c.orStale(ctx, v, err, &stale)
+			if served {
+				c.obs.request(ctx, key, resultStale)
+			} else {
+				c.obs.request(ctx, key, resultMiss)
+			}
+			return v, err
 		}
 	}
 }
 
 // loadWithoutStore joins or starts a load that does not wait on the store, for when the store
-// failed or its breaker is open. Loads stay coalesced per key, and a call never joins a load
-// that began before an Invalidate of its key. If tok is the token of a lookup that failed on
-// the caller's side, the store may have granted it anyway: the value is offered to the store
-// under it, which frees the other processes waiting on that lease. The callers have their
-// value already.
+// failed or its breaker is open. Loads stay coalesced per key, but a call only joins a load
+// that began after it did: without the store, this process cannot see another process's
+// Invalidate, so a load already running may have read the source before a write whose
+// Invalidate returned before this call began. A call that finds such a load waits for it to
+// end and then shares the next one, with the other calls that arrived meanwhile. It returns
+// nil if ctx ends while waiting, or after Close.
+//
+// If tok is the token of a lookup that failed on the caller's side, the store may have
+// granted it anyway, and maybe only now (a request held up on the network lands after the
+// caller gave up): the lease is released, which frees the other processes waiting on it. The
+// value is never filled under tok: the load may have read the source before the lease was
+// granted, and before an Invalidate that the lease, granted after it, did not see.
 func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uint64, load func(context.Context) (T, error)) (*flight[T], bool) {
 	k := flightKey{key: sk}
-	if f := c.joinable(k, gen); f != nil {
-		return f, false
+	since := c.seq.Load()
+	for {
+		c.mu.Lock()
+		f := c.flights[k]
+		c.mu.Unlock()
+		if f == nil {
+			break
+		}
+		if f.seq > since {
+			c.obs.coalesced(ctx, coalescedFlight)
+			if tok != "" {
+				c.abandon(ctx, sk, tok)
+			}
+			return f, false
+		}
+		select {
+		case <-f.done: // it is unregistered before done closes
+		case <-ctx.Done():
+			if tok != "" {
+				c.abandon(ctx, sk, tok)
+			}
+			return nil, false
+		}
 	}
 	return c.launch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
-		start := time.Now()
+		lctx, obs := c.obs.loadStart(lctx, sk)
+		defer obs.end()
 		f.val, f.err, f.panicked = callLoader(lctx, load)
-		if tok == "" {
-			return
+		c.obs.loadDone(&obs, f.err, f.panicked)
+		if tok != "" {
+			c.abandon(lctx, sk, tok)
 		}
-		v, err, pe, delta := f.val, f.err, f.panicked, time.Since(start)
-		c.background(func() {
-			var discard flight[T] // settle's verdict is for lease joiners; these callers have theirs
-			c.settle(context.WithoutCancel(lctx), &discard, sk, tok, v, err, pe, delta)
-		})
 	}), true
 }
 
@@ -248,12 +301,14 @@ func (c *Cache[T]) background(fn func()) {
 func (c *Cache[T]) decode(b []byte) (v T, h envelope.Header, ok bool) {
 	h, payload, ok := envelope.Decode(b, c.schema)
 	if !ok {
+		c.obs.undecodableValue()
 		return v, h, false
 	}
 	if h.NotFound() {
 		return v, h, true
 	}
 	if err := c.cfg.codec.Unmarshal(payload, &v); err != nil {
+		c.obs.undecodableValue()
 		var zero T
 		return zero, envelope.Header{}, false
 	}
@@ -303,12 +358,13 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 	if len(keys) == 0 {
 		return nil
 	}
+	c.obs.invalidated(invalidatedKey, len(keys))
 	sks := make([]string, len(keys))
 	for i, k := range keys {
 		sks[i] = c.cfg.prefix + k
 		c.gens.bump(sks[i]) // before the delete: stop local store-less joins early
 	}
-	_, err := storeCall(c, ctx, func(ctx context.Context) (struct{}, error) {
+	_, err := storeCall(c, ctx, opDelete, func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, c.store.Delete(ctx, sks...)
 	})
 	for _, sk := range sks {
@@ -332,8 +388,11 @@ func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, 
 	if pattern == "" {
 		return 0, errors.New("cacheaside: invalidate pattern: empty pattern")
 	}
+	c.obs.invalidated(invalidatedPattern, 1)
 	c.gens.bumpAll()
-	n, err := c.store.DeletePattern(ctx, glob.Escape(c.cfg.prefix)+pattern)
+	sctx, obs := c.obs.storeStart(ctx, opDeletePattern)
+	n, err := c.store.DeletePattern(sctx, glob.Escape(c.cfg.prefix)+pattern)
+	c.obs.storeEnd(obs, err, ctx.Err() != nil)
 	c.gens.bumpAll()
 	if err != nil {
 		return n, fmt.Errorf("cacheaside: invalidate pattern: %w", err)
@@ -353,5 +412,6 @@ func (c *Cache[T]) Close() error {
 	c.mu.Unlock()
 	c.stop()
 	c.wg.Wait()
+	c.obs.unregister()
 	return nil
 }

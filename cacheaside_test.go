@@ -21,7 +21,7 @@ import (
 // cause one loader call.
 func TestStampedeAcrossInstances(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		caches := instances[int](t, b, 8)
+		caches := instances[int](t, b, 8, slowMachine...) // counts loader calls exactly
 		var calls atomic.Int32
 		var wg sync.WaitGroup
 		start := make(chan struct{})
@@ -51,7 +51,7 @@ func TestStampedeAcrossInstances(t *testing.T) {
 // Several cold keys at once, each read by many goroutines on many instances: one load each.
 func TestStampedeManyKeys(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		caches := instances[string](t, b, 4)
+		caches := instances[string](t, b, 4, slowMachine...) // counts loader calls exactly
 		const keys = 20
 		var calls [keys]atomic.Int32
 		var wg sync.WaitGroup
@@ -82,7 +82,7 @@ func TestStampedeManyKeys(t *testing.T) {
 // after the Invalidate returned never joins it, even in the same instance.
 func TestInvalidateDuringLoad(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		cs := instances[string](t, b, 2)
+		cs := instances[string](t, b, 2, slowMachine...) // a timed-out store call would fail open
 		a, other := cs[0], cs[1]
 		release := make(chan struct{})
 		loading := make(chan struct{})
@@ -128,7 +128,9 @@ func TestInvalidateDuringLoad(t *testing.T) {
 // an older version, and at rest every cached value equals the source of truth.
 func TestNoStaleSetRace(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		caches := instances[int64](t, b, 4, WithLeaseWait(time.Millisecond, 10*time.Millisecond))
+		// slowMachine: an Invalidate must not time out on a busy machine (the test stops at an
+		// invalidation error).
+		caches := instances[int64](t, b, 4, append(slowMachine, WithLeaseWait(time.Millisecond, 10*time.Millisecond))...)
 		const keys = 4
 		var truth [keys]atomic.Int64
 		// invalidated[k] is the newest version whose invalidation has returned.
@@ -207,7 +209,7 @@ func TestNoStaleSetRace(t *testing.T) {
 // others.
 func TestCancelledWaiter(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		cs := instances[string](t, b, 2)
+		cs := instances[string](t, b, 2, slowMachine...) // counts loader calls exactly
 		release := make(chan struct{})
 		loading := make(chan struct{})
 		var calls atomic.Int32
@@ -390,7 +392,7 @@ func TestLoaderErrorNotCached(t *testing.T) {
 func TestBadDataIsAMiss(t *testing.T) {
 	forEachRedis(t, func(t *testing.T, b backend) {
 		prefix := testPrefix(t)
-		c := backendCache[map[string]int](t, b, WithPrefix(prefix))
+		c := backendCache[map[string]int](t, b, append([]Option{WithPrefix(prefix)}, slowMachine...)...)
 		raw := b.client(t)
 		want := map[string]int{"a": 1}
 		load := func(context.Context) (map[string]int, error) { return want, nil }
@@ -465,7 +467,7 @@ func TestTypeChangeIsAMiss(t *testing.T) {
 // not found, cached as such, and absent from the result.
 func TestGetOrLoadManyContract(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		c := backendCache[string](t, b)
+		c := backendCache[string](t, b, slowMachine...)
 		for _, k := range []string{"a", "b"} {
 			_, err := c.GetOrLoad(bg(), k, func(context.Context) (string, error) { return "cached-" + k, nil })
 			require.NoError(t, err)
@@ -701,8 +703,8 @@ func TestInvalidatePattern(t *testing.T) {
 		base := testPrefix(t)
 		s := b.newStore(t)
 		// A prefix with glob characters, and a neighbour it would match if not escaped.
-		globby := newTestCache[int](t, s, WithPrefix(base+"a*["))
-		neighbour := newTestCache[int](t, s, WithPrefix(base+"aXY["))
+		globby := newTestCache[int](t, s, append([]Option{WithPrefix(base + "a*[")}, slowMachine...)...)
+		neighbour := newTestCache[int](t, s, append([]Option{WithPrefix(base + "aXY[")}, slowMachine...)...)
 		fill := func(c *Cache[int], keys ...string) {
 			for _, k := range keys {
 				_, err := c.GetOrLoad(bg(), k, func(context.Context) (int, error) { return 1, nil })

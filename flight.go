@@ -10,8 +10,8 @@ import (
 // A flight is one shared resolution of a key in this process: a load under a lease this
 // process holds, a wait for another process's lease, or (with the store unusable) a bare
 // load. Callers join a flight only when the store has just told them its lease is live
-// (flightKey.token), or, without the store, when no Invalidate of the key has happened since
-// the flight began (gen). Either way the flight's result is no older than the caller.
+// (flightKey.token), or, without the store, when the flight began after they did (seq).
+// Either way the flight's result is no older than the caller.
 type flight[T any] struct {
 	done chan struct{}
 
@@ -21,8 +21,10 @@ type flight[T any] struct {
 	panicked *PanicError
 	retry    bool // the store did not take the value: joiners must read again
 	loaded   bool // val and err come from a load under a lease granted after the owner began
+	finished bool // done is closed; only the goroutine running the flight reads or sets it
 
-	gen  uint64      // invalidation generation at start, for store-less joins
+	gen  uint64      // invalidation generation at start
+	seq  uint64      // launch order in its Cache, for store-less joins
 	regs []flightKey // where it is registered in Cache.flights
 }
 
@@ -52,51 +54,86 @@ func (c *Cache[T]) launch(ctx context.Context, k flightKey, gen uint64, timeout 
 }
 
 // launchMany registers one new flight per key and runs fn for all of them on one goroutine the
-// Cache owns, with a context detached from ctx's cancellation, bounded by timeout, and
-// cancelled by Close. The flights complete when fn returns. It returns nil after Close.
+// Cache owns, with a context detached from ctx's cancellation, bounded by timeout (none if
+// timeout is 0), and cancelled by Close. Each flight completes when fn finishes it (finish)
+// or, at the latest, when fn returns. A nil keys registers none (flights nobody may join). It
+// returns nil after Close.
 func (c *Cache[T]) launchMany(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, fn func(ctx context.Context, fs []*flight[T])) []*flight[T] {
-	fs := make([]*flight[T], len(keys))
+	n := len(keys)
+	if keys == nil {
+		n = len(gens)
+	}
+	fs := make([]*flight[T], n)
 	for i := range fs {
-		fs[i] = &flight[T]{done: make(chan struct{}), gen: gens[i]}
+		fs[i] = &flight[T]{done: make(chan struct{}), gen: gens[i], seq: c.seq.Add(1)}
 	}
 	c.mu.Lock()
 	if c.closed.Load() {
 		c.mu.Unlock()
 		return nil
 	}
-	for i, f := range fs {
-		c.register(f, keys[i])
+	for i, k := range keys {
+		c.register(fs[i], k)
 	}
 	c.wg.Add(1)
 	c.mu.Unlock()
 	go func() {
 		defer c.wg.Done()
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+		var lctx context.Context
+		var cancel context.CancelFunc
+		if timeout > 0 {
+			lctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), timeout)
+		} else {
+			lctx, cancel = context.WithCancel(context.WithoutCancel(ctx))
+		}
 		stop := context.AfterFunc(c.life, cancel)
 		completed := false
 		defer func() {
 			stop()
 			cancel()
-			c.mu.Lock()
-			for _, f := range fs {
-				if !completed && f.panicked == nil {
-					f.err, f.retry = errLoaderExit, false
-				}
-				for _, r := range f.regs {
-					if c.flights[r] == f {
-						delete(c.flights, r)
-					}
-				}
+			if !completed {
+				exited(fs)
 			}
-			c.mu.Unlock()
-			for _, f := range fs {
-				close(f.done)
-			}
+			c.finish(fs...)
 		}()
 		fn(lctx, fs)
 		completed = true
 	}()
 	return fs
+}
+
+// exited marks the unfinished flights of a goroutine that ended without completing them: its
+// loader called runtime.Goexit.
+func exited[T any](fs []*flight[T]) {
+	for _, f := range fs {
+		if !f.finished && f.panicked == nil {
+			f.err, f.retry = errLoaderExit, false
+		}
+	}
+}
+
+// finish completes the flights not completed yet: they can no longer be joined, and their
+// callers get their outcome. Only the goroutine running a flight calls it (or one it waits
+// for), after setting the outcome.
+func (c *Cache[T]) finish(fs ...*flight[T]) {
+	c.mu.Lock()
+	for _, f := range fs {
+		if f.finished {
+			continue
+		}
+		for _, r := range f.regs {
+			if c.flights[r] == f {
+				delete(c.flights, r)
+			}
+		}
+	}
+	c.mu.Unlock()
+	for _, f := range fs {
+		if !f.finished {
+			f.finished = true
+			close(f.done)
+		}
+	}
 }
 
 // joinable returns the flight registered under k, if any. For a store-less key it must also

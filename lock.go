@@ -46,17 +46,35 @@ func (t *tokens) next() string {
 }
 
 // storeCall runs one store operation bounded by the store timeout (the connect timeout until
-// the store has answered once) and tells the breaker how it went. A failure caused by the
-// caller's own context is not the store's.
-func storeCall[T, R any](c *Cache[T], ctx context.Context, op func(context.Context) (R, error)) (R, error) {
+// the store has answered once) and tells the breaker, and the metrics as op, how it went. A
+// failure caused by the caller's own context is not the store's.
+func storeCall[T, R any](c *Cache[T], ctx context.Context, op storeOp, call func(context.Context) (R, error)) (R, error) {
+	return storeCallN(c, ctx, op, 1, call)
+}
+
+// A batch operation of n keys is allowed 1 + n/batchKeysPerTimeout store timeouts, at most
+// maxBatchTimeouts: a large batch (far longer to encode, send and run than one key) must not
+// fail open on a healthy store, and a hung store must not hold it for long either.
+const (
+	batchKeysPerTimeout = 100
+	maxBatchTimeouts    = 20
+)
+
+// storeCallN is storeCall for an operation on n keys.
+func storeCallN[T, R any](c *Cache[T], ctx context.Context, op storeOp, n int, call func(context.Context) (R, error)) (R, error) {
 	warm := c.warm.Load()
 	timeout := c.cfg.storeTimeout
 	if !warm {
 		timeout = max(timeout, c.cfg.connectTimeout)
 	}
+	if n > batchKeysPerTimeout {
+		timeout *= time.Duration(min(1+n/batchKeysPerTimeout, maxBatchTimeouts))
+	}
 	octx, cancel := context.WithTimeout(ctx, timeout)
-	r, err := op(octx)
+	octx, obs := c.obs.storeStart(octx, op)
+	r, err := call(octx)
 	cancel()
+	c.obs.storeEnd(obs, err, ctx.Err() != nil)
 	switch {
 	case err == nil:
 		c.breaker.Success()
@@ -80,7 +98,7 @@ func storeCall[T, R any](c *Cache[T], ctx context.Context, op func(context.Conte
 // background, instead of blocking the key in every process until it expires. The caller then
 // gets ctx.Err().
 func (c *Cache[T]) lookup(ctx context.Context, sk, tok string) (Lookup, error) {
-	lk, err := storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) (Lookup, error) {
+	lk, err := storeCall(c, context.WithoutCancel(ctx), opGetOrLease, func(ctx context.Context) (Lookup, error) {
 		return c.store.GetOrLease(ctx, sk, tok, c.leaseTTL)
 	})
 	return c.unlessLeft(ctx, sk, tok, lk, err)
@@ -88,7 +106,7 @@ func (c *Cache[T]) lookup(ctx context.Context, sk, tok string) (Lookup, error) {
 
 // leaseOver takes a lease on a key whose value must be replaced, as lookup does.
 func (c *Cache[T]) leaseOver(ctx context.Context, sk, tok string) (Lookup, error) {
-	lk, err := storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) (Lookup, error) {
+	lk, err := storeCall(c, context.WithoutCancel(ctx), opLease, func(ctx context.Context) (Lookup, error) {
 		return c.store.Lease(ctx, sk, tok, c.leaseTTL)
 	})
 	return c.unlessLeft(ctx, sk, tok, lk, err)
@@ -115,7 +133,7 @@ func (c *Cache[T]) abandon(ctx context.Context, sk, tok string) {
 // release ends tok's lease at once (loader error or panic, value not storable) and reports
 // whether tok still held it. It runs on the flight's context, detached from callers.
 func (c *Cache[T]) release(ctx context.Context, sk, tok string) (bool, error) {
-	return storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) (bool, error) {
+	return storeCall(c, context.WithoutCancel(ctx), opRelease, func(ctx context.Context) (bool, error) {
 		return c.store.Release(ctx, sk, tok)
 	})
 }
@@ -141,17 +159,46 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 		f.retry = !held || rerr != nil
 		return
 	}
-	stored, ferr := storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) (bool, error) {
+	if c.unsafeSkipLeaseCheck {
+		tok = c.takeLeaseUnsafely(ctx, sk, tok)
+	}
+	stored, ferr := storeCall(c, context.WithoutCancel(ctx), opFill, func(ctx context.Context) (bool, error) {
 		return c.store.Fill(ctx, sk, tok, data, ttl)
 	})
 	f.retry = !stored || ferr != nil
 }
 
+// takeLeaseUnsafely is the broken build's fill (see Cache.unsafeSkipLeaseCheck): like a cache
+// without leases it overwrites whatever the key holds. It voids every lease on the key
+// (including the one of a load that began after the invalidation this load missed), takes a
+// fresh one and returns its token to fill under. Tests only.
+func (c *Cache[T]) takeLeaseUnsafely(ctx context.Context, sk, tok string) string {
+	fresh := c.tokens.next()
+	lk, err := storeCall(c, context.WithoutCancel(ctx), opLease, func(ctx context.Context) (Lookup, error) {
+		if err := c.store.Delete(ctx, sk); err != nil {
+			return Lookup{}, err
+		}
+		return c.store.Lease(ctx, sk, fresh, c.leaseTTL)
+	})
+	if err == nil && lk.Granted {
+		return fresh
+	}
+	return tok
+}
+
 // loadUnder runs load for one key under the lease tok and settles the result.
 func (c *Cache[T]) loadUnder(ctx context.Context, f *flight[T], sk, tok string, load func(context.Context) (T, error)) {
-	start := time.Now()
+	ctx, obs := c.obs.loadStart(ctx, sk)
+	defer obs.end()
+	completed := false
+	defer func() {
+		if !completed { // the loader called runtime.Goexit: the key is loadable again at once
+			_, _ = c.release(ctx, sk, tok)
+		}
+	}()
 	v, err, pe := callLoader(ctx, load)
-	c.settle(ctx, f, sk, tok, v, err, pe, time.Since(start))
+	c.settle(ctx, f, sk, tok, v, err, pe, c.obs.loadDone(&obs, err, pe))
+	completed = true
 }
 
 // startLoad starts the flight of a caller that was just granted the lease tok.
@@ -166,6 +213,7 @@ func (c *Cache[T]) startLoad(ctx context.Context, sk, tok string, gen uint64, lo
 func (c *Cache[T]) joinOrWait(ctx context.Context, sk, holder string, holderTTL time.Duration, gen uint64, load func(context.Context) (T, error)) (f *flight[T], owner bool) {
 	k := flightKey{sk, holder}
 	if f := c.joinable(k, gen); f != nil {
+		c.obs.coalesced(ctx, coalescedFlight)
 		return f, false
 	}
 	return c.launch(ctx, k, gen, c.leaseTTL+2*c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
@@ -177,6 +225,8 @@ func (c *Cache[T]) joinOrWait(ctx context.Context, sk, holder string, holderTTL 
 // a value, or the lease is gone and this flight is granted its own (then it loads). If the
 // key stays leased for longer than a lease and a load together, it loads without storing.
 func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holderTTL time.Duration, load func(context.Context) (T, error)) {
+	ctx, span := c.obs.leaseWaitStart(ctx, sk)
+	defer endLeaseWait(span, f)
 	giveUp := time.Now().Add(c.leaseTTL + c.cfg.loadTimeout)
 	backoff := c.cfg.leaseWaitMin
 	timer := time.NewTimer(time.Hour)
@@ -226,7 +276,10 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 		if time.Now().After(giveUp) {
 			lctx, cancel := context.WithTimeout(ctx, c.cfg.loadTimeout)
 			defer cancel()
+			lctx, obs := c.obs.loadStart(lctx, sk)
+			defer obs.end()
 			v, err, pe := callLoader(lctx, load)
+			c.obs.loadDone(&obs, err, pe)
 			f.val, f.err, f.panicked, f.loaded = v, err, pe, true
 			return
 		}

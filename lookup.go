@@ -78,6 +78,7 @@ func (c *Cache[T]) read(ctx context.Context, sk string, gen uint64, load func(co
 		slot.next = s
 	}
 	sh.mu.Unlock()
+	c.obs.coalesced(ctx, coalescedLookup)
 	select {
 	case <-s.done:
 		return s.lk, s.f, s.err

@@ -222,3 +222,12 @@ func (s *MemoryStore) Close() error {
 	s.c.StopAllGoroutines()
 	return nil
 }
+
+// ReleaseMany is Release for several keys under one token.
+func (s *MemoryStore) ReleaseMany(ctx context.Context, token string, keys []string) ([]bool, error) {
+	out := make([]bool, len(keys))
+	for i, k := range keys {
+		out[i], _ = s.Release(ctx, k, token)
+	}
+	return out, nil
+}

@@ -21,6 +21,9 @@ const (
 	DefaultProbeInterval   = 500 * time.Millisecond
 	DefaultLeaseWaitMin    = 2 * time.Millisecond
 	DefaultLeaseWaitMax    = 100 * time.Millisecond
+
+	DefaultBatchLoadSize        = 0 // no cap: one loader call per batch
+	DefaultBatchLoadConcurrency = 4
 )
 
 // Option configures a Cache. Options are checked by New, which reports every invalid one.
@@ -46,6 +49,9 @@ type config struct {
 	probeInterval   time.Duration
 	leaseWaitMin    time.Duration
 	leaseWaitMax    time.Duration
+	obs             observeConfig // metrics, logs, traces: metrics.go
+	batchLoadSize   int           // 0: no cap
+	batchLoadConc   int
 	errs            []error
 }
 
@@ -64,6 +70,8 @@ func defaultConfig() config {
 		probeInterval:   DefaultProbeInterval,
 		leaseWaitMin:    DefaultLeaseWaitMin,
 		leaseWaitMax:    DefaultLeaseWaitMax,
+		batchLoadSize:   DefaultBatchLoadSize,
+		batchLoadConc:   DefaultBatchLoadConcurrency,
 	}
 }
 
@@ -288,5 +296,37 @@ func WithLeaseWait(min, max time.Duration) Option {
 			return
 		}
 		c.leaseWaitMin, c.leaseWaitMax = min, max
+	}
+}
+
+// WithBatchLoadSize caps the keys of one loader call of GetOrLoadMany (and Warm): the keys to
+// load are split into chunks of at most n, one loader call each, at most the batch load
+// concurrency (WithBatchLoadConcurrency) of them running at once for one batch. Each chunk's
+// values are returned, cached and shared with concurrent callers as soon as that chunk is
+// done, and a chunk's load timeout starts when the chunk starts. 0 means no cap: load is called
+// once with every key to load. Default: DefaultBatchLoadSize (0). It must not be negative.
+//
+// All leases of a batch are taken in its one lookup round trip: with many chunks queued
+// behind each other, keep the lease TTL (WithLeaseTTL) above the time they take, or the
+// chunks loaded last may find their leases taken over.
+func WithBatchLoadSize(n int) Option {
+	return func(c *config) {
+		if n < 0 {
+			c.invalid("batch load size must not be negative, got %d", n)
+			return
+		}
+		c.batchLoadSize = n
+	}
+}
+
+// WithBatchLoadConcurrency bounds how many loader calls (chunks, see WithBatchLoadSize) of
+// one batch run at once. Default: DefaultBatchLoadConcurrency (4). It must be positive.
+func WithBatchLoadConcurrency(n int) Option {
+	return func(c *config) {
+		if n <= 0 {
+			c.invalid("batch load concurrency must be positive, got %d", n)
+			return
+		}
+		c.batchLoadConc = n
 	}
 }

@@ -20,7 +20,10 @@ var _ Store = (*RedisStore)(nil)
 // Each entry is one hash at the cache key, with the encoded value in field "v" and the lease
 // token in field "t" (and its expiry, server time, in "e" when it guards a refresh of a
 // present value). Every read-or-lease, fill and release is one Lua script on one key, so
-// every script touches a single hash slot and works on Cluster. Expiry of values and of
+// every script touches a single hash slot and works on Cluster; a batch runs the same steps
+// for many keys in one script call per hash slot (per up to 256 keys on a standalone or
+// Sentinel server), all calls in one pipeline: one round trip per node (see redis_batch.go).
+// Expiry of values and of
 // leases is Redis's (PEXPIRE and the server's TIME); client clocks never decide who holds a
 // lease.
 //
@@ -30,10 +33,11 @@ var _ Store = (*RedisStore)(nil)
 // hung Redis costs callers at most that timeout. Build the client with
 // ContextTimeoutEnabled: true to skip the goroutine.
 type RedisStore struct {
-	client  redis.UniversalClient
-	trusted bool // the client enforces context deadlines itself
-	cluster *redis.ClusterClient
-	ring    *redis.Ring
+	client     redis.UniversalClient
+	trusted    bool // the client enforces context deadlines itself
+	standalone bool // one server (or a Sentinel failover client): a script may take any keys
+	cluster    *redis.ClusterClient
+	ring       *redis.Ring
 }
 
 // RedisOption configures a RedisStore.
@@ -54,6 +58,7 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisOption) *RedisStor
 	switch c := client.(type) {
 	case *redis.Client:
 		s.trusted = c.Options().ContextTimeoutEnabled
+		s.standalone = true
 	case *redis.ClusterClient:
 		s.trusted = c.Options().ContextTimeoutEnabled
 		s.cluster = c
@@ -213,26 +218,8 @@ func parseLookup(cmd *redis.Cmd) (Lookup, error) {
 	case code == replyGranted:
 		return Lookup{Granted: true}, nil
 	}
-	return Lookup{}, fmt.Errorf("unexpected script reply %v", reply)
-}
-
-// GetOrLeaseMany implements Store: one pipeline, so one round trip per node.
-func (s *RedisStore) GetOrLeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error) {
-	return guard(ctx, s.trusted, func(ctx context.Context) ([]Lookup, error) {
-		cmds, err := s.pipelineScript(ctx, getOrLeaseScript, len(keys), func(i int) ([]string, []any) {
-			return []string{keys[i]}, []any{token, ms(leaseTTL)}
-		})
-		if err != nil {
-			return nil, err
-		}
-		out := make([]Lookup, len(keys))
-		for i, cmd := range cmds {
-			if out[i], err = parseLookup(cmd); err != nil {
-				return nil, err
-			}
-		}
-		return out, nil
-	})
+	// Never the reply itself: it may hold a value, and store errors are logged.
+	return Lookup{}, fmt.Errorf("unexpected script reply: code %d, %d elements", code, len(reply))
 }
 
 // pipelineScript runs script n times in one pipeline, and reloads it and retries the commands
@@ -289,28 +276,6 @@ func (s *RedisStore) Fill(ctx context.Context, key, token string, value []byte, 
 	return guard(ctx, s.trusted, func(ctx context.Context) (bool, error) {
 		n, err := fillScript.Run(ctx, s.client, []string{key}, token, value, ms(ttl)).Int()
 		return n == 1, err
-	})
-}
-
-// FillMany implements Store: one pipeline, so one round trip per node.
-func (s *RedisStore) FillMany(ctx context.Context, token string, entries []FillEntry) ([]bool, error) {
-	return guard(ctx, s.trusted, func(ctx context.Context) ([]bool, error) {
-		cmds, err := s.pipelineScript(ctx, fillScript, len(entries), func(i int) ([]string, []any) {
-			e := entries[i]
-			return []string{e.Key}, []any{token, e.Value, ms(e.TTL)}
-		})
-		if err != nil {
-			return nil, err
-		}
-		out := make([]bool, len(entries))
-		for i, c := range cmds {
-			n, err := c.Int()
-			if err != nil {
-				return nil, err
-			}
-			out[i] = n == 1
-		}
-		return out, nil
 	})
 }
 

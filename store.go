@@ -22,7 +22,8 @@ type Store interface {
 	GetOrLease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error)
 
 	// GetOrLeaseMany is GetOrLease for several keys with one token, in as few round trips as
-	// the store allows. The result has one Lookup per key, in order.
+	// the store allows (RedisStore: one per node, whatever the number of keys). The result has
+	// one Lookup per key, in order.
 	GetOrLeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error)
 
 	// Lease grants a lease to token whether or not the key holds a value (to refresh or
@@ -55,7 +56,8 @@ type Store interface {
 
 // Lookup is a store's answer to GetOrLease or Lease.
 type Lookup struct {
-	// Value is the stored bytes, or nil when the key holds no value.
+	// Value is the stored bytes, or nil when the key holds no value. It may share memory
+	// with the store (MemoryStore's entry, RedisStore's batch reply): read-only.
 	Value []byte
 	// Granted is true when the lease was granted to the caller's token.
 	Granted bool
@@ -63,6 +65,16 @@ type Lookup struct {
 	Holder string
 	// HolderTTL is the time left on Holder's lease, when the store knows it.
 	HolderTTL time.Duration
+}
+
+// ReleaseManyStore is an optional interface of a Store that releases many leases of one token
+// in one round trip (per node). A Cache uses it, when its store has it, to end the leases of
+// a batch whose load failed; otherwise it calls Release per key. RedisStore and MemoryStore
+// implement it.
+type ReleaseManyStore interface {
+	// ReleaseMany is Release for several keys under one token. It reports, per key, whether
+	// token held the lease.
+	ReleaseMany(ctx context.Context, token string, keys []string) ([]bool, error)
 }
 
 // FillEntry is one value of a FillMany.

@@ -26,6 +26,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -68,9 +69,18 @@ type verdict uint8
 
 const (
 	serveIt      verdict = iota // fresh: serve it
-	serveRefresh                // serve it and refresh it in the background
+	serveRefresh                // fresh: serve it and refresh it in the background (early refresh)
+	serveStale                  // past expiry, within stale-while-revalidate: serve it and refresh it
 	expired                     // a miss; servable only if the load fails (stale-if-error)
 )
+
+// resultOf is the request result, for the metrics, of an entry served with verdict vd.
+func resultOf(vd verdict, h envelope.Header) result {
+	if vd == serveStale {
+		return resultStale
+	}
+	return hitResult(h.NotFound())
+}
 
 // judge classifies a decoded entry at a hit. Without early refresh and stale windows it reads
 // no clock and draws no random number.
@@ -86,7 +96,7 @@ func (c *Cache[T]) judge(h envelope.Header) verdict {
 		}
 		return serveIt
 	case now-h.Expiry < int64(c.cfg.staleRevalidate):
-		return serveRefresh
+		return serveStale
 	}
 	return expired
 }
@@ -112,22 +122,23 @@ func (c *Cache[T]) staleOK(s *staleValue[T]) bool {
 }
 
 // orStale returns a caller's result: the stale value instead of a load error (not ErrNotFound,
-// not the caller's own cancellation) when stale-if-error allows it.
-func (c *Cache[T]) orStale(ctx context.Context, v T, err error, s *staleValue[T]) (T, error) {
+// not the caller's own cancellation) when stale-if-error allows it; served says it did.
+func (c *Cache[T]) orStale(ctx context.Context, v T, err error, s *staleValue[T]) (_ T, _ error, served bool) {
 	if err == nil || ctx.Err() != nil || errors.Is(err, ErrNotFound) || !c.staleOK(s) {
-		return v, err
+		return v, err, false
 	}
 	c.onStaleServed()
 	if s.notFound {
 		var zero T
-		return zero, ErrNotFound
+		return zero, ErrNotFound, true
 	}
-	return s.v, nil
+	return s.v, nil, true
 }
 
-// stats counts events for the metrics (not exported yet).
+// stats counts what the metrics (metrics.go) do not tell apart yet. The requests answered by
+// stale-if-error count as "stale" there, the background loads as loads, and the refreshes
+// started before expiry as early refreshes.
 type stats struct {
-	misses       atomic.Uint64 // calls not answered from the store: they loaded or waited for a load
 	refreshes    atomic.Uint64 // background refreshes that loaded (early or stale-while-revalidate)
 	staleOnError atomic.Uint64 // expired values served because a load failed
 }
@@ -166,21 +177,37 @@ func (r *refreshSet) len() int {
 	return len(r.keys)
 }
 
+// oneKey adapts a batch loader to the refresh of one key.
+func oneKey[T any](load func(context.Context, []string) (map[string]T, error), key string) func(context.Context) (T, error) {
+	return func(ctx context.Context) (T, error) {
+		m, err := load(ctx, []string{key})
+		if err != nil {
+			var zero T
+			return zero, err
+		}
+		v, ok := m[key]
+		if !ok {
+			return v, fmt.Errorf("%w: %q left out by the loader", ErrNotFound, key)
+		}
+		return v, nil
+	}
+}
+
 // refreshMarker is the flight token of a refresh that has no lease yet; no lease token ever
 // equals it, so nobody joins it before it holds one.
 const refreshMarker = "\x00refresh"
 
 // refresh reloads sk in the background with load, unless this process is refreshing it
-// already. seen is the stored entry the caller was served. The load runs on ctx detached from
-// its cancellation (the caller leaves at once), bounded by the load timeout and stopped by
-// Close.
-func (c *Cache[T]) refresh(ctx context.Context, sk string, seen []byte, load func(context.Context) (T, error)) {
+// already. seen is the stored entry the caller was served; early says it had not expired
+// yet. The load runs on ctx detached from its cancellation (the caller leaves at once),
+// bounded by the load timeout and stopped by Close.
+func (c *Cache[T]) refresh(ctx context.Context, sk string, seen []byte, early bool, load func(context.Context) (T, error)) {
 	if !c.refreshing.begin(sk) {
 		return
 	}
 	f := c.launch(ctx, flightKey{sk, refreshMarker}, 0, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		defer c.refreshing.end(sk)
-		c.refreshUnder(lctx, f, sk, seen, load)
+		c.refreshUnder(lctx, f, sk, seen, early, load)
 	})
 	if f == nil {
 		c.refreshing.end(sk)
@@ -189,7 +216,7 @@ func (c *Cache[T]) refresh(ctx context.Context, sk string, seen []byte, load fun
 
 // refreshUnder takes sk's lease over its value and, if the store still holds seen, loads and
 // fills under it. Once the lease is granted the flight is joinable under it, like any load.
-func (c *Cache[T]) refreshUnder(ctx context.Context, f *flight[T], sk string, seen []byte, load func(context.Context) (T, error)) {
+func (c *Cache[T]) refreshUnder(ctx context.Context, f *flight[T], sk string, seen []byte, early bool, load func(context.Context) (T, error)) {
 	tok := c.tokens.next()
 	lk, err := c.leaseOver(ctx, sk, tok)
 	if err != nil || !lk.Granted {
@@ -198,7 +225,7 @@ func (c *Cache[T]) refreshUnder(ctx context.Context, f *flight[T], sk string, se
 	// Only the lease holder fills and Delete voids the lease, so what the store holds now
 	// stays until this fill or an Invalidate. Anything but seen means another refresh filled
 	// the key since the caller read it, or it was removed: nothing to do.
-	cur, err := storeCall(c, context.WithoutCancel(ctx), func(ctx context.Context) (Lookup, error) {
+	cur, err := storeCall(c, context.WithoutCancel(ctx), opGetOrLease, func(ctx context.Context) (Lookup, error) {
 		return c.store.GetOrLease(ctx, sk, tok, c.leaseTTL)
 	})
 	if err != nil || !bytes.Equal(cur.Value, seen) {
@@ -209,5 +236,8 @@ func (c *Cache[T]) refreshUnder(ctx context.Context, f *flight[T], sk string, se
 	c.register(f, flightKey{sk, tok})
 	c.mu.Unlock()
 	c.stats.refreshes.Add(1)
+	if early {
+		c.obs.earlyRefresh()
+	}
 	c.loadUnder(ctx, f, sk, tok, load)
 }

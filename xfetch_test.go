@@ -125,8 +125,12 @@ func idle[T any](t *testing.T, cs ...*Cache[T]) {
 }
 
 func misses[T any](cs ...*Cache[T]) (n uint64) {
+	return sumStats(func(s Stats) uint64 { return s.Misses }, cs...)
+}
+
+func sumStats[T any](field func(Stats) uint64, cs ...*Cache[T]) (n uint64) {
 	for _, c := range cs {
-		n += c.stats.misses.Load()
+		n += field(c.Stats())
 	}
 	return n
 }
@@ -135,7 +139,7 @@ func misses[T any](cs ...*Cache[T]) (n uint64) {
 // and the store keeps values for the TTL exactly; with them, for TTL + the longer window.
 func TestPlainHitsReadNoClock(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		c := backendCache[int](t, b)
+		c := backendCache[int](t, b, slowMachine...) // every fill must land
 		var hitting atomic.Bool
 		var calls atomic.Int32
 		c.now = func() int64 {
@@ -192,7 +196,7 @@ func TestPhysicalTTL(t *testing.T) {
 			_, err = c.GetOrLoad(bg(), "nf", func(context.Context) (int, error) { return 0, ErrNotFound })
 			require.ErrorIs(t, err, ErrNotFound)
 		}
-		plain := backendCache[int](t, b, WithTTL(100*time.Second), WithNegativeTTL(10*time.Second))
+		plain := backendCache[int](t, b, append(slowMachine, WithTTL(100*time.Second), WithNegativeTTL(10*time.Second))...)
 		fill(plain)
 		require.InDelta(t, float64(95*time.Second), float64(ttlOf(plain, "k")), float64(5*time.Second), "TTL minus up to 10% jitter")
 		require.InDelta(t, float64(9500*time.Millisecond), float64(ttlOf(plain, "nf")), float64(600*time.Millisecond), "negative TTL")
@@ -207,7 +211,7 @@ func TestPhysicalTTL(t *testing.T) {
 			{[]Option{WithEarlyRefresh(2)}, 0},
 		} {
 			clk := newFakeClock()
-			c := backendCache[int](t, b, append(tc.opts, WithTTL(100*time.Second), WithNegativeTTL(10*time.Second), WithTTLJitter(0))...)
+			c := backendCache[int](t, b, append(append(tc.opts, slowMachine...), WithTTL(100*time.Second), WithNegativeTTL(10*time.Second), WithTTLJitter(0))...)
 			useClock(clk, c)
 			fill(c)
 			require.InDelta(t, float64(100*time.Second+tc.extra), float64(ttlOf(c, "k")), float64(time.Second), "%d", tc.extra)
@@ -448,6 +452,8 @@ func TestStaleWhileRevalidate(t *testing.T) {
 		idle(t, cs...)
 		require.EqualValues(t, 1, calls.Load(), "background reloads across 3 instances")
 		require.Equal(t, before, misses(cs...), "reads that waited")
+		require.EqualValues(t, 30, sumStats(func(s Stats) uint64 { return s.Stale }, cs...), "stale requests")
+		require.Zero(t, sumStats(func(s Stats) uint64 { return s.EarlyRefreshes }, cs...), "a refresh after expiry is not early")
 		for _, c := range cs {
 			v, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "", errors.New("must not load") })
 			require.NoError(t, err)
@@ -503,6 +509,7 @@ func TestStaleIfError(t *testing.T) {
 			served += c.stats.staleOnError.Load()
 		}
 		require.EqualValues(t, 30, served, "stale values served")
+		require.EqualValues(t, 30, sumStats(func(s Stats) uint64 { return s.Stale }, cs...), "stale requests")
 
 		// The caller's cancellation is its own.
 		gate := make(chan struct{})
@@ -612,6 +619,7 @@ func TestManyStale(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, map[string]string{"a": "a2", "b": "b2"}, m)
 		require.EqualValues(t, 3, cs[0].stats.staleOnError.Load())
+		require.EqualValues(t, 5*3+3, cs[0].Stats().Stale, "stale requests: 5 revalidating batches of 3 keys, then 3 stale-if-error")
 		// A key with nothing to stand in fails the call.
 		_, err = cs[0].GetOrLoadMany(bg(), []string{"a", "new"}, func(context.Context, []string) (map[string]string, error) { return nil, boom })
 		require.ErrorIs(t, err, boom)
@@ -646,6 +654,7 @@ func TestInvalidateDuringRefresh(t *testing.T) {
 		require.NoError(t, cs[1].Invalidate(bg(), "k"))
 		close(gate)
 		idle(t, cs...)
+		require.EqualValues(t, 1, cs[0].Stats().EarlyRefreshes)
 
 		for _, c := range cs {
 			v, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "new", nil })
@@ -669,10 +678,10 @@ func TestRefreshOfReplacedValueSkips(t *testing.T) {
 
 		var calls atomic.Int32
 		load := func(context.Context) (string, error) { calls.Add(1); return "v2", nil }
-		c.refresh(bg(), sk, old, load)
+		c.refresh(bg(), sk, old, true, load)
 		idle(t, c)
 		require.Zero(t, calls.Load(), "refreshed a value that was already replaced")
-		c.refresh(bg(), sk, lk.Value, load)
+		c.refresh(bg(), sk, lk.Value, true, load)
 		idle(t, c)
 		require.EqualValues(t, 1, calls.Load(), "the lease was left behind")
 		v, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "", errors.New("must not load") })

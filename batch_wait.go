@@ -1,0 +1,112 @@
+package cacheaside
+
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+)
+
+// waitMany waits for keys whose leases other processes hold (lks[i].Holder for keys[i]), all
+// on one goroutine: one flight per key, joinable under its holder's lease as a single read's
+// wait is, completed as soon as its key is settled. It polls the store for the keys still
+// held in one round trip (per node), with the backoff of waitLease, never past the soonest
+// lease expiry. Keys whose leases end without a value are leased by the poll and loaded with
+// load, together (in chunks), like the keys a batch wins at once. Keys still held after a
+// lease and a load's time are loaded without storing. It returns nil after Close.
+func (c *Cache[T]) waitMany(ctx context.Context, keys, sks []string, lks []Lookup, load func(context.Context, []string) (map[string]T, error)) []*flight[T] {
+	fks := make([]flightKey, len(keys))
+	ttls := make([]time.Duration, len(keys))
+	for i, lk := range lks {
+		fks[i] = flightKey{sks[i], lk.Holder}
+		ttls[i] = lk.HolderTTL
+	}
+	return c.launchMany(ctx, fks, make([]uint64, len(keys)), 0, func(lctx context.Context, fs []*flight[T]) {
+		c.pollMany(lctx, fs, keys, sks, ttls, load)
+	})
+}
+
+func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []string, ttls []time.Duration, load func(context.Context, []string) (map[string]T, error)) {
+	giveUp := time.Now().Add(c.leaseTTL + c.cfg.loadTimeout)
+	backoff := c.cfg.leaseWaitMin
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	idx := make([]int, len(fs)) // the keys still held
+	for i := range idx {
+		idx[i] = i
+	}
+	for len(idx) > 0 {
+		sleep := backoff
+		for _, i := range idx {
+			if ttls[i] > 0 && ttls[i]+time.Millisecond < sleep {
+				sleep = ttls[i] + time.Millisecond
+			}
+		}
+		sleep = sleep/2 + rand.N(sleep/2+1) // jitter, so waiters of many processes spread out
+		timer.Reset(sleep)
+		select {
+		case <-ctx.Done():
+			for _, i := range idx {
+				fs[i].err = ctx.Err()
+			}
+			return
+		case <-timer.C:
+		}
+		backoff = min(backoff*2, c.cfg.leaseWaitMax)
+
+		tok := c.tokens.next()
+		qs := pick(sks, idx)
+		lks, err := storeCallN(c, ctx, opGetOrLeaseMany, len(qs), func(ctx context.Context) ([]Lookup, error) {
+			return c.store.GetOrLeaseMany(ctx, qs, tok, c.leaseTTL)
+		})
+		if err != nil || len(lks) != len(qs) {
+			for _, i := range idx {
+				fs[i].retry = true // the store failed: callers read again, and go without it
+			}
+			return
+		}
+		var settled []*flight[T]
+		var won []int
+		held := idx[:0:0]
+		for j, i := range idx {
+			f := fs[i]
+			switch lk := lks[j]; {
+			case lk.Value != nil:
+				v, h, ok := c.decode(lk.Value)
+				switch {
+				case !ok || c.judge(h) == expired:
+					f.retry = true // bad data, or past its stale windows: callers read again, and replace it
+				case h.NotFound():
+					f.err = ErrNotFound
+				default:
+					f.val = v
+				}
+				settled = append(settled, f)
+			case lk.Granted:
+				won = append(won, i)
+			default:
+				ttls[i] = lk.HolderTTL
+				held = append(held, i)
+			}
+		}
+		c.finish(settled...)
+		if len(won) > 0 {
+			wfs, wkeys, wsks := pick(fs, won), pick(keys, won), pick(sks, won)
+			c.mu.Lock()
+			for j, f := range wfs {
+				c.register(f, flightKey{wsks[j], tok})
+			}
+			c.mu.Unlock()
+			c.runChunks(ctx, wfs, wkeys, load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
+				c.settleMany(ctx, wfs[lo:hi], wkeys[lo:hi], wsks[lo:hi], tok, m, err, pe, delta)
+			})
+		}
+		idx = held
+		if len(idx) > 0 && time.Now().After(giveUp) {
+			rfs, rkeys := pick(fs, idx), pick(keys, idx)
+			c.runChunks(ctx, rfs, rkeys, load, func(_ context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, _ time.Duration) {
+				setOutcome(rfs[lo:hi], rkeys[lo:hi], m, err, pe)
+			})
+			return
+		}
+	}
+}

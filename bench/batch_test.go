@@ -1,0 +1,200 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/cacheaside/cacheaside"
+	"github.com/cacheaside/cacheaside/internal/envelope"
+	"github.com/redis/go-redis/v9"
+)
+
+// product is a typical cached row: a few scalar fields and a short list.
+type product struct {
+	ID    int      `json:"id"`
+	Name  string   `json:"name"`
+	Price float64  `json:"price"`
+	Tags  []string `json:"tags"`
+}
+
+// realRedis returns a client to the real Redis, or skips the benchmark when none answers.
+func realRedis(b *testing.B) *redis.Client {
+	b.Helper()
+	conn, err := net.DialTimeout("tcp", redisAddr(), time.Second)
+	if err != nil {
+		b.Skipf("Redis at %s is not answering: %v", redisAddr(), err)
+	}
+	conn.Close()
+	c := redis.NewClient(&redis.Options{Addr: redisAddr(), ContextTimeoutEnabled: true})
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+const batchSize = 100
+
+// BenchmarkBatch compares reading 100 cached keys with one GetOrLoadMany, with 100 sequential
+// GetOrLoad calls, and with the floor: one raw pipeline of HGET (the field the store keeps the
+// value envelope in) plus the same decoding. The client is built with ContextTimeoutEnabled, as
+// RedisStore recommends; GetOrLoadManyDefaultClient shows the batch on a default client.
+func BenchmarkBatch(b *testing.B) {
+	client := realRedis(b)
+	ctx := context.Background()
+	prefix := "cacheaside-bench:batch:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+	// A generous store timeout: on a loaded machine a hit must not fail open to the loader.
+	c, err := cacheaside.New[product](cacheaside.NewRedisStore(client), cacheaside.WithPrefix(prefix),
+		cacheaside.WithTTL(10*time.Minute), cacheaside.WithStoreTimeout(time.Second))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_, _ = c.InvalidatePattern(context.Background(), "*")
+		c.Close()
+	})
+	keys := make([]string, batchSize)
+	for i := range keys {
+		keys[i] = "product:" + strconv.Itoa(i)
+	}
+	load := func(_ context.Context, missing []string) (map[string]product, error) {
+		out := make(map[string]product, len(missing))
+		for _, k := range missing {
+			out[k] = product{ID: len(k), Name: "product " + k, Price: 9.99, Tags: []string{"a", "bb", "ccc"}}
+		}
+		return out, nil
+	}
+	if _, err := c.GetOrLoadMany(ctx, keys, load); err != nil {
+		b.Fatal(err)
+	}
+	noLoad := func(context.Context, []string) (map[string]product, error) {
+		return nil, fmt.Errorf("bench: unexpected load")
+	}
+	noLoadOne := func(context.Context) (product, error) { return product{}, fmt.Errorf("bench: unexpected load") }
+
+	many := func() error {
+		m, err := c.GetOrLoadMany(ctx, keys, noLoad)
+		if err == nil && len(m) != batchSize {
+			err = fmt.Errorf("got %d values", len(m))
+		}
+		return err
+	}
+	// The same batch through a client built with the go-redis defaults (no
+	// ContextTimeoutEnabled): the store then bounds each call on a goroutine of its own.
+	plain := redis.NewClient(&redis.Options{Addr: redisAddr()})
+	b.Cleanup(func() { plain.Close() })
+	cPlain, err := cacheaside.New[product](cacheaside.NewRedisStore(plain), cacheaside.WithPrefix(prefix),
+		cacheaside.WithTTL(10*time.Minute), cacheaside.WithStoreTimeout(time.Second))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cPlain.Close() })
+	manyPlain := func() error {
+		m, err := cPlain.GetOrLoadMany(ctx, keys, noLoad)
+		if err == nil && len(m) != batchSize {
+			err = fmt.Errorf("got %d values", len(m))
+		}
+		return err
+	}
+	sequential := func() error {
+		for _, k := range keys {
+			if _, err := c.GetOrLoad(ctx, k, noLoadOne); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	schema := envelope.Schema(cacheaside.JSONCodec{}.Name(), "bench.product")
+	storeKeys := make([]string, batchSize)
+	for i, k := range keys {
+		storeKeys[i] = prefix + k
+	}
+	floor := func() error {
+		pipe := client.Pipeline()
+		cmds := make([]*redis.StringCmd, len(storeKeys))
+		for i, k := range storeKeys {
+			cmds[i] = pipe.HGet(ctx, k, "v")
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
+		out := make(map[string]product, len(keys))
+		for i, cmd := range cmds {
+			raw, err := cmd.Bytes()
+			if err != nil {
+				return err
+			}
+			_, payload, ok := envelope.Decode(raw, schema)
+			if !ok {
+				return fmt.Errorf("bad envelope at %s", storeKeys[i])
+			}
+			var p product
+			if err := json.Unmarshal(payload, &p); err != nil {
+				return err
+			}
+			out[keys[i]] = p
+		}
+		return nil
+	}
+
+	// Interleaved: each iteration runs the batch and the other read once each, so a load that
+	// drifts on a shared machine weighs on both alike; it reports the ratio of their times.
+	for _, other := range []struct {
+		name string
+		fn   func() error
+	}{{"FloorPipelinedHGET", floor}, {"SequentialGetOrLoad", sequential}} {
+		b.Run("GetOrLoadManyVs"+other.name, func(b *testing.B) {
+			var tMany, tOther time.Duration
+			for b.Loop() {
+				start := time.Now()
+				if err := many(); err != nil {
+					b.Fatal(err)
+				}
+				mid := time.Now()
+				if err := other.fn(); err != nil {
+					b.Fatal(err)
+				}
+				tMany += mid.Sub(start)
+				tOther += time.Since(mid)
+			}
+			b.ReportMetric(float64(tMany.Nanoseconds())/float64(b.N), "many-ns/op")
+			b.ReportMetric(float64(tOther.Nanoseconds())/float64(b.N), "other-ns/op")
+			b.ReportMetric(float64(tMany)/float64(tOther), "many/other")
+		})
+	}
+
+	for _, bc := range []struct {
+		name string
+		fn   func() error
+	}{
+		{"GetOrLoadMany", many},
+		{"GetOrLoadManyDefaultClient", manyPlain},
+		{"SequentialGetOrLoad", sequential},
+		{"FloorPipelinedHGET", floor},
+	} {
+		if err := bc.fn(); err != nil {
+			b.Fatalf("%s: %v", bc.name, err)
+		}
+		b.Run(bc.name+"/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := bc.fn(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(bc.name+"/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := bc.fn(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}

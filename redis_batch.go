@@ -1,0 +1,303 @@
+package cacheaside
+
+import (
+	"context"
+	"fmt"
+	"time"
+	"unsafe"
+
+	"github.com/cacheaside/cacheaside/internal/slot"
+	"github.com/redis/go-redis/v9"
+)
+
+// Batches on Redis. One script call covers many keys: every key of the batch on a standalone
+// or Sentinel server (up to maxScriptKeys per call), the keys of one hash slot on Cluster (so
+// never a CROSSSLOT error), one key on a Ring or any other client (a Ring picks its shard by key). The
+// calls go in one pipeline: a batch of any size costs one round trip per node. Each key is
+// handled exactly as by the single-key scripts, and a script runs atomically.
+
+// maxScriptKeys bounds the keys of one script call, so that no call holds the server for long
+// (a few hundred microseconds at most).
+const maxScriptKeys = 256
+
+// Reply: per key, in order, {1, value} | {2, holder, holderTTLms} | {3} granted, flattened.
+var getOrLeaseManyScript = redis.NewScript(`
+local out, n = {}, 0
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local r = redis.pcall('HMGET', k, 'v', 't')
+  if r.err then
+    redis.call('DEL', k)
+    r = {false, false}
+  end
+  if r[1] then
+    out[n + 1], out[n + 2], n = 1, r[1], n + 2
+  elseif r[2] then
+    out[n + 1], out[n + 2], out[n + 3], n = 2, r[2], redis.call('PTTL', k), n + 3
+  else
+    redis.call('HSET', k, 't', ARGV[1])
+    redis.call('PEXPIRE', k, ARGV[2])
+    out[n + 1], n = 3, n + 1
+  end
+end
+return out
+`)
+
+// ARGV: token, then value and TTL (ms) of each key. Reply: 1 (stored) or 0 per key.
+var fillManyScript = redis.NewScript(`
+local now
+local out = {}
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local r = redis.pcall('HMGET', k, 't', 'e')
+  out[i] = 0
+  if not r.err and r[1] == ARGV[1] then
+    local live = true
+    if r[2] then
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      live = tonumber(r[2]) > now
+    end
+    if live then
+      redis.call('DEL', k)
+      redis.call('HSET', k, 'v', ARGV[2 * i])
+      redis.call('PEXPIRE', k, ARGV[2 * i + 1])
+      out[i] = 1
+    end
+  end
+end
+return out
+`)
+
+// ARGV: token. Reply: 1 (the token held the lease) or 0 per key.
+var releaseManyScript = redis.NewScript(`
+local now
+local out = {}
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local r = redis.pcall('HMGET', k, 't', 'e', 'v')
+  out[i] = 0
+  if not r.err and r[1] == ARGV[1] then
+    if not r[3] then
+      redis.call('DEL', k)
+      out[i] = 1
+    else
+      redis.call('HDEL', k, 't', 'e')
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      if tonumber(r[2]) > now then out[i] = 1 end
+    end
+  end
+end
+return out
+`)
+
+// slotGroups splits a batch's keys into the groups one script call may cover: group g is
+// order[ends[g-1]:ends[g]] (from 0 for g = 0); a nil order is the identity.
+type slotGroups struct {
+	order []int
+	ends  []int
+}
+
+func (g slotGroups) len() int { return len(g.ends) }
+
+func (g slotGroups) span(i int) (lo, hi int) {
+	if i > 0 {
+		lo = g.ends[i-1]
+	}
+	return lo, g.ends[i]
+}
+
+func (g slotGroups) index(j int) int {
+	if g.order == nil {
+		return j
+	}
+	return g.order[j]
+}
+
+// keys returns the keys of group i; for the identity order it is a subslice of keys.
+func (g slotGroups) keys(i int, keys []string) []string {
+	lo, hi := g.span(i)
+	if g.order == nil {
+		return keys[lo:hi]
+	}
+	out := make([]string, hi-lo)
+	for j := range out {
+		out[j] = keys[g.order[lo+j]]
+	}
+	return out
+}
+
+// group splits keys for this store's client.
+func (s *RedisStore) group(keys []string) slotGroups {
+	n := len(keys)
+	switch {
+	case s.cluster != nil:
+		bySlot := make(map[int][]int)
+		var slots []int
+		for i, k := range keys {
+			sl := slot.Of(k)
+			if _, seen := bySlot[sl]; !seen {
+				slots = append(slots, sl)
+			}
+			bySlot[sl] = append(bySlot[sl], i)
+		}
+		g := slotGroups{order: make([]int, 0, n), ends: make([]int, 0, len(slots))}
+		for _, sl := range slots {
+			for idx := bySlot[sl]; len(idx) > 0; {
+				m := min(len(idx), maxScriptKeys)
+				g.order = append(g.order, idx[:m]...)
+				g.ends = append(g.ends, len(g.order))
+				idx = idx[m:]
+			}
+		}
+		return g
+	case s.standalone:
+		ends := make([]int, 0, (n+maxScriptKeys-1)/maxScriptKeys)
+		for hi := maxScriptKeys; hi < n; hi += maxScriptKeys {
+			ends = append(ends, hi)
+		}
+		return slotGroups{ends: append(ends, n)}
+	default:
+		ends := make([]int, n)
+		for i := range ends {
+			ends[i] = i + 1
+		}
+		return slotGroups{ends: ends}
+	}
+}
+
+// GetOrLeaseMany implements Store: one pipeline of batch scripts, so one round trip per node.
+// The values returned alias the reply's memory, read-only.
+func (s *RedisStore) GetOrLeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	return guard(ctx, s.trusted, func(ctx context.Context) ([]Lookup, error) {
+		g := s.group(keys)
+		lease := ms(leaseTTL)
+		cmds, err := s.pipelineScript(ctx, getOrLeaseManyScript, g.len(), func(i int) ([]string, []any) {
+			return g.keys(i, keys), []any{token, lease}
+		})
+		if err != nil {
+			return nil, err
+		}
+		out := make([]Lookup, len(keys))
+		for i, cmd := range cmds {
+			lo, hi := g.span(i)
+			if err := parseLookups(cmd, g, lo, hi, out); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	})
+}
+
+// parseLookups reads the reply of one getOrLeaseManyScript call over group positions [lo, hi).
+func parseLookups(cmd *redis.Cmd, g slotGroups, lo, hi int, out []Lookup) error {
+	reply, err := cmd.Slice()
+	if err != nil {
+		return err
+	}
+	p := 0
+	for j := lo; j < hi; j++ {
+		if p >= len(reply) {
+			return fmt.Errorf("cacheaside: short batch script reply (%d values for %d keys)", len(reply), hi-lo)
+		}
+		code, _ := reply[p].(int64)
+		lk := &out[g.index(j)]
+		switch {
+		case code == replyValue && p+1 < len(reply):
+			v, ok := reply[p+1].(string)
+			if !ok {
+				return fmt.Errorf("cacheaside: unexpected value type %T", reply[p+1])
+			}
+			// The reply is ours alone and the Cache only reads values: no copy.
+			lk.Value = unsafe.Slice(unsafe.StringData(v), len(v))
+			if lk.Value == nil {
+				lk.Value = []byte{} // an empty value is a value
+			}
+			p += 2
+		case code == replyHeld && p+2 < len(reply):
+			lk.Holder, _ = reply[p+1].(string)
+			ttl, _ := reply[p+2].(int64)
+			lk.HolderTTL = time.Duration(max(ttl, 0)) * time.Millisecond
+			p += 3
+		case code == replyGranted:
+			lk.Granted = true
+			p++
+		default:
+			return fmt.Errorf("cacheaside: unexpected batch script reply %v", reply[p:])
+		}
+	}
+	return nil
+}
+
+// FillMany implements Store: one pipeline of batch scripts, so one round trip per node.
+func (s *RedisStore) FillMany(ctx context.Context, token string, entries []FillEntry) ([]bool, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	return guard(ctx, s.trusted, func(ctx context.Context) ([]bool, error) {
+		keys := make([]string, len(entries))
+		for i, e := range entries {
+			keys[i] = e.Key
+		}
+		g := s.group(keys)
+		cmds, err := s.pipelineScript(ctx, fillManyScript, g.len(), func(i int) ([]string, []any) {
+			lo, hi := g.span(i)
+			args := make([]any, 1, 1+2*(hi-lo))
+			args[0] = token
+			for j := lo; j < hi; j++ {
+				e := entries[g.index(j)]
+				args = append(args, e.Value, ms(e.TTL))
+			}
+			return g.keys(i, keys), args
+		})
+		if err != nil {
+			return nil, err
+		}
+		return parseFlags(cmds, g, len(entries))
+	})
+}
+
+// ReleaseMany is Release for several keys under one token, in one pipeline of batch scripts:
+// one round trip per node. It reports, per key, whether token held the lease.
+func (s *RedisStore) ReleaseMany(ctx context.Context, token string, keys []string) ([]bool, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	return guard(ctx, s.trusted, func(ctx context.Context) ([]bool, error) {
+		g := s.group(keys)
+		cmds, err := s.pipelineScript(ctx, releaseManyScript, g.len(), func(i int) ([]string, []any) {
+			return g.keys(i, keys), []any{token}
+		})
+		if err != nil {
+			return nil, err
+		}
+		return parseFlags(cmds, g, len(keys))
+	})
+}
+
+// parseFlags reads the 0/1 replies of batch scripts into one flag per key.
+func parseFlags(cmds []*redis.Cmd, g slotGroups, n int) ([]bool, error) {
+	out := make([]bool, n)
+	for i, cmd := range cmds {
+		reply, err := cmd.Int64Slice()
+		if err != nil {
+			return nil, err
+		}
+		lo, hi := g.span(i)
+		if len(reply) != hi-lo {
+			return nil, fmt.Errorf("cacheaside: batch script replied %d flags for %d keys", len(reply), hi-lo)
+		}
+		for j, v := range reply {
+			out[g.index(lo+j)] = v == 1
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,100 @@
+package cacheaside
+
+import "time"
+
+// Stats is a snapshot of a Cache's counters since New: the same counts the Prometheus
+// metrics export (WithPrometheus), summed over key groups, for programs without Prometheus.
+// Each field is read atomically, the snapshot as a whole is not: under load, fields may be a
+// few events apart.
+type Stats struct {
+	// Requests by how they were answered (one per GetOrLoad call, one per distinct key of a
+	// GetOrLoadMany call).
+	Hits         uint64 // a value from the store
+	L1Hits       uint64 // a value from the local cache (WithLocalCache)
+	NegativeHits uint64 // a cached not-found
+	Stale        uint64 // a value past its TTL: served while it is refreshed, or instead of a failed load
+	Misses       uint64 // answered by a load: the call's own, a shared one, or another process's
+
+	// Loader calls (a GetOrLoadMany load is one call) by outcome, and their total duration.
+	Loads         uint64 // every loader call; the next three are among them
+	LoadsNotFound uint64 // returned ErrNotFound
+	LoadErrors    uint64 // returned another error
+	LoadPanics    uint64 // panicked
+	LoadTime      time.Duration
+
+	StoreErrors          uint64 // store operations that failed or timed out
+	LeaseWaits           uint64 // waits for a lease another process held
+	Coalesced            uint64 // calls that shared a load, a lease wait or a lookup in this process
+	EarlyRefreshes       uint64 // background refreshes that loaded before expiry (WithEarlyRefresh)
+	Invalidations        uint64 // keys passed to Invalidate
+	PatternInvalidations uint64 // InvalidatePattern calls
+	UndecodableValues    uint64 // stored entries that did not decode, treated as misses
+	L1BroadcastDrops     uint64 // local-cache entries dropped on another instance's invalidation
+	L1Flushes            uint64 // times the whole local cache was dropped
+
+	BreakerOpen  bool   // the store is being skipped now
+	BreakerOpens uint64 // times the circuit breaker opened
+}
+
+// Requests returns the number of requests, however they were answered.
+func (s Stats) Requests() uint64 {
+	return s.Hits + s.L1Hits + s.NegativeHits + s.Stale + s.Misses
+}
+
+// HitRatio returns the share of requests answered from the cache without waiting for a load
+// (hits, L1 hits, negative hits and stale values), in [0, 1]; 0 before any request.
+func (s Stats) HitRatio() float64 {
+	n := s.Requests()
+	if n == 0 {
+		return 0
+	}
+	return float64(n-s.Misses) / float64(n)
+}
+
+// MeanLoadTime returns the mean duration of a loader call; 0 before any load.
+func (s Stats) MeanLoadTime() time.Duration {
+	if s.Loads == 0 {
+		return 0
+	}
+	return s.LoadTime / time.Duration(s.Loads)
+}
+
+// Stats returns a snapshot of the cache's counters. It is cheap (a few dozen atomic loads)
+// and safe to call at any time, also after Close.
+func (c *Cache[T]) Stats() Stats {
+	return c.obs.stats()
+}
+
+func (o *observer) stats() Stats {
+	var s Stats
+	o.eachGroup(func(g *groupCounters) {
+		s.Hits += g.requests[resultHit].Load()
+		s.L1Hits += g.requests[resultL1Hit].Load()
+		s.NegativeHits += g.requests[resultNegativeHit].Load()
+		s.Stale += g.requests[resultStale].Load()
+		s.Misses += g.requests[resultMiss].Load()
+		for oc := range numOutcomes {
+			s.Loads += g.loads[oc].Load()
+		}
+		s.LoadsNotFound += g.loads[outcomeNotFound].Load()
+		s.LoadErrors += g.loads[outcomeError].Load()
+		s.LoadPanics += g.loads[outcomePanic].Load()
+		s.LoadTime += time.Duration(g.loadTime.sum.Load())
+	})
+	for op := range numStoreOps {
+		s.StoreErrors += o.storeErrors[op].Load()
+	}
+	for k := range numCoalesceKinds {
+		s.Coalesced += o.coalescedN[k].Load()
+	}
+	s.LeaseWaits = o.leaseWaits.Load()
+	s.EarlyRefreshes = o.earlyRefreshes.Load()
+	s.Invalidations = o.invalidations[invalidatedKey].Load()
+	s.PatternInvalidations = o.invalidations[invalidatedPattern].Load()
+	s.UndecodableValues = o.undecodable.Load()
+	s.L1BroadcastDrops = o.l1Drops.Load()
+	s.L1Flushes = o.l1Flushes.Load()
+	s.BreakerOpen = o.breaker != nil && o.breaker.Open()
+	s.BreakerOpens = o.transitions[1].Load()
+	return s
+}

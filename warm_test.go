@@ -1,0 +1,258 @@
+package cacheaside
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// itemKeys returns item:0 .. item:n-1.
+func itemKeys(n int) []string {
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = itemKey(i)
+	}
+	return keys
+}
+
+// progressLog checks that progress calls are sequential with done growing, and keeps the last.
+type progressLog struct {
+	t           *testing.T
+	calls       int
+	done, total int
+}
+
+func (p *progressLog) fn(done, total int) {
+	p.calls++
+	if done < p.done || total != p.total && p.calls > 1 {
+		p.t.Errorf("progress went from (%d, %d) to (%d, %d)", p.done, p.total, done, total)
+	}
+	p.done, p.total = done, total
+}
+
+// Warm of 100,000 keys fills the cache with each key loaded once, reports progress up to the
+// total, and a second Warm loads nothing.
+func TestWarmLarge(t *testing.T) {
+	for _, mk := range []func() backend{memoryBackend, redisBackend} {
+		b := mk()
+		t.Run(b.name, func(t *testing.T) {
+			const n = 100_000
+			c := backendCache[int](t, b, append(slowMachine, WithTTL(5*time.Minute), WithNegativeTTL(5*time.Minute))...)
+			t.Cleanup(func() { // the shared Redis does not keep 100,000 keys
+				ctx, cancel := context.WithTimeout(bg(), time.Minute)
+				defer cancel()
+				removed, err := c.InvalidatePattern(ctx, "*")
+				require.NoError(t, err)
+				require.Equal(t, n, removed)
+			})
+			db := newKeyLoads(n, 0)
+			var calls atomic.Int32
+			load := func(ctx context.Context, missing []string) (map[string]int, error) {
+				calls.Add(1)
+				return db.batch(ctx, missing)
+			}
+			keys := itemKeys(n)
+			progress := &progressLog{t: t}
+			var res WarmResult
+			var err error
+			within(t, 5*time.Minute, "Warm", func() { res, err = c.Warm(bg(), keys, load, WithWarmProgress(progress.fn)) })
+			require.NoError(t, err)
+			require.Equal(t, WarmResult{Loaded: n - n/10, NotFound: n / 10}, res)
+			require.Equal(t, n, progress.done)
+			require.Equal(t, n, progress.total)
+			require.EqualValues(t, n/DefaultWarmBatchSize, calls.Load(), "one loader call per batch")
+			for i := range n {
+				if l := db.n[i].Load(); l != 1 {
+					t.Fatalf("%s loaded %d times", itemKey(i), l)
+				}
+			}
+
+			calls.Store(0)
+			res, err = c.Warm(bg(), keys, load, WithWarmBatchSize(500), WithWarmConcurrency(2))
+			require.NoError(t, err)
+			require.Equal(t, WarmResult{Cached: n}, res)
+			require.Zero(t, calls.Load(), "a second Warm loads nothing")
+		})
+	}
+}
+
+// Cancelling Warm's context stops it promptly with what was done counted and kept; the loads
+// in progress finish on their own.
+func TestWarmCancel(t *testing.T) {
+	forMemoryAndReal(t, func(t *testing.T, b backend) {
+		const n = 20_000
+		c := backendCache[int](t, b, slowMachine...)
+		db := newKeyLoads(n, 0)
+		var batches atomic.Int32
+		release := make(chan struct{})
+		load := func(ctx context.Context, missing []string) (map[string]int, error) {
+			if batches.Add(1) > 20 { // later batches hang until released (or Close)
+				select {
+				case <-release:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+			}
+			return db.batch(ctx, missing)
+		}
+		ctx, cancel := context.WithCancel(bg())
+		defer cancel()
+		var progressed atomic.Int32
+		var res WarmResult
+		var err error
+		go func() {
+			stPoll(t, 30*time.Second, time.Millisecond, "20 batches", func() bool { return progressed.Load() >= 20*DefaultWarmBatchSize })
+			cancel()
+		}()
+		within(t, 60*time.Second, "the cancelled Warm", func() {
+			res, err = c.Warm(ctx, itemKeys(n), load, WithWarmProgress(func(done, _ int) { progressed.Store(int32(done)) }))
+		})
+		require.ErrorIs(t, err, context.Canceled)
+		first := res.Loaded + res.NotFound
+		require.GreaterOrEqual(t, first, 20*DefaultWarmBatchSize)
+		require.Less(t, first, n)
+		require.Zero(t, res.Failed+res.Cached)
+
+		close(release)
+		res, err = c.Warm(bg(), itemKeys(n), db.batch)
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, res.Cached, first, "what the cancelled Warm loaded stayed cached")
+		require.Equal(t, n, res.Cached+res.Loaded+res.NotFound)
+		for i := range n {
+			if l := db.n[i].Load(); l != 1 {
+				t.Fatalf("%s loaded %d times", itemKey(i), l)
+			}
+		}
+	})
+}
+
+// A failing batch does not stop Warm: its keys count as failed, the error is returned, the
+// other batches are loaded.
+func TestWarmFailures(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		c := backendCache[int](t, b, slowMachine...)
+		const n = 1000
+		db := newKeyLoads(n, 0)
+		boom := errors.New("boom")
+		load := func(ctx context.Context, missing []string) (map[string]int, error) {
+			for _, k := range missing {
+				if itemIndex(k)%250 == 7 {
+					return nil, fmt.Errorf("batch with %s: %w", k, boom)
+				}
+			}
+			return db.batch(ctx, missing)
+		}
+		progress := &progressLog{t: t}
+		res, err := c.Warm(bg(), itemKeys(n), load, WithWarmProgress(progress.fn))
+		require.ErrorIs(t, err, boom)
+		require.Equal(t, WarmResult{Loaded: 540, NotFound: 60, Failed: 400}, res)
+		require.Equal(t, n, progress.done, "failed keys are done too")
+
+		res, err = c.Warm(bg(), itemKeys(n), db.batch)
+		require.NoError(t, err)
+		require.Equal(t, WarmResult{Loaded: 360, NotFound: 40, Cached: 600}, res)
+
+		_, err = c.Warm(bg(), nil, nil)
+		require.Error(t, err)
+		res, err = c.Warm(bg(), nil, db.batch)
+		require.NoError(t, err)
+		require.Zero(t, res)
+	})
+}
+
+// An Invalidate during a Warm's load keeps that load's value out of the cache.
+func TestWarmInvalidateDuringLoad(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		c := backendCache[string](t, b, slowMachine...)
+		var mu sync.Mutex
+		version := map[string]int{}
+		read := func(k string) string {
+			mu.Lock()
+			defer mu.Unlock()
+			return fmt.Sprintf("%s@v%d", k, version[k])
+		}
+		started, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		load := func(_ context.Context, missing []string) (map[string]string, error) {
+			out := map[string]string{}
+			for _, k := range missing {
+				out[k] = read(k)
+			}
+			once.Do(func() {
+				close(started)
+				<-release
+			})
+			return out, nil
+		}
+		keys := []string{"a", "b", "c"}
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Warm(bg(), keys, load)
+			done <- err
+		}()
+		waitStarted(t, started, "the Warm load")
+		mu.Lock()
+		version["b"] = 1 // a write to the source of truth, then its invalidation
+		mu.Unlock()
+		require.NoError(t, c.Invalidate(bg(), "b"))
+		close(release)
+		require.NoError(t, <-done)
+		got, err := c.GetOrLoadMany(bg(), keys, load)
+		require.NoError(t, err)
+		require.Equal(t, map[string]string{"a": "a@v0", "b": "b@v1", "c": "c@v0"}, got)
+	})
+}
+
+// Warm alongside batch and single reads of the same keys from other instances: every key
+// loaded once.
+func TestWarmWithConcurrentReads(t *testing.T) {
+	forMemoryAndReal(t, func(t *testing.T, b backend) {
+		const n = 3000
+		caches := instances[int](t, b, 3, slowMachine...)
+		db := newKeyLoads(n, 2*time.Millisecond)
+		var wg sync.WaitGroup
+		wg.Add(3)
+		var res WarmResult
+		go func() {
+			defer wg.Done()
+			var err error
+			res, err = caches[0].Warm(bg(), itemKeys(n), db.batch, WithWarmBatchSize(50))
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			keys := itemKeys(n)
+			for lo := n - 100; lo >= 0; lo -= 100 {
+				got, err := caches[1].GetOrLoadMany(bg(), keys[lo:lo+100], db.batch)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				checkBatch(t, keys[lo:lo+100], got)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for i := 0; i < n; i += 7 {
+				if _, err := caches[2].GetOrLoad(bg(), itemKey(i), db.single(i)); err != nil && !errors.Is(err, ErrNotFound) {
+					t.Error(err)
+				}
+			}
+		}()
+		within(t, 2*time.Minute, "Warm and reads", wg.Wait)
+		require.Equal(t, n, res.Loaded+res.NotFound+res.Cached)
+		for i := range n {
+			if l := db.n[i].Load(); l != 1 {
+				t.Errorf("%s loaded %d times", itemKey(i), l)
+			}
+		}
+	})
+}
