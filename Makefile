@@ -4,7 +4,12 @@ CLUSTER_ADDRS ?= 127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002
 
 TEST_ENV = CACHEASIDE_REDIS_ADDR=$(REDIS_ADDR) CACHEASIDE_CLUSTER_ADDRS=$(CLUSTER_ADDRS)
 
-.PHONY: test vet fmt cover cluster cluster-stop redis demo bench verify soak
+.PHONY: test vet fmt cover cluster cluster-stop redis demo bench verify soak fuzz fuzz-short
+
+# Fuzz targets, as package:Target; each runs alone (go test takes one -fuzz target at a time).
+FUZZ_TARGETS = ./internal/envelope:FuzzEnvelope .:FuzzDecompress .:FuzzOpen .:FuzzDecodeJSON \
+	.:FuzzDecodeMsgpack .:FuzzDecodeProto .:FuzzDecodeRaw
+FUZZTIME ?= 3s
 
 test: cluster
 	$(GO) vet ./...
@@ -23,6 +28,19 @@ test: cluster
 		echo "cd examples && $(GO) vet ./... && $(GO) test -count=1 ./..."; \
 		cd examples && $(GO) vet ./... && $(TEST_ENV) $(GO) test -count=1 ./...; \
 	fi
+	$(MAKE) fuzz-short
+
+# A short run of every fuzz target (part of test); new failures land in testdata/fuzz.
+fuzz-short:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "$(GO) test -run '^$$' -fuzz '^$$name\$$' -fuzztime $(FUZZTIME) $$pkg"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
+
+# Longer fuzzing: 60 seconds per target.
+fuzz:
+	$(MAKE) fuzz-short FUZZTIME=60s
 
 # verify runs the linearizability scenarios (and the broken-build check) about six times
 # larger than CI does, under -race: about five minutes. Each scenario prints its line.

@@ -20,15 +20,24 @@ import (
 // A load error fails the whole call (nothing is cached for the keys it covered); a load panic
 // panics every caller sharing it. With the store unusable, load is called with every key that
 // was not resolved, and nothing is stored. load may reorder or keep missing: it is its own.
-func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error)) (map[string]T, error) {
+//
+// opts apply to this call only (TTL, NegativeTTL); an invalid one is an error wrapping
+// ErrInvalidOption.
+func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error), opts ...CallOption) (map[string]T, error) {
 	if load == nil {
 		return nil, errNilLoader
 	}
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
+	if len(opts) > 0 {
+		var err error
+		if ctx, err = withCallOptions(ctx, opts); err != nil {
+			return nil, err
+		}
+	}
 	b := &batch[T]{load: load, out: make(map[string]T, len(keys))}
-	if err := c.resolveAll(ctx, keys, b); err != nil {
+	if err := c.resolveAll(ctx, c.l1Many(dedupe(keys), b.out), b); err != nil { // L1 hits: local.go
 		return nil, err
 	}
 	return b.out, nil
@@ -72,8 +81,10 @@ type pendingKey[T any] struct {
 // read again.
 func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) ([]string, error) {
 	sks := make([]string, len(keys))
+	gens := make([]uint64, len(keys)) // before the lookup: an L1 fill is kept only if no invalidation came since
 	for i, k := range keys {
 		sks[i] = c.cfg.prefix + k
+		gens[i] = c.gens.load(k)
 	}
 	tok := c.tokens.next()
 	var lks []Lookup
@@ -108,7 +119,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 		lk := &lks[i]
 		switch {
 		case lk.Value != nil:
-			v, h, ok := c.decode(lk.Value)
+			v, h, ok := c.decode(sks[i], lk.Value)
 			vd := expired
 			if ok {
 				vd = c.judge(h)
@@ -124,9 +135,10 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 				break
 			}
 			if vd != serveIt {
-				c.refresh(ctx, sks[i], lk.Value, vd == serveRefresh, oneKey(b.load, keys[i]))
+				c.refresh(ctx, keys[i], gens[i], lk.Value, vd == serveRefresh, oneKey(b.load, keys[i]))
 			}
 			c.obs.count(keys[i], resultOf(vd, h))
+			c.l1Fill(keys[i], gens[i], v, lk.Value) // kept only until its logical expiry
 			if !h.NotFound() && b.out != nil {
 				b.out[keys[i]] = v
 			}
@@ -156,7 +168,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 	waits := make([]pendingKey[T], 0, len(won)+len(held))
 	if len(won) > 0 {
 		wkeys := pick(keys, won)
-		fs := c.loadMany(ctx, wkeys, pick(sks, won), tok, b.load)
+		fs := c.loadMany(ctx, wkeys, pick(sks, won), pick(gens, won), tok, b.load)
 		if fs == nil {
 			return nil, ErrClosed
 		}

@@ -17,12 +17,12 @@ type chunkDone[T any] func(ctx context.Context, lo, hi int, m map[string]T, err 
 
 // loadMany starts the load of keys, whose leases tok holds: one flight per key, joinable under
 // (key, tok), settled in the store chunk by chunk. It returns nil after Close.
-func (c *Cache[T]) loadMany(ctx context.Context, keys, sks []string, tok string, load func(context.Context, []string) (map[string]T, error)) []*flight[T] {
+func (c *Cache[T]) loadMany(ctx context.Context, keys, sks []string, gens []uint64, tok string, load func(context.Context, []string) (map[string]T, error)) []*flight[T] {
 	fks := make([]flightKey, len(keys))
 	for i, sk := range sks {
 		fks[i] = flightKey{sk, tok}
 	}
-	return c.launchMany(ctx, fks, make([]uint64, len(keys)), 0, func(lctx context.Context, fs []*flight[T]) {
+	return c.launchMany(ctx, fks, gens, 0, func(lctx context.Context, fs []*flight[T]) {
 		c.runChunks(lctx, fs, keys, load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
 			c.settleMany(ctx, fs[lo:hi], keys[lo:hi], sks[lo:hi], tok, m, err, pe, delta)
 		})
@@ -117,7 +117,7 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 	filled := make([]*flight[T], 0, len(keys))
 	var unstorable []int
 	for i, f := range fs {
-		data, ttl, ok := c.encode(f.val, f.err != nil, delta)
+		data, ttl, ok := c.encode(ctx, sks[i], f.val, f.err != nil, delta)
 		if !ok {
 			unstorable = append(unstorable, i)
 			continue
@@ -139,6 +139,9 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 	})
 	for i, f := range filled {
 		f.retry = ferr != nil || i >= len(stored) || !stored[i]
+		if !f.retry {
+			c.l1FillStored(entries[i].Key, f.gen, f.val, entries[i].Value)
+		}
 	}
 }
 

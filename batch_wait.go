@@ -71,7 +71,7 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 			f := fs[i]
 			switch lk := lks[j]; {
 			case lk.Value != nil:
-				v, h, ok := c.decode(lk.Value)
+				v, h, ok := c.decode(sks[i], lk.Value)
 				switch {
 				case !ok || c.judge(h) == expired:
 					f.retry = true // bad data, or past its stale windows: callers read again, and replace it

@@ -48,6 +48,13 @@ type Cache[T any] struct {
 	warm     atomic.Bool      // the store has answered once
 	lookups  *lookupShards[T] // nil for a store without round trips (MemoryStore)
 	obs      *observer        // metrics, logs and traces: metrics.go
+	vc       valueCodec[T]    // the codec, bound to T (codec.go)
+	wire     wire             // compression, encryption, limits (wire.go)
+
+	// Local cache and invalidation broadcast (local.go, broadcast.go).
+	l1      *local[T]   // nil without WithLocalCache
+	bus     broadcaster // nil if the store cannot broadcast: Invalidate then publishes nothing
+	channel string      // this prefix's invalidation channel
 
 	// Early refresh and stale windows (xfetch.go). Hits read the clock only when timed.
 	timed      bool
@@ -93,6 +100,14 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	if err := cfg.err(); err != nil {
 		return nil, err
 	}
+	vc, err := bindCodec[T](cfg.codec)
+	if err != nil {
+		return nil, err
+	}
+	bus, _ := store.(broadcaster)
+	if cfg.localMax > 0 && bus == nil {
+		return nil, fmt.Errorf("%w: WithLocalCache needs a store that broadcasts invalidations (RedisStore, MemoryStore); %T does not", ErrInvalidOption, store)
+	}
 	c := &Cache[T]{
 		store:    store,
 		cfg:      cfg,
@@ -101,6 +116,10 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		tokens:   newTokens(),
 		gens:     newGenerations(),
 		flights:  make(map[flightKey]*flight[T]),
+		vc:       vc,
+		wire:     newWire(cfg, store),
+		bus:      bus,
+		channel:  invalidationChannel(cfg.prefix),
 		timed:    cfg.beta > 0 || cfg.staleRevalidate > 0 || cfg.staleIfError > 0,
 		extraTTL: max(cfg.staleRevalidate, cfg.staleIfError),
 		now:      func() int64 { return time.Now().UnixNano() },
@@ -132,6 +151,9 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 			return err
 		})
 	}()
+	if cfg.localMax > 0 {
+		c.startLocal(bus)
+	}
 	return c, nil
 }
 
@@ -146,7 +168,17 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 // With WithEarlyRefresh or WithStaleWhileRevalidate, a hit may also start one background
 // refresh of the key with load (the caller does not wait for it); with WithStaleIfError, a
 // failed load may be answered with the expired value instead of its error (see xfetch.go).
-func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.Context) (T, error)) (T, error) {
+//
+// opts apply to this call only (TTL, NegativeTTL); an invalid one is an error wrapping
+// ErrInvalidOption.
+func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.Context) (T, error), opts ...CallOption) (T, error) {
+	if len(opts) > 0 {
+		var err error
+		if ctx, err = withCallOptions(ctx, opts); err != nil {
+			var zero T
+			return zero, err
+		}
+	}
 	if c.obs.noteResult {
 		return tracedGetOrLoad(c, ctx, key, load) // WithHitSpans: tracing.go
 	}
@@ -162,12 +194,23 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 	if c.closed.Load() {
 		return zero, ErrClosed
 	}
+	if e := c.l1Hit(key); e != nil { // local.go
+		if c.timed && c.judge(e.header()) == serveRefresh {
+			c.refresh(ctx, key, c.gens.load(key), e.raw, true, load)
+		}
+		if e.notFound {
+			c.obs.request(ctx, key, resultNegativeHit)
+			return zero, ErrNotFound
+		}
+		c.obs.request(ctx, key, resultL1Hit)
+		return e.val, nil
+	}
 	sk := c.cfg.prefix + key
 	for {
 		if err := ctx.Err(); err != nil {
 			return zero, err
 		}
-		gen := c.gens.load(sk)
+		gen := c.gens.load(key)
 		var f *flight[T]
 		owner := false
 		tok := ""               // the lease token of a lookup that failed: the store may have granted it
@@ -175,13 +218,14 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 		if c.breaker.Allow() {
 			lk, lf, err := c.read(ctx, sk, gen, load)
 			if err == nil && lk.Value != nil {
-				v, h, ok := c.decode(lk.Value)
+				v, h, ok := c.decode(sk, lk.Value)
 				if ok {
 					if vd := c.judge(h); vd != expired {
 						if vd != serveIt {
-							c.refresh(ctx, sk, lk.Value, vd == serveRefresh, load)
+							c.refresh(ctx, key, gen, lk.Value, vd == serveRefresh, load)
 						}
 						c.obs.request(ctx, key, resultOf(vd, h))
+						c.l1Fill(key, gen, v, lk.Value) // kept only until its logical expiry
 						if h.NotFound() {
 							return zero, ErrNotFound
 						}
@@ -296,36 +340,30 @@ func (c *Cache[T]) background(fn func()) {
 	}()
 }
 
-// decode reads a stored entry and its header (h.NotFound() for a cached not-found). ok is
-// false for anything that is not a well-formed entry of this cache's codec and type.
-func (c *Cache[T]) decode(b []byte) (v T, h envelope.Header, ok bool) {
+// decode reads a stored entry at store key sk and its header (h.NotFound() for a cached
+// not-found). ok is false for anything that is not a well-formed entry of this cache's codec
+// and type, or that does not open (wire.go).
+func (c *Cache[T]) decode(sk string, b []byte) (v T, h envelope.Header, ok bool) {
 	h, payload, ok := envelope.Decode(b, c.schema)
 	if !ok {
+		c.wire.rejects.add(rejectFrame)
 		c.obs.undecodableValue()
 		return v, h, false
 	}
-	if h.NotFound() {
-		return v, h, true
-	}
-	if err := c.cfg.codec.Unmarshal(payload, &v); err != nil {
+	if v, ok = c.unframe(sk, b, h, payload); !ok {
 		c.obs.undecodableValue()
-		var zero T
-		return zero, envelope.Header{}, false
+		return v, envelope.Header{}, false
 	}
 	return v, h, true
 }
 
-// encode frames a loaded value (or a not-found) for the store. Its header carries the logical
-// expiry (now + the jittered TTL); ttl is how long the store keeps it: the logical TTL plus
-// the longer stale window. ok is false when it must not be stored: negative caching off, a
-// codec error, or too large.
-func (c *Cache[T]) encode(v T, notFound bool, delta time.Duration) (data []byte, ttl time.Duration, ok bool) {
-	ttl = c.cfg.ttl
-	if notFound {
-		ttl = c.cfg.negativeTTL
-		if ttl == 0 {
-			return nil, 0, false
-		}
+// encode frames a loaded value (or a not-found) for store key sk, with its jittered TTL: the
+// TTL of the call whose load it is (callopts.go), else the cache's. ok is false when it must
+// not be stored: negative caching off, a codec error, or too large.
+func (c *Cache[T]) encode(ctx context.Context, sk string, v T, notFound bool, delta time.Duration) (data []byte, ttl time.Duration, ok bool) {
+	ttl = c.fillTTL(ctx, notFound)
+	if ttl == 0 {
+		return nil, 0, false
 	}
 	if c.cfg.jitter > 0 {
 		ttl -= time.Duration(float64(ttl) * c.cfg.jitter * rand.Float64())
@@ -334,16 +372,9 @@ func (c *Cache[T]) encode(v T, notFound bool, delta time.Duration) (data []byte,
 	ttl += c.extraTTL
 	if notFound {
 		h.Flags = envelope.FlagNotFound
-		return envelope.Encode(h, nil), ttl, true
 	}
-	payload, err := c.cfg.codec.Marshal(&v)
-	if err != nil {
-		return nil, 0, false
-	}
-	if c.cfg.maxValueSize > 0 && envelope.HeaderSize+len(payload) > c.cfg.maxValueSize {
-		return nil, 0, false
-	}
-	return envelope.Encode(h, payload), ttl, true
+	data, ok = c.frame(sk, h, &v)
+	return data, ttl, ok
 }
 
 // Invalidate removes keys from the cache and voids every outstanding lease on them, so no load
@@ -351,6 +382,13 @@ func (c *Cache[T]) encode(v T, notFound bool, delta time.Duration) (data []byte,
 // served one. Call it after each write to the source of truth. It always tries the store,
 // even with the breaker open, and returns an error if the store could not be reached: the
 // entries then live until their TTL.
+//
+// Then it publishes the keys on the store's invalidation channel of this cache's prefix
+// (RedisStore: Redis pub/sub; MemoryStore: in process), and every instance with a local cache
+// (WithLocalCache) drops them from it on receipt. It does so with or without a local cache of
+// its own, so instances that have one stay coherent with those that do not. If the publish
+// fails, Invalidate returns an error: this instance is up to date, but other instances' local
+// caches may serve the old value until their local TTL.
 func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 	if c.closed.Load() {
 		return ErrClosed
@@ -362,14 +400,13 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 	sks := make([]string, len(keys))
 	for i, k := range keys {
 		sks[i] = c.cfg.prefix + k
-		c.gens.bump(sks[i]) // before the delete: stop local store-less joins early
+		c.gens.bump(k) // before the delete: stop local store-less joins and L1 fills early
 	}
-	_, err := storeCall(c, ctx, opDelete, func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, c.store.Delete(ctx, sks...)
-	})
-	for _, sk := range sks {
-		c.gens.bump(sk) // after it: a load that began in between cannot be joined either
+	err := c.deleteAndPublish(ctx, sks, encodeKeysMsg(c.tokens.id, keys)) // broadcast.go
+	for _, k := range keys {
+		c.gens.bump(k) // after the delete: a load or L1 fill that began in between is not used either
 	}
+	c.l1Forget(keys)
 	if err != nil {
 		return fmt.Errorf("cacheaside: invalidate: %w", err)
 	}
@@ -381,6 +418,9 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 // own glob characters are escaped), uses SCAN on every master, never KEYS, and returns the
 // number of cached entries removed. An empty pattern is refused. It runs on ctx without the
 // store timeout: give ctx a deadline.
+//
+// Then it tells every instance to clear its local cache (WithLocalCache) of this prefix
+// entirely, as Invalidate does for keys (see Invalidate for a failed publish).
 func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, error) {
 	if c.closed.Load() {
 		return 0, ErrClosed
@@ -393,7 +433,8 @@ func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, 
 	sctx, obs := c.obs.storeStart(ctx, opDeletePattern)
 	n, err := c.store.DeletePattern(sctx, glob.Escape(c.cfg.prefix)+pattern)
 	c.obs.storeEnd(obs, err, ctx.Err() != nil)
-	c.gens.bumpAll()
+	c.l1Flush() // bumps the epoch again
+	err = errors.Join(err, c.publish(ctx, encodeAllMsg(c.tokens.id, pattern)))
 	if err != nil {
 		return n, fmt.Errorf("cacheaside: invalidate pattern: %w", err)
 	}
@@ -413,5 +454,9 @@ func (c *Cache[T]) Close() error {
 	c.stop()
 	c.wg.Wait()
 	c.obs.unregister()
+	if c.l1 != nil {
+		c.l1.live.Store(false)
+		c.l1.entries.StopAllGoroutines()
+	}
 	return nil
 }

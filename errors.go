@@ -11,7 +11,9 @@ var (
 	// errors.Is(err, ErrNotFound) holds.
 	ErrNotFound = errors.New("cacheaside: not found")
 
-	// ErrInvalidOption is wrapped by the error New returns for an invalid option.
+	// ErrInvalidOption is wrapped by the error New returns for an invalid option (a codec
+	// that cannot encode the cached type included), by the errors of KeyRing for an invalid
+	// key, and by the error of a call given an invalid CallOption.
 	ErrInvalidOption = errors.New("cacheaside: invalid option")
 
 	// ErrClosed is returned by every method of a Cache after Close.

@@ -178,7 +178,7 @@ func callLoader[R any](ctx context.Context, load func(context.Context) (R, error
 				}
 			}
 		}()
-		v, err = load(ctx)
+		v, err = load(loaderContext(ctx))
 		normal = true
 	}()
 	return v, err, pe

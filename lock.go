@@ -153,7 +153,7 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 		return
 	}
 	f.val, f.err, f.loaded = v, err, true
-	data, ttl, ok := c.encode(v, err != nil, delta)
+	data, ttl, ok := c.encode(ctx, sk, v, err != nil, delta)
 	if !ok {
 		held, rerr := c.release(ctx, sk, tok)
 		f.retry = !held || rerr != nil
@@ -166,6 +166,9 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 		return c.store.Fill(ctx, sk, tok, data, ttl)
 	})
 	f.retry = !stored || ferr != nil
+	if !f.retry {
+		c.l1FillStored(sk, f.gen, v, data)
+	}
 }
 
 // takeLeaseUnsafely is the broken build's fill (see Cache.unsafeSkipLeaseCheck): like a cache
@@ -249,8 +252,9 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 		tok := c.tokens.next()
 		lk, err := c.lookup(ctx, sk, tok)
 		if err == nil && lk.Value != nil {
-			v, h, ok := c.decode(lk.Value)
+			v, h, ok := c.decode(sk, lk.Value)
 			if ok && c.judge(h) != expired {
+				c.l1FillStored(sk, f.gen, v, lk.Value)
 				f.val = v
 				if h.NotFound() {
 					f.err = ErrNotFound

@@ -24,6 +24,7 @@ const memEntryOverhead = 64
 type MemoryStore struct {
 	c    *otter.Cache[string, *memEntry]
 	base time.Time // monotonic origin of deadlines
+	bus  memBus    // invalidation broadcast between the Caches on this store (broadcast_memory.go)
 }
 
 // memEntry is immutable once stored; every change stores a new one.

@@ -113,6 +113,7 @@ const (
 	opDelete
 	opDeletePattern
 	opPing
+	opPublish // an invalidation message to the other instances (broadcast.go)
 	numStoreOps
 )
 
@@ -134,6 +135,8 @@ func (op storeOp) String() string {
 		return "delete"
 	case opDeletePattern:
 		return "delete_pattern"
+	case opPublish:
+		return "publish"
 	default:
 		return "ping"
 	}

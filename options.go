@@ -45,6 +45,7 @@ type config struct {
 	connectTimeout  time.Duration
 	maxValueSize    int
 	codec           Codec
+	wire            wireOptions // WithCompression, WithEncryption
 	breakerFailures int
 	probeInterval   time.Duration
 	leaseWaitMin    time.Duration
@@ -66,6 +67,7 @@ func defaultConfig() config {
 		connectTimeout:  DefaultConnectTimeout,
 		maxValueSize:    DefaultMaxValueSize,
 		codec:           JSONCodec{},
+		wire:            wireOptions{compressAt: DefaultCompressionThreshold},
 		breakerFailures: DefaultBreakerFailures,
 		probeInterval:   DefaultProbeInterval,
 		leaseWaitMin:    DefaultLeaseWaitMin,
@@ -247,8 +249,9 @@ func WithConnectTimeout(d time.Duration) Option {
 }
 
 // WithMaxValueSize sets the largest encoded value (envelope included) the cache stores, in
-// bytes. Larger values are returned to callers but not stored. 0 means no limit. Default:
-// DefaultMaxValueSize (1 MiB). It must not be negative.
+// bytes, both as stored and before compression: the decompressed size of a stored value is
+// bounded by it too. Larger values are returned to callers but not stored. 0 means no limit.
+// Default: DefaultMaxValueSize (1 MiB). It must not be negative.
 func WithMaxValueSize(n int) Option {
 	return func(c *config) {
 		if n < 0 {
@@ -259,7 +262,10 @@ func WithMaxValueSize(n int) Option {
 	}
 }
 
-// WithCodec sets how values are encoded. Default: JSONCodec.
+// WithCodec sets how values are encoded: JSONCodec, MsgpackCodec, ProtoCodec (for pointers to
+// generated messages), RawCodec (for []byte and string), or your own. New fails with
+// ErrInvalidOption if the codec cannot encode the cached type. Values written by another codec
+// or for another type read as misses. Default: JSONCodec.
 func WithCodec(codec Codec) Option {
 	return func(c *config) {
 		if codec == nil {

@@ -38,6 +38,7 @@ type RedisStore struct {
 	standalone bool // one server (or a Sentinel failover client): a script may take any keys
 	cluster    *redis.ClusterClient
 	ring       *redis.Ring
+	pubsub     pubsubTiming // invalidation subscriber's liveness (broadcast_redis.go); zero: defaults
 }
 
 // RedisOption configures a RedisStore.

@@ -29,6 +29,7 @@ type Stats struct {
 	Invalidations        uint64 // keys passed to Invalidate
 	PatternInvalidations uint64 // InvalidatePattern calls
 	UndecodableValues    uint64 // stored entries that did not decode, treated as misses
+	UnopenedValues       uint64 // among them: encrypted entries that did not open (altered, moved, unknown key), unencrypted ones where encryption is on (WithEncryption)
 	L1BroadcastDrops     uint64 // local-cache entries dropped on another instance's invalidation
 	L1Flushes            uint64 // times the whole local cache was dropped
 
@@ -62,7 +63,9 @@ func (s Stats) MeanLoadTime() time.Duration {
 // Stats returns a snapshot of the cache's counters. It is cheap (a few dozen atomic loads)
 // and safe to call at any time, also after Close.
 func (c *Cache[T]) Stats() Stats {
-	return c.obs.stats()
+	s := c.obs.stats()
+	s.UnopenedValues = c.wire.rejects[rejectSealed].Load() + c.wire.rejects[rejectPlain].Load()
+	return s
 }
 
 func (o *observer) stats() Stats {

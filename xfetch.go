@@ -197,15 +197,18 @@ func oneKey[T any](load func(context.Context, []string) (map[string]T, error), k
 // equals it, so nobody joins it before it holds one.
 const refreshMarker = "\x00refresh"
 
-// refresh reloads sk in the background with load, unless this process is refreshing it
+// refresh reloads key in the background with load, unless this process is refreshing it
 // already. seen is the stored entry the caller was served; early says it had not expired
-// yet. The load runs on ctx detached from its cancellation (the caller leaves at once),
-// bounded by the load timeout and stopped by Close.
-func (c *Cache[T]) refresh(ctx context.Context, sk string, seen []byte, early bool, load func(context.Context) (T, error)) {
+// yet; gen is the key's generation read before the store showed seen (so the refreshed
+// value may enter the local cache, if no invalidation came since). The load runs on ctx
+// detached from its cancellation (the caller leaves at once), bounded by the load timeout
+// and stopped by Close.
+func (c *Cache[T]) refresh(ctx context.Context, key string, gen uint64, seen []byte, early bool, load func(context.Context) (T, error)) {
+	sk := c.cfg.prefix + key
 	if !c.refreshing.begin(sk) {
 		return
 	}
-	f := c.launch(ctx, flightKey{sk, refreshMarker}, 0, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+	f := c.launch(ctx, flightKey{sk, refreshMarker}, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		defer c.refreshing.end(sk)
 		c.refreshUnder(lctx, f, sk, seen, early, load)
 	})

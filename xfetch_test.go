@@ -219,7 +219,7 @@ func TestPhysicalTTL(t *testing.T) {
 			// The logical expiry in the envelope is the TTL alone.
 			lk, err := c.store.GetOrLease(bg(), c.cfg.prefix+"k", "t", time.Second)
 			require.NoError(t, err)
-			_, h, ok := c.decode(lk.Value)
+			_, h, ok := c.decode(c.cfg.prefix+"k", lk.Value)
 			require.True(t, ok)
 			require.Equal(t, clk.now()+int64(100*time.Second), h.Expiry)
 		}
@@ -674,14 +674,14 @@ func TestRefreshOfReplacedValueSkips(t *testing.T) {
 		sk := c.cfg.prefix + "k"
 		lk, err := c.store.GetOrLease(bg(), sk, "t", time.Second)
 		require.NoError(t, err)
-		old, _, _ := c.encode("v0", false, time.Millisecond)
+		old, _, _ := c.encode(bg(), sk, "v0", false, time.Millisecond)
 
 		var calls atomic.Int32
 		load := func(context.Context) (string, error) { calls.Add(1); return "v2", nil }
-		c.refresh(bg(), sk, old, true, load)
+		c.refresh(bg(), "k", 0, old, true, load)
 		idle(t, c)
 		require.Zero(t, calls.Load(), "refreshed a value that was already replaced")
-		c.refresh(bg(), sk, lk.Value, true, load)
+		c.refresh(bg(), "k", 0, lk.Value, true, load)
 		idle(t, c)
 		require.EqualValues(t, 1, calls.Load(), "the lease was left behind")
 		v, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "", errors.New("must not load") })
@@ -804,5 +804,46 @@ func TestWaiterSkipsExpiredValue(t *testing.T) {
 		}()
 		b.advance(400 * time.Millisecond)
 		within(t, 10*time.Second, "the waiter", func() { require.Equal(t, "new", <-got) })
+	})
+}
+
+// With a local cache, hits are L1 hits: they draw the early refresh too, and the refreshed
+// value replaces the L1 entry (its fill is accepted under a lease taken after the generation
+// was read).
+func TestEarlyRefreshFromLocalCache(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		clk := newFakeClock()
+		c := backendCache[string](t, b, l1Opts(append(slowMachine, WithEarlyRefresh(1))...)...)
+		useClock(clk, c)
+		waitLive(t, c)
+		_, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) {
+			time.Sleep(2 * time.Millisecond) // delta: the refresh decision scales with it
+			return "v1", nil
+		})
+		require.NoError(t, err)
+		require.NotNil(t, c.l1Hit("k"), "the value is in L1")
+
+		clk.advance(time.Hour - time.Millisecond) // 1 ms before expiry: the draw below refreshes
+		c.rand = func() float64 { return 0.99 }
+		gate := make(chan struct{})
+		v, err := c.GetOrLoad(bg(), "k", func(ctx context.Context) (string, error) {
+			select {
+			case <-gate:
+				return "v2", nil
+			case <-ctx.Done():
+				return "", ctx.Err()
+			}
+		})
+		require.NoError(t, err)
+		require.Equal(t, "v1", v, "served from L1 at once")
+		require.Equal(t, 1, c.refreshing.len(), "an L1 hit started the refresh")
+		close(gate)
+		idle(t, c)
+		require.EqualValues(t, 1, c.Stats().EarlyRefreshes)
+
+		removeBehindBack(t, c, "k") // what follows comes from L1
+		v, err = c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "", errors.New("must not load") })
+		require.NoError(t, err)
+		require.Equal(t, "v2", v, "the refreshed value replaced the L1 entry")
 	})
 }

@@ -52,7 +52,9 @@ var impls = []impl{
 				tb.Fatal(err)
 			}
 			out[i] = instance{
-				get: c.GetOrLoad,
+				get: func(ctx context.Context, key string, load func(context.Context) (int64, error)) (int64, error) {
+					return c.GetOrLoad(ctx, key, load)
+				},
 				invalidate: func(ctx context.Context, key string) error {
 					return c.Invalidate(ctx, key)
 				},

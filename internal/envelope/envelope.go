@@ -10,6 +10,12 @@
 //	15..18 schema: a fingerprint of the codec and the Go type behind the payload
 //	19..   payload
 //
+// The flags say what the payload is: FlagEncrypted, a sealed box (the key id, nonce, ciphertext
+// and tag of cacheaside's key ring) whose plaintext is the rest; FlagCompressed, a compressed
+// codec payload (an algorithm tag byte, then the compressed bytes); neither, the codec's bytes
+// as they are. A negative entry (FlagNotFound) has no payload, or, encrypted, a sealed empty
+// one; it is never compressed.
+//
 // Decode never panics: anything that is not a well-formed frame of this version and schema is
 // reported as not ok, and the caller treats it as a miss.
 package envelope
@@ -54,6 +60,12 @@ type Header struct {
 // NotFound reports whether the entry is negative.
 func (h Header) NotFound() bool { return h.Flags&FlagNotFound != 0 }
 
+// Compressed reports whether the payload is compressed.
+func (h Header) Compressed() bool { return h.Flags&FlagCompressed != 0 }
+
+// Encrypted reports whether the payload is sealed.
+func (h Header) Encrypted() bool { return h.Flags&FlagEncrypted != 0 }
+
 // Schema fingerprints a codec name and a type name, so that a change of either behind a prefix
 // makes old entries undecodable (a miss) instead of garbage.
 func Schema(codec, typeName string) uint32 {
@@ -88,8 +100,8 @@ func Encode(h Header, payload []byte) []byte {
 }
 
 // Decode parses a frame. It returns ok false for anything that is not a frame of this version
-// with the given schema, with unknown flags, or a negative entry carrying a payload. The
-// payload aliases b.
+// with the given schema, with unknown flags, or a negative entry that is compressed or carries
+// a payload without being encrypted. The payload aliases b.
 func Decode(b []byte, schema uint32) (h Header, payload []byte, ok bool) {
 	if len(b) < HeaderSize || b[0] != magic || b[1] != version {
 		return Header{}, nil, false
@@ -105,7 +117,7 @@ func Decode(b []byte, schema uint32) (h Header, payload []byte, ok bool) {
 		return Header{}, nil, false
 	}
 	payload = b[HeaderSize:]
-	if h.NotFound() && len(payload) != 0 {
+	if h.NotFound() && (h.Flags&FlagCompressed != 0 || (len(payload) != 0 && h.Flags&FlagEncrypted == 0)) {
 		return Header{}, nil, false
 	}
 	return h, payload, true

@@ -1,0 +1,182 @@
+package cacheaside
+
+// The local cache (WithLocalCache): an in-process L1 of decoded values in front of the store,
+// kept coherent across instances by invalidation messages (broadcast.go).
+//
+// An L1 hit serves a value that is no older than the store's for this instance: once this
+// instance's Invalidate(k) has returned, or once it has received another instance's
+// invalidation of k, no L1 entry of k from before is served. The rules that make it so:
+//
+//   - Every entry carries the generation of its key (generation.go) read BEFORE the store
+//     operation that showed its value fresh: the lookup that returned it, or the lookup that
+//     granted (or saw live) the lease it was loaded and filled under. A hit serves the entry
+//     only if that generation is still the key's. Every invalidation bumps it: this
+//     instance's Invalidate (before and after the store delete), a delivered message, a
+//     flush. So an entry whose fill began before an invalidation is never served, however
+//     late it was stored: the check is made on every read, not once before the store.
+//   - Only values that are fresh for any later caller enter L1: values the store returned,
+//     and loads whose fill the store accepted (the lease was still theirs, so no invalidation
+//     came between the lease and the fill). A load whose fill was refused may be returned to
+//     the caller that started it, never kept; a load made without the store is never kept.
+//   - L1 is read and filled only while the instance is subscribed to the invalidation
+//     channel. Losing the subscription, and getting it back, each bump every generation (the
+//     epoch) and clear the entries: messages sent in between were missed.
+//   - An entry lives for the local TTL, never past its value's logical expiry (the envelope
+//     header): L1 never extends a value's life.
+//
+// The hit path reads one otter entry and the key's generation: no network, no decoding, no
+// allocation, no clock read beyond otter's own expiry check.
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/cacheaside/cacheaside/internal/envelope"
+	"github.com/maypok86/otter/v2"
+)
+
+// local is a Cache's L1. Keys are user keys (without the prefix), so a hit builds no string.
+type local[T any] struct {
+	entries    *otter.Cache[string, *l1Entry[T]]
+	ttl        time.Duration
+	live       atomic.Bool // subscribed: entries may be read and stored
+	subscribed atomic.Bool // has been live once
+	keepRaw    bool        // keep the stored bytes in entries, for early refresh from an L1 hit
+
+	// onMessage, when set (tests only), is called after each message from another instance
+	// has been applied.
+	onMessage atomic.Pointer[func()]
+}
+
+// l1Entry is one decoded value (or a cached not-found) and where it came from. Immutable.
+type l1Entry[T any] struct {
+	val      T
+	notFound bool
+	gen      uint64         // the key's generation before the store operation that showed it fresh
+	stripe   *atomic.Uint64 // the key's generation stripe, so a hit does not hash the key again
+	expiry   int64          // the value's logical expiry, Unix nanoseconds (envelope header)
+	delta    time.Duration  // how long the load that produced it took (envelope header)
+	ttl      time.Duration  // how long it lives in L1: min(local TTL, expiry - fill time)
+	raw      []byte         // the stored entry, only with early refresh on (local.keepRaw)
+}
+
+func newLocal[T any](maxEntries int, ttl time.Duration, keepRaw bool) *local[T] {
+	l := &local[T]{ttl: ttl, keepRaw: keepRaw}
+	l.entries = otter.Must(&otter.Options[string, *l1Entry[T]]{
+		MaximumSize: maxEntries,
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, *l1Entry[T]]) time.Duration {
+			return e.Value.ttl
+		}),
+	})
+	return l
+}
+
+// header rebuilds the envelope header of the value, for the early-refresh decision on an L1
+// hit (GetOrLoad, xfetch.go). An L1 entry never outlives its logical expiry, so judge never
+// says expired (nor stale) for it. e.raw is kept when New saw WithEarlyRefresh
+// (local.keepRaw): the refresh compares it with what the store holds. The refresh's flight is
+// launched with the key's generation read before its lease is taken, so its accepted fill
+// enters L1 too.
+func (e *l1Entry[T]) header() envelope.Header {
+	h := envelope.Header{Expiry: e.expiry, Delta: e.delta}
+	if e.notFound {
+		h.Flags = envelope.FlagNotFound
+	}
+	return h
+}
+
+// l1Hit returns key's L1 entry if it may be served: the L1 is live and the entry's generation
+// is still the key's. It allocates nothing.
+func (c *Cache[T]) l1Hit(key string) *l1Entry[T] {
+	l := c.l1
+	if l == nil || !l.live.Load() {
+		return nil
+	}
+	e, ok := l.entries.GetIfPresent(key)
+	if !ok || e.gen != c.gens.loadStripe(e.stripe) {
+		return nil
+	}
+	return e
+}
+
+// l1Fill keeps v, decoded from the stored entry raw, as key's L1 entry, under gen: the key's
+// generation read before the store operation that showed raw fresh. Call it only with values
+// fresh for any later caller (see the top of this file). Nothing is kept if the key was
+// invalidated since gen, if the L1 is not live, or if the value's logical expiry has passed.
+//
+// A gen of 0 is never kept: the L1 goes live with an epoch bump, so every generation read
+// while it is live is at least 1 (flights that are not a caller's, such as the discarded ones
+// of loadWithoutStore, carry 0).
+func (c *Cache[T]) l1Fill(key string, gen uint64, v T, raw []byte) {
+	l := c.l1
+	if l == nil || !l.live.Load() || gen != c.gens.load(key) {
+		return
+	}
+	h, _, ok := envelope.Decode(raw, c.schema)
+	if !ok {
+		return
+	}
+	ttl := min(l.ttl, time.Duration(h.Expiry-c.now())) // c.now: the clock of the stale windows
+	if ttl <= 0 {
+		return
+	}
+	e := &l1Entry[T]{gen: gen, stripe: c.gens.stripe(key), expiry: h.Expiry, delta: h.Delta, ttl: ttl, notFound: h.NotFound()}
+	if !e.notFound {
+		e.val = v
+	}
+	if l.keepRaw {
+		e.raw = raw
+	}
+	l.entries.Set(key, e)
+}
+
+// l1FillStored is l1Fill for a store key (prefix + key).
+func (c *Cache[T]) l1FillStored(sk string, gen uint64, v T, raw []byte) {
+	if c.l1 != nil {
+		c.l1Fill(sk[len(c.cfg.prefix):], gen, v, raw)
+	}
+}
+
+// l1Many moves the keys L1 can serve into out (cached not-founds are left out of it, as the
+// store's are) and returns the others, reusing keys' backing array.
+func (c *Cache[T]) l1Many(keys []string, out map[string]T) []string {
+	if c.l1 == nil || !c.l1.live.Load() {
+		return keys
+	}
+	rest := keys[:0]
+	for _, k := range keys {
+		e := c.l1Hit(k)
+		switch {
+		case e == nil:
+			rest = append(rest, k)
+		case e.notFound:
+			c.obs.count(k, resultNegativeHit)
+		default:
+			c.obs.count(k, resultL1Hit)
+			out[k] = e.val
+		}
+	}
+	return rest
+}
+
+// l1Forget drops keys' entries; their generations were bumped already. It only frees memory:
+// the bump alone keeps them from being served.
+func (c *Cache[T]) l1Forget(keys []string) {
+	if c.l1 == nil {
+		return
+	}
+	for _, k := range keys {
+		c.l1.entries.Invalidate(k)
+	}
+}
+
+// l1Flush makes every L1 entry unservable (an epoch bump) and drops them all.
+func (c *Cache[T]) l1Flush() {
+	c.gens.bumpAll()
+	if c.l1 != nil {
+		c.l1.entries.InvalidateAll()
+	}
+}
+
+// l1Live reports whether the L1 is in use (tests).
+func (c *Cache[T]) l1Live() bool { return c.l1 != nil && c.l1.live.Load() }

@@ -1,0 +1,544 @@
+package cacheaside
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cacheaside/cacheaside/internal/envelope"
+	"github.com/klauspost/compress/s2"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+)
+
+// putFrame overwrites the value stored at store key sk with frame: through the raw client on
+// Redis (field "v" of the entry's hash, keeping its TTL), through a lease and a fill on other
+// stores.
+func putFrame(t testing.TB, b backend, raw rawWriter, s Store, sk string, frame []byte) {
+	t.Helper()
+	if raw != nil {
+		require.NoError(t, raw.HSet(bg(), sk, "v", frame).Err())
+		require.NoError(t, raw.PExpire(bg(), sk, time.Minute).Err())
+		return
+	}
+	lk, err := s.Lease(bg(), sk, "tamper", time.Second)
+	require.NoError(t, err)
+	require.True(t, lk.Granted)
+	ok, err := s.Fill(bg(), sk, "tamper", frame, time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+}
+
+// rawWriter is a raw client to the store's server, nil for the memory store.
+type rawWriter = redis.UniversalClient
+
+// peekFrame returns the value stored at sk, or nil, without taking a lease.
+func peekFrame(t testing.TB, raw rawWriter, s Store, sk string) []byte {
+	t.Helper()
+	if raw == nil {
+		e, ok := s.(*MemoryStore).c.GetIfPresent(sk)
+		if !ok || e.expires <= s.(*MemoryStore).now() {
+			return nil
+		}
+		return e.value
+	}
+	v, err := raw.HGet(bg(), sk, "v").Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	require.NoError(t, err)
+	return v
+}
+
+func (c *Cache[T]) rejected() uint64 {
+	var n uint64
+	for i := range c.wire.rejects {
+		n += c.wire.rejects[i].Load()
+	}
+	return n
+}
+
+// tamperBackends are the stores a tampering test pokes at: the memory store, and the real Redis
+// and Cluster through their raw clients.
+func tamperBackends(t *testing.T, fn func(t *testing.T, b backend, s Store, raw rawWriter)) {
+	t.Run("memory", func(t *testing.T) {
+		b := memoryBackend()
+		fn(t, b, b.newStore(t), nil)
+	})
+	forEachReal(t, func(t *testing.T, b backend) {
+		fn(t, b, b.newStore(t), b.client(t))
+	})
+}
+
+// Flipping any bit of any byte of a stored encrypted value (header, key id, nonce, ciphertext,
+// tag) makes it a miss: counted, reloaded and replaced, never an error or a wrong value.
+func TestTamperedValueIsAMiss(t *testing.T) {
+	tamperBackends(t, func(t *testing.T, b backend, s Store, raw rawWriter) {
+		for _, tc := range []struct {
+			name string
+			opts []Option
+			v    string
+		}{
+			{"plain", nil, "a secret value"},
+			{"compressed", []Option{WithCompression(1)}, strings.Repeat("a secret value ", 8)},
+			{"not found", nil, ""},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				c := newTestCache[string](t, s, append(tc.opts, WithEncryption(testRing(t)))...)
+				sk := c.cfg.prefix + "k"
+				var loads atomic.Int32
+				gen := 0
+				load := func(context.Context) (string, error) {
+					loads.Add(1)
+					if tc.v == "" {
+						return "", ErrNotFound
+					}
+					return fmt.Sprint(tc.v, gen), nil
+				}
+				_, err := c.GetOrLoad(bg(), "k", load)
+				require.True(t, err == nil || errors.Is(err, ErrNotFound))
+				frame := storedFrame(t, s, sk)
+				h, _, ok := envelope.Decode(frame, c.schema)
+				require.True(t, ok)
+				require.True(t, h.Encrypted())
+				require.Equal(t, tc.v == "", h.NotFound())
+				require.Equal(t, len(tc.opts) > 0, h.Compressed())
+
+				for i := range frame {
+					for _, mask := range []byte{1 << (i % 8), 0xFF} {
+						gen++
+						frame = storedFrame(t, s, sk)
+						bad := bytes.Clone(frame)
+						bad[i] ^= mask
+						putFrame(t, b, raw, s, sk, bad)
+						before, rejected := loads.Load(), c.rejected()
+						v, err := c.GetOrLoad(bg(), "k", load)
+						if tc.v == "" {
+							require.ErrorIs(t, err, ErrNotFound)
+						} else {
+							require.NoError(t, err, "byte %d ^ %#x", i, mask)
+							require.Equal(t, fmt.Sprint(tc.v, gen), v, "byte %d ^ %#x: the reloaded value", i, mask)
+						}
+						require.Equal(t, before+1, loads.Load(), "byte %d ^ %#x: reloaded", i, mask)
+						require.Equal(t, rejected+1, c.rejected(), "byte %d ^ %#x: counted", i, mask)
+						require.Equal(t, rejected+1, c.Stats().UndecodableValues, "byte %d ^ %#x: in Stats", i, mask)
+						require.NotEqual(t, bad, storedFrame(t, s, sk), "byte %d ^ %#x: replaced", i, mask)
+					}
+				}
+			})
+		}
+	})
+}
+
+// A sealed value copied to another key does not open there: the key is authenticated with it.
+func TestMovedValueIsAMiss(t *testing.T) {
+	tamperBackends(t, func(t *testing.T, b backend, s Store, raw rawWriter) {
+		c := newTestCache[string](t, s, WithEncryption(testRing(t)))
+		for _, from := range []string{"a", "gone"} {
+			_, _ = c.GetOrLoad(bg(), from, func(context.Context) (string, error) {
+				if from == "gone" {
+					return "", ErrNotFound
+				}
+				return "value of " + from, nil
+			})
+		}
+		// b: a value moved over another; gone2: a not-found moved to a key that exists.
+		for from, to := range map[string]string{"a": "b", "gone": "gone2"} {
+			putFrame(t, b, raw, s, c.cfg.prefix+to, storedFrame(t, s, c.cfg.prefix+from))
+			rejected := c.rejected()
+			v, err := c.GetOrLoad(bg(), to, func(context.Context) (string, error) { return "value of " + to, nil })
+			require.NoError(t, err)
+			require.Equal(t, "value of "+to, v)
+			require.Equal(t, rejected+1, c.rejected())
+		}
+		// Another prefix is another key too.
+		other := newTestCache[string](t, s, WithEncryption(c.wire.ring))
+		putFrame(t, b, raw, s, other.cfg.prefix+"a", storedFrame(t, s, c.cfg.prefix+"a"))
+		v, err := other.GetOrLoad(bg(), "a", func(context.Context) (string, error) { return "reloaded", nil })
+		require.NoError(t, err)
+		require.Equal(t, "reloaded", v)
+	})
+}
+
+// A cache with encryption reads no unencrypted value (nobody who can write to the store can
+// plant one), and a cache without it reads no encrypted value: each is a miss, replaced.
+// Compression settings, by contrast, change freely: every cache reads compressed and plain
+// values alike.
+func TestWireSettingsChange(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		s := b.newStore(t)
+		prefix := testPrefix(t)
+		ring := testRing(t)
+		mk := func(opts ...Option) *Cache[string] {
+			return newTestCache[string](t, s, append(append([]Option{WithPrefix(prefix)}, b.opts...), opts...)...)
+		}
+		plain, sealed := mk(WithCompression(0)), mk(WithEncryption(ring))
+		compressing, sealedCompressing := mk(WithCompression(1)), mk(WithCompression(1), WithEncryption(ring))
+		big := strings.Repeat("compressible ", 100)
+
+		var loads atomic.Int32
+		read := func(c *Cache[string], key, want string) {
+			t.Helper()
+			v, err := c.GetOrLoad(bg(), key, func(context.Context) (string, error) { loads.Add(1); return want, nil })
+			require.NoError(t, err)
+			require.Equal(t, want, v)
+		}
+		expect := func(n int32, what string) {
+			t.Helper()
+			require.Equal(t, n, loads.Swap(0), what)
+		}
+
+		read(plain, "k", big)
+		read(sealed, "k", big)
+		expect(2, "a plain value is a miss for an encrypting cache")
+		require.Equal(t, uint64(1), sealed.wire.rejects[rejectPlain].Load())
+		require.Equal(t, uint64(1), sealed.Stats().UnopenedValues)
+		read(sealed, "k", big)
+		read(sealedCompressing, "k", big)
+		expect(0, "sealed by a cache of the same ring: read by both")
+		read(plain, "k", big)
+		expect(1, "an encrypted value is a miss for a cache without encryption")
+		require.Equal(t, uint64(1), plain.wire.rejects[rejectSealed].Load())
+
+		read(compressing, "c", big)
+		read(plain, "c", big)
+		expect(1, "a compressed value is read by a cache with compression off")
+		read(sealedCompressing, "sc", big)
+		read(sealed, "sc", big)
+		expect(1, "a sealed compressed value is read by an encrypting cache with compression off")
+		for _, k := range []string{"c", "sc"} {
+			h, _, ok := envelope.Decode(storedFrame(t, s, prefix+k), plain.schema)
+			require.True(t, ok)
+			require.True(t, h.Compressed(), k)
+		}
+
+		// Another key ring is another secret: its values are misses.
+		otherRing := mk(WithEncryption(testRing(t)))
+		read(otherRing, "sc", big)
+		expect(1, "sealed with a key of another ring (same id)")
+	})
+}
+
+// Changing the codec or the type behind a prefix makes old entries misses, not garbage.
+func TestCodecChangeIsAMiss(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		s := b.newStore(t)
+		prefix := testPrefix(t)
+		opts := append([]Option{WithPrefix(prefix)}, b.opts...)
+		asJSON := newTestCache[wireDoc](t, s, opts...)
+		asMsgpack := newTestCache[wireDoc](t, s, append(opts, WithCodec(MsgpackCodec{}))...)
+		asRaw := newTestCache[string](t, s, append(opts, WithCodec(RawCodec{}))...)
+		asJSONString := newTestCache[string](t, s, opts...)
+
+		var loads atomic.Int32
+		doc := smallDoc()
+		loadDoc := func(context.Context) (wireDoc, error) { loads.Add(1); return doc, nil }
+		loadString := func(context.Context) (string, error) { loads.Add(1); return `"raw"`, nil }
+
+		_, err := asJSON.GetOrLoad(bg(), "k", loadDoc)
+		require.NoError(t, err)
+		got, err := asMsgpack.GetOrLoad(bg(), "k", loadDoc)
+		require.NoError(t, err)
+		require.Equal(t, doc.Tags, got.Tags)
+		require.EqualValues(t, 2, loads.Swap(0), "JSON then msgpack: a miss")
+		v, err := asRaw.GetOrLoad(bg(), "k", loadString)
+		require.NoError(t, err)
+		require.Equal(t, `"raw"`, v)
+		v, err = asJSONString.GetOrLoad(bg(), "k", loadString)
+		require.NoError(t, err)
+		require.Equal(t, `"raw"`, v, "raw bytes that happen to be JSON are not read as JSON")
+		require.EqualValues(t, 2, loads.Swap(0))
+		require.Equal(t, uint64(1), asJSONString.wire.rejects[rejectFrame].Load())
+	})
+}
+
+// A compressed value whose header claims a huge size is a miss before anything that size is
+// allocated; so is one that claims a size within the limit but does not decompress.
+func TestDecompressionIsBounded(t *testing.T) {
+	c := newTestCache[[]byte](t, NewMemoryStore(), WithCodec(RawCodec{}))
+	header := func(flags envelope.Flags) []byte {
+		return envelope.AppendHeader(nil, envelope.Header{Flags: flags, Schema: c.schema})
+	}
+	huge := binary.AppendUvarint([]byte{tagS2}, 1<<32) // claims 4 GiB
+	huge = append(huge, 0, 1, 2, 3)
+	justOver := binary.AppendUvarint([]byte{tagS2}, uint64(c.wire.maxDecoded+1))
+	garbage := binary.AppendUvarint([]byte{tagS2}, 1000)
+	garbage = append(garbage, bytes.Repeat([]byte{0xFF}, 20)...)
+	valid, ok := compress(nil, bytes.Repeat([]byte("x"), 5000), 0)
+	require.True(t, ok)
+	for name, payload := range map[string][]byte{
+		"huge":      huge,
+		"just over": justOver,
+		"garbage":   garbage,
+		"no tag":    valid[1:],
+		"other tag": append([]byte{2}, valid[1:]...),
+		"empty":     nil,
+		"truncated": valid[:len(valid)-1],
+	} {
+		frame := append(header(envelope.FlagCompressed), payload...)
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, _, ok := c.decode("k", frame)
+		runtime.ReadMemStats(&after)
+		require.False(t, ok, name)
+		require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(64<<10), "%s: allocated", name)
+	}
+	require.Equal(t, uint64(7), c.wire.rejects[rejectCompressed].Load())
+	v, _, ok := c.decode("k", append(header(envelope.FlagCompressed), valid...))
+	require.True(t, ok)
+	require.Equal(t, 5000, len(v))
+
+	// Without a max value size, decompression is still bounded.
+	unbounded := newTestCache[[]byte](t, NewMemoryStore(), WithCodec(RawCodec{}), WithMaxValueSize(0))
+	require.Equal(t, maxUnboundedDecoded, unbounded.wire.maxDecoded)
+	_, _, ok = unbounded.decode("k", append(header(envelope.FlagCompressed), huge...))
+	require.False(t, ok)
+}
+
+// The max value size bounds a value before compression too, so that what a hit decompresses is
+// bounded by it; a value that only fits compressed is not stored.
+func TestMaxValueSizeBeforeCompression(t *testing.T) {
+	c := newTestCache[string](t, NewMemoryStore(), WithCodec(RawCodec{}), WithMaxValueSize(4096), WithCompression(1))
+	var loads atomic.Int32
+	for _, n := range []int{4096 - envelope.HeaderSize, 4096 - envelope.HeaderSize + 1} {
+		v := strings.Repeat("z", n)
+		for range 2 {
+			_, err := c.GetOrLoad(bg(), fmt.Sprint(n), func(context.Context) (string, error) { loads.Add(1); return v, nil })
+			require.NoError(t, err)
+		}
+	}
+	require.EqualValues(t, 3, loads.Load(), "the first fits and is stored; the second is not")
+}
+
+func TestCompressRoundTrip(t *testing.T) {
+	for _, n := range []int{1, 100, 4 << 10, 1 << 20} {
+		p := bytes.Repeat([]byte("abcdefgh"), n/8+1)[:n]
+		c, ok := compress([]byte("room"), p, 10)
+		if n < 64 {
+			continue // may not save an eighth
+		}
+		require.True(t, ok, n)
+		require.Equal(t, "room", string(c[:4]))
+		require.GreaterOrEqual(t, cap(c)-len(c), 10)
+		d, ok := decompress(c[4:], n)
+		require.True(t, ok)
+		require.Equal(t, p, d)
+		_, ok = decompress(c[4:], n-1)
+		require.False(t, ok, "over the limit")
+		require.Equal(t, byte(tagS2), c[4])
+		_, err := s2.Decode(nil, c[5:])
+		require.NoError(t, err, "an S2 block after the tag")
+	}
+}
+
+func TestKeyRing(t *testing.T) {
+	key := testKey(t)
+	for _, n := range []int{0, 16, 24, 31, 33, 64} {
+		_, err := NewKeyRing(1, key[:min(n, len(key))])
+		if n > len(key) {
+			_, err = NewKeyRing(1, append(bytes.Clone(key), make([]byte, n-len(key))...))
+		}
+		require.ErrorIs(t, err, ErrInvalidOption, "%d bytes", n)
+	}
+	r, err := NewKeyRing(7, key)
+	require.NoError(t, err)
+	require.Equal(t, uint32(7), r.Primary())
+	require.ErrorIs(t, r.Add(7, testKey(t)), ErrInvalidOption, "duplicate id")
+	require.ErrorIs(t, r.Add(8, key[:16]), ErrInvalidOption, "short key")
+	require.NoError(t, r.Add(8, testKey(t)))
+	require.Equal(t, []uint32{7, 8}, r.IDs())
+	require.Equal(t, uint32(7), r.Primary(), "Add does not change the primary")
+	require.ErrorIs(t, r.Use(9), ErrInvalidOption)
+	require.ErrorIs(t, r.Remove(7), ErrInvalidOption, "the primary")
+	require.ErrorIs(t, r.Remove(9), ErrInvalidOption)
+	require.NoError(t, r.Use(8))
+	require.NoError(t, r.Remove(7))
+	require.Equal(t, []uint32{8}, r.IDs())
+
+	var zero KeyRing
+	require.Error(t, zero.Add(1, key))
+	require.Nil(t, zero.IDs())
+	for _, ring := range []*KeyRing{nil, &zero} {
+		_, err = New[string](NewMemoryStore(), WithEncryption(ring))
+		require.ErrorIs(t, err, ErrInvalidOption)
+	}
+	_, err = New[string](NewMemoryStore(), WithCompression(-1))
+	require.ErrorIs(t, err, ErrInvalidOption)
+}
+
+// A key never shows in fmt output of the ring (every verb, directly or inside a struct), nor
+// in an error.
+func TestKeysNeverPrinted(t *testing.T) {
+	key := bytes.Repeat([]byte{0xAB, 0xCD}, KeySize/2)
+	r, err := NewKeyRing(1, key)
+	require.NoError(t, err)
+	_, err = NewKeyRing(2, key[:31])
+	errText := err.Error()
+	err = r.Add(3, append(bytes.Clone(key), 0xAB))
+	errText += err.Error()
+	type holder struct {
+		Ring    *KeyRing
+		private *KeyRing
+	}
+	var out strings.Builder
+	for _, v := range []any{r, holder{r, r}, &holder{r, r}, []*KeyRing{r}, map[string]any{"ring": r}} {
+		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%x", "%X", "%q", "%d"} {
+			fmt.Fprintf(&out, verb+"\n", v)
+		}
+	}
+	out.WriteString(errText)
+	text := out.String()
+	for _, enc := range []string{string(key), hex.EncodeToString(key), strings.ToUpper(hex.EncodeToString(key)),
+		base64.StdEncoding.EncodeToString(key), fmt.Sprint(key), "abcdabcd", "171 205", "0xab"} {
+		require.NotContains(t, text, enc)
+	}
+	require.Contains(t, r.String(), "primary: 1")
+}
+
+// Keys rotate while readers on several instances go on: values sealed with the old key open
+// until it is removed from the rings, then they are misses, reloaded once each and sealed
+// with the new key. No reader ever sees an error or a wrong value.
+func TestKeyRotation(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		const n, keys = 3, 16
+		k1, k2 := testKey(t), testKey(t)
+		prefix := testPrefix(t)
+		rings := make([]*KeyRing, n)
+		caches := make([]*Cache[string], n)
+		for i := range caches {
+			var err error
+			rings[i], err = NewKeyRing(1, k1)
+			require.NoError(t, err)
+			caches[i] = backendCache[string](t, b, append(slowMachine, WithPrefix(prefix), WithEncryption(rings[i]))...)
+		}
+		var loads [keys]atomic.Int32
+		load := func(k int) func(context.Context) (string, error) {
+			return func(context.Context) (string, error) {
+				loads[k].Add(1)
+				return fmt.Sprint("value-", k), nil
+			}
+		}
+		for k := range keys {
+			_, err := caches[0].GetOrLoad(bg(), fmt.Sprint(k), load(k))
+			require.NoError(t, err)
+		}
+
+		var reads atomic.Int64
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for g := range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := g; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					k := i % keys
+					v, err := caches[i%n].GetOrLoad(bg(), fmt.Sprint(k), load(k))
+					if err != nil || v != fmt.Sprint("value-", k) {
+						t.Errorf("read %d on instance %d: %q, %v", k, i%n, v, err)
+						return
+					}
+					reads.Add(1)
+				}
+			}()
+		}
+		defer func() { close(stop); wg.Wait() }()
+		readsGoOn := func() { // let every reader make progress between steps
+			t.Helper()
+			target := reads.Load() + 100
+			within(t, 30*time.Second, "100 reads", func() {
+				for reads.Load() < target && !t.Failed() {
+					runtime.Gosched()
+				}
+			})
+		}
+		s := b.newStore(t)
+		var raw rawWriter
+		if b.client != nil {
+			raw = b.client(t)
+		}
+		// keyIDs counts the stored values by the id of the key that sealed them, once every key
+		// holds a value (the readers refill invalidated keys).
+		keyIDs := func() map[uint32]int {
+			t.Helper()
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				ids := map[uint32]int{}
+				for k := range keys {
+					if f := peekFrame(t, raw, s, prefix+fmt.Sprint(k)); len(f) >= sealedAt {
+						ids[binary.BigEndian.Uint32(f[envelope.HeaderSize:])]++
+					}
+				}
+				if ids[1]+ids[2] == keys {
+					return ids
+				}
+				require.True(t, time.Now().Before(deadline), "keys left empty: %v", ids)
+				readsGoOn()
+			}
+		}
+
+		readsGoOn()
+		for _, r := range rings {
+			require.NoError(t, r.Add(2, k2))
+			readsGoOn()
+		}
+		for _, r := range rings {
+			require.NoError(t, r.Use(2))
+			readsGoOn()
+		}
+		for k := range keys {
+			require.EqualValues(t, 1, loads[k].Load(), "key %d: values sealed with key 1 still open", k)
+		}
+		require.Equal(t, map[uint32]int{1: keys}, keyIDs())
+
+		// New fills use key 2, and every instance opens them.
+		require.NoError(t, caches[0].Invalidate(bg(), "0", "1", "2", "3"))
+		require.Equal(t, map[uint32]int{1: keys - 4, 2: 4}, keyIDs())
+		readsGoOn()
+		for _, c := range caches {
+			require.Zero(t, c.rejected())
+		}
+		for k := range keys {
+			want := 1
+			if k < 4 {
+				want = 2
+			}
+			require.EqualValues(t, want, loads[k].Load(), "key %d", k)
+		}
+
+		// Once key 1 is gone, its values are misses and get replaced, sealed with key 2. (A
+		// reader that read an old value just before another instance replaced it may replace
+		// it once more: loads are at least one more per key, not exactly.)
+		for _, r := range rings {
+			require.NoError(t, r.Remove(1))
+			readsGoOn()
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for keyIDs()[2] != keys {
+			require.True(t, time.Now().Before(deadline), "old values not replaced: %v", keyIDs())
+			readsGoOn()
+		}
+		for k := 4; k < keys; k++ {
+			require.GreaterOrEqual(t, loads[k].Load(), int32(2), "key %d: reloaded", k)
+		}
+		var sealed uint64
+		for _, c := range caches {
+			sealed += c.wire.rejects[rejectSealed].Load()
+		}
+		require.GreaterOrEqual(t, sealed, uint64(keys-4), "old values read as misses")
+	})
+}
