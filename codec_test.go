@@ -86,8 +86,9 @@ type rtEnv struct {
 func roundTrip[T any](t *testing.T, e rtEnv, opts []Option, want T, equal func(a, b T) bool, compressed, encrypted bool) {
 	t.Helper()
 	b, s := e.b, e.s
+	// slowMachine: a fill must land even on a loaded machine; this test is about the bytes.
 	prefix := testPrefix(t)
-	c := newTestCache[T](t, s, append(append([]Option{WithPrefix(prefix)}, b.opts...), opts...)...)
+	c := newTestCache[T](t, s, append(append(append([]Option{WithPrefix(prefix)}, slowMachine...), b.opts...), opts...)...)
 	var loads atomic.Int32
 	load := func(context.Context) (T, error) { loads.Add(1); return want, nil }
 
@@ -103,7 +104,7 @@ func roundTrip[T any](t *testing.T, e rtEnv, opts []Option, want T, equal func(a
 	require.Equal(t, encrypted, h.Encrypted(), "encrypted flag")
 
 	// A second cache (another process, on its own client) reads it.
-	other := newTestCache[T](t, e.s2, append(append([]Option{WithPrefix(prefix)}, b.opts...), opts...)...)
+	other := newTestCache[T](t, e.s2, append(append(append([]Option{WithPrefix(prefix)}, slowMachine...), b.opts...), opts...)...)
 	for _, r := range []*Cache[T]{c, other} {
 		got, err = r.GetOrLoad(bg(), "k", load)
 		require.NoError(t, err)

@@ -59,6 +59,25 @@ func (c *Cache[T]) launch(ctx context.Context, k flightKey, gen uint64, timeout 
 // or, at the latest, when fn returns. A nil keys registers none (flights nobody may join). It
 // returns nil after Close.
 func (c *Cache[T]) launchMany(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, fn func(ctx context.Context, fs []*flight[T])) []*flight[T] {
+	fs, _ := c.spawn(ctx, keys, gens, timeout, false, fn)
+	return fs
+}
+
+// joinOrLaunch returns the flight registered under k, or registers and runs a new one with fn
+// (see launchMany), in one step: two callers never both start one. started reports which.
+func (c *Cache[T]) joinOrLaunch(ctx context.Context, k flightKey, gen uint64, timeout time.Duration, fn func(ctx context.Context, f *flight[T])) (f *flight[T], started bool) {
+	fs, joined := c.spawn(ctx, []flightKey{k}, []uint64{gen}, timeout, true, func(ctx context.Context, fs []*flight[T]) {
+		fn(ctx, fs[0])
+	})
+	if fs == nil {
+		return nil, false
+	}
+	return fs[0], !joined
+}
+
+// spawn is launchMany; with join, and a flight already registered under the single key, it
+// returns that flight instead (joined true) and runs nothing.
+func (c *Cache[T]) spawn(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, join bool, fn func(ctx context.Context, fs []*flight[T])) (_ []*flight[T], joined bool) {
 	n := len(keys)
 	if keys == nil {
 		n = len(gens)
@@ -70,7 +89,13 @@ func (c *Cache[T]) launchMany(ctx context.Context, keys []flightKey, gens []uint
 	c.mu.Lock()
 	if c.closed.Load() {
 		c.mu.Unlock()
-		return nil
+		return nil, false
+	}
+	if join && len(keys) == 1 {
+		if f := c.flights[keys[0]]; f != nil {
+			c.mu.Unlock()
+			return []*flight[T]{f}, true
+		}
 	}
 	for i, k := range keys {
 		c.register(fs[i], k)
@@ -99,7 +124,7 @@ func (c *Cache[T]) launchMany(ctx context.Context, keys []flightKey, gens []uint
 		fn(lctx, fs)
 		completed = true
 	}()
-	return fs
+	return fs, false
 }
 
 // exited marks the unfinished flights of a goroutine that ended without completing them: its

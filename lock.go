@@ -214,14 +214,13 @@ func (c *Cache[T]) startLoad(ctx context.Context, sk, tok string, gen uint64, lo
 // joinOrWait returns the flight of holder's lease: this process's own if holder is one of its
 // loads, else a new flight that waits for the holder's fill.
 func (c *Cache[T]) joinOrWait(ctx context.Context, sk, holder string, holderTTL time.Duration, gen uint64, load func(context.Context) (T, error)) (f *flight[T], owner bool) {
-	k := flightKey{sk, holder}
-	if f := c.joinable(k, gen); f != nil {
-		c.obs.coalesced(ctx, coalescedFlight)
-		return f, false
-	}
-	return c.launch(ctx, k, gen, c.leaseTTL+2*c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+	f, started := c.joinOrLaunch(ctx, flightKey{sk, holder}, gen, c.leaseTTL+2*c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		c.waitLease(lctx, f, sk, holderTTL, load)
-	}), true
+	})
+	if f != nil && !started {
+		c.obs.coalesced(ctx, coalescedFlight)
+	}
+	return f, started
 }
 
 // waitLease polls the store, with backoff never past the holder's lease, until the key holds

@@ -46,6 +46,7 @@ cacheaside_store_errors_total{cache="users",op="get_or_lease"} %d
 cacheaside_store_errors_total{cache="users",op="get_or_lease_many"} %d
 cacheaside_store_errors_total{cache="users",op="lease"} %d
 cacheaside_store_errors_total{cache="users",op="ping"} %d
+cacheaside_store_errors_total{cache="users",op="publish"} 0
 cacheaside_store_errors_total{cache="users",op="release"} %d
 # HELP cacheaside_lease_waits_total Waits for a lease held by another process.
 # TYPE cacheaside_lease_waits_total counter

@@ -36,7 +36,7 @@ func BenchmarkMissFill(b *testing.B) {
 	}
 	b.Run("ours", func(b *testing.B) {
 		client := newClient(b)
-		c, err := cacheaside.New[User](cacheaside.NewRedisStore(client), cacheaside.WithPrefix(prefix(b, client)), cacheaside.WithTTL(time.Minute))
+		c, err := cacheaside.New[User](cacheaside.NewRedisStore(client), append(patient, cacheaside.WithPrefix(prefix(b, client)), cacheaside.WithTTL(time.Minute))...)
 		if err != nil {
 			b.Fatal(err)
 		}
