@@ -57,12 +57,11 @@ type Cache[T any] struct {
 	channel string      // this prefix's invalidation channel
 
 	// Early refresh and stale windows (xfetch.go). Hits read the clock only when timed.
-	timed      bool
-	extraTTL   time.Duration  // physical TTL - logical TTL: the longer stale window
-	now        func() int64   // Unix nanoseconds; injectable for tests
-	rand       func() float64 // uniform in [0,1); injectable for tests
-	refreshing refreshSet
-	stats      stats
+	timed    bool
+	extraTTL time.Duration  // physical TTL - logical TTL: the longer stale window
+	now      func() int64   // Unix nanoseconds; injectable for tests
+	rand     func() float64 // uniform in [0,1); injectable for tests
+	stats    stats
 
 	mu      sync.Mutex
 	flights map[flightKey]*flight[T]

@@ -28,7 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -146,37 +145,6 @@ type stats struct {
 // onStaleServed is called each time stale-if-error serves an expired value instead of an error.
 func (c *Cache[T]) onStaleServed() { c.stats.staleOnError.Add(1) }
 
-// refreshSet is the set of keys this process is refreshing in the background.
-type refreshSet struct {
-	mu   sync.Mutex
-	keys map[string]struct{}
-}
-
-func (r *refreshSet) begin(sk string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if _, busy := r.keys[sk]; busy {
-		return false
-	}
-	if r.keys == nil {
-		r.keys = make(map[string]struct{})
-	}
-	r.keys[sk] = struct{}{}
-	return true
-}
-
-func (r *refreshSet) end(sk string) {
-	r.mu.Lock()
-	delete(r.keys, sk)
-	r.mu.Unlock()
-}
-
-func (r *refreshSet) len() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.keys)
-}
-
 // oneKey adapts a batch loader to the refresh of one key.
 func oneKey[T any](load func(context.Context, []string) (map[string]T, error), key string) func(context.Context) (T, error) {
 	return func(ctx context.Context) (T, error) {
@@ -193,9 +161,24 @@ func oneKey[T any](load func(context.Context, []string) (map[string]T, error), k
 	}
 }
 
-// refreshMarker is the flight token of a refresh that has no lease yet; no lease token ever
-// equals it, so nobody joins it before it holds one.
+// refreshMarker is the flight token under which a refresh is registered from its start: no
+// lease token ever equals it, so no caller joins it, and a second refresh of the key in this
+// process finds it and does not start. Once granted its lease, the refresh is registered
+// under the lease's token too, joinable like any load.
 const refreshMarker = "\x00refresh"
+
+// refreshes returns how many background refreshes are running (tests).
+func (c *Cache[T]) refreshes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for k := range c.flights {
+		if k.token == refreshMarker {
+			n++
+		}
+	}
+	return n
+}
 
 // refresh reloads key in the background with load, unless this process is refreshing it
 // already. seen is the stored entry the caller was served; early says it had not expired
@@ -205,16 +188,9 @@ const refreshMarker = "\x00refresh"
 // and stopped by Close.
 func (c *Cache[T]) refresh(ctx context.Context, key string, gen uint64, seen []byte, early bool, load func(context.Context) (T, error)) {
 	sk := c.cfg.prefix + key
-	if !c.refreshing.begin(sk) {
-		return
-	}
-	f := c.launch(ctx, flightKey{sk, refreshMarker}, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
-		defer c.refreshing.end(sk)
+	c.joinOrLaunch(ctx, flightKey{sk, refreshMarker}, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		c.refreshUnder(lctx, f, sk, seen, early, load)
 	})
-	if f == nil {
-		c.refreshing.end(sk)
-	}
 }
 
 // refreshUnder takes sk's lease over its value and, if the store still holds seen, loads and

@@ -117,7 +117,7 @@ func idle[T any](t *testing.T, cs ...*Cache[T]) {
 	t.Helper()
 	within(t, 20*time.Second, "background refreshes", func() {
 		for _, c := range cs {
-			for c.refreshing.len() > 0 {
+			for c.refreshes() > 0 {
 				time.Sleep(time.Millisecond)
 			}
 		}
@@ -836,7 +836,7 @@ func TestEarlyRefreshFromLocalCache(t *testing.T) {
 		})
 		require.NoError(t, err)
 		require.Equal(t, "v1", v, "served from L1 at once")
-		require.Equal(t, 1, c.refreshing.len(), "an L1 hit started the refresh")
+		require.Equal(t, 1, c.refreshes(), "an L1 hit started the refresh")
 		close(gate)
 		idle(t, c)
 		require.EqualValues(t, 1, c.Stats().EarlyRefreshes)
