@@ -114,17 +114,31 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 	}
 
 	var won, held, bad []int
+	var stales map[string]*staleValue[T] // expired values seen, for stale-if-error
 	for i := range lks {
 		lk := &lks[i]
 		switch {
 		case lk.Value != nil:
 			v, h, ok := c.decode(sks[i], lk.Value)
-			if !ok {
-				bad = append(bad, i)
+			vd := expired
+			if ok {
+				vd = c.judge(h)
+			}
+			if vd == expired {
+				bad = append(bad, i) // bad data, or past its stale windows: replace it
+				if s := c.keepStale(v, h); ok && s.expiry != 0 && b.out != nil {
+					if stales == nil {
+						stales = make(map[string]*staleValue[T])
+					}
+					stales[keys[i]] = &s
+				}
 				break
 			}
-			c.obs.count(keys[i], hitResult(h.NotFound()))
-			c.l1Fill(keys[i], gens[i], v, lk.Value)
+			if vd != serveIt {
+				c.refresh(ctx, keys[i], gens[i], lk.Value, vd == serveRefresh, oneKey(b.load, keys[i]))
+			}
+			c.obs.count(keys[i], resultOf(vd, h))
+			c.l1Fill(keys[i], gens[i], v, lk.Value) // kept only until its logical expiry
 			if !h.NotFound() && b.out != nil {
 				b.out[keys[i]] = v
 			}
@@ -134,7 +148,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 			held = append(held, i)
 		}
 	}
-	var bare []int // keys with bad data that the store then failed to lease
+	var bare []int // keys to replace that the store then failed to lease
 	for _, i := range bad {
 		lk, err := c.leaseOver(ctx, sks[i], tok)
 		switch {
@@ -181,7 +195,9 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 		}
 	}
 	if len(bare) > 0 {
-		if err := c.loadManyWithoutStore(ctx, pick(keys, bare), pick(sks, bare), "", b); err != nil {
+		// loadManyWithoutStore counts these keys as misses itself.
+		bkeys := pick(keys, bare)
+		if err := c.loadManyWithoutStore(ctx, bkeys, pick(sks, bare), "", b); err != nil && !c.staleForAll(ctx, err, bkeys, stales, b.out, false) {
 			return nil, err
 		}
 	}
@@ -189,6 +205,9 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 	var again []string
 	for _, w := range waits {
 		v, err, retry := await(ctx, w.f, w.owner)
+		if err != nil && !retry && c.staleForAll(ctx, err, []string{w.key}, stales, b.out, true) {
+			continue // stale-if-error
+		}
 		if !retry && ctx.Err() == nil {
 			c.obs.count(w.key, resultMiss)
 		}
@@ -207,6 +226,30 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 		}
 	}
 	return again, nil
+}
+
+// staleForAll serves, for a failed load of keys, their expired values into out, if
+// stale-if-error allows it for every one of them; it reports whether it did. note counts
+// each key as a stale request.
+func (c *Cache[T]) staleForAll(ctx context.Context, err error, keys []string, stales map[string]*staleValue[T], out map[string]T, note bool) bool {
+	if len(stales) == 0 || ctx.Err() != nil || errors.Is(err, ErrNotFound) {
+		return false
+	}
+	for _, k := range keys {
+		if s := stales[k]; s == nil || !c.staleOK(s) {
+			return false
+		}
+	}
+	for _, k := range keys {
+		c.onStaleServed()
+		if note {
+			c.obs.count(k, resultStale)
+		}
+		if s := stales[k]; !s.notFound {
+			out[k] = s.v
+		}
+	}
+	return true
 }
 
 // pick returns the elements of s at idx.

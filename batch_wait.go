@@ -74,8 +74,8 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 			case lk.Value != nil:
 				v, h, ok := c.decode(sks[i], lk.Value)
 				switch {
-				case !ok:
-					f.retry = true // bad data: callers read again, and replace it
+				case !ok || c.judge(h) == expired:
+					f.retry = true // bad data, or past its stale windows: callers read again, and replace it
 				case h.NotFound():
 					f.err = ErrNotFound
 				default:

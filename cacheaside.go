@@ -56,6 +56,13 @@ type Cache[T any] struct {
 	bus     broadcaster // nil if the store cannot broadcast: Invalidate then publishes nothing
 	channel string      // this prefix's invalidation channel
 
+	// Early refresh and stale windows (xfetch.go). Hits read the clock only when timed.
+	timed    bool
+	extraTTL time.Duration  // physical TTL - logical TTL: the longer stale window
+	now      func() int64   // Unix nanoseconds; injectable for tests
+	rand     func() float64 // uniform in [0,1); injectable for tests
+	stats    stats
+
 	mu      sync.Mutex
 	flights map[flightKey]*flight[T]
 	seq     atomic.Uint64 // numbers flights in launch order
@@ -112,6 +119,10 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		wire:     newWire(cfg, store),
 		bus:      bus,
 		channel:  invalidationChannel(cfg.prefix),
+		timed:    cfg.beta > 0 || cfg.staleRevalidate > 0 || cfg.staleIfError > 0,
+		extraTTL: max(cfg.staleRevalidate, cfg.staleIfError),
+		now:      func() int64 { return time.Now().UnixNano() },
+		rand:     rand.Float64,
 	}
 	if _, inProcess := store.(*MemoryStore); !inProcess {
 		c.lookups = newLookupShards[T]()
@@ -153,6 +164,10 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 // wraps ErrNotFound, that answer is cached for the negative TTL; any other error is returned
 // and not cached. If load panics, every caller sharing it panics with a *PanicError.
 //
+// With WithEarlyRefresh or WithStaleWhileRevalidate, a hit may also start one background
+// refresh of the key with load (the caller does not wait for it); with WithStaleIfError, a
+// failed load may be answered with the expired value instead of its error (see xfetch.go).
+//
 // opts apply to this call only (TTL, NegativeTTL); an invalid one is an error wrapping
 // ErrInvalidOption.
 func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.Context) (T, error), opts ...CallOption) (T, error) {
@@ -178,7 +193,10 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 	if c.closed.Load() {
 		return zero, ErrClosed
 	}
-	if e := c.l1Hit(key); e != nil { // local.go; the early-refresh hook goes here (see l1Entry.header)
+	if e := c.l1Hit(key); e != nil { // local.go
+		if c.timed && c.judge(e.header()) == serveRefresh {
+			c.refresh(ctx, key, c.gens.load(key), e.raw, true, load)
+		}
 		if e.notFound {
 			c.obs.request(ctx, key, resultNegativeHit)
 			return zero, ErrNotFound
@@ -194,18 +212,25 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 		gen := c.gens.load(key)
 		var f *flight[T]
 		owner := false
-		tok := "" // the lease token of a lookup that failed: the store may have granted it
+		tok := ""               // the lease token of a lookup that failed: the store may have granted it
+		var stale staleValue[T] // an expired value seen by this pass, for stale-if-error
 		if c.breaker.Allow() {
 			lk, lf, err := c.read(ctx, sk, gen, load)
 			if err == nil && lk.Value != nil {
 				v, h, ok := c.decode(sk, lk.Value)
 				if ok {
-					c.obs.request(ctx, key, hitResult(h.NotFound()))
-					c.l1Fill(key, gen, v, lk.Value)
-					if h.NotFound() {
-						return zero, ErrNotFound
+					if vd := c.judge(h); vd != expired {
+						if vd != serveIt {
+							c.refresh(ctx, key, gen, lk.Value, vd == serveRefresh, load)
+						}
+						c.obs.request(ctx, key, resultOf(vd, h))
+						c.l1Fill(key, gen, v, lk.Value) // kept only until its logical expiry
+						if h.NotFound() {
+							return zero, ErrNotFound
+						}
+						return v, nil
 					}
-					return v, nil
+					stale = c.keepStale(v, h) // expired: replace it like bad data
 				}
 				tok = c.tokens.next()
 				if lk, err = c.leaseOver(ctx, sk, tok); err == nil && lk.Granted {
@@ -237,7 +262,12 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 		}
 		v, err, again := await(ctx, f, owner)
 		if !again {
-			c.obs.request(ctx, key, resultMiss)
+			v, err, served := c.orStale(ctx, v, err, &stale)
+			if served {
+				c.obs.request(ctx, key, resultStale)
+			} else {
+				c.obs.request(ctx, key, resultMiss)
+			}
 			return v, err
 		}
 	}
@@ -337,7 +367,8 @@ func (c *Cache[T]) encode(ctx context.Context, sk string, v T, notFound bool, de
 	if c.cfg.jitter > 0 {
 		ttl -= time.Duration(float64(ttl) * c.cfg.jitter * rand.Float64())
 	}
-	h := envelope.Header{Expiry: time.Now().Add(ttl).UnixNano(), Delta: delta, Schema: c.schema}
+	h := envelope.Header{Expiry: c.now() + int64(ttl), Delta: delta, Schema: c.schema}
+	ttl += c.extraTTL
 	if notFound {
 		h.Flags = envelope.FlagNotFound
 	}

@@ -72,18 +72,11 @@ func newLocal[T any](maxEntries int, ttl time.Duration, keepRaw bool) *local[T] 
 }
 
 // header rebuilds the envelope header of the value, for the early-refresh decision on an L1
-// hit.
-//
-// HOOK for early refresh (issue 3, xfetch.go): on an L1 hit in GetOrLoad, run
-//
-//	if c.judge(e.header()) == serveRefresh { c.refresh(ctx, c.cfg.prefix+key, e.raw, load) }
-//
-// before returning e's value. An L1 entry never outlives its logical expiry, so judge never
-// says expired for it. e.raw is kept when New saw WithEarlyRefresh (local.keepRaw): the
-// refresh compares it with what the store holds. The refresh's flight should be launched with
-// c.gens.load(key) read before its lease is taken, so that its accepted fill enters L1 too
-// (with 0, the fill is kept out of L1, which is safe: the entry is refreshed from the store
-// once the old one expires).
+// hit (GetOrLoad, xfetch.go). An L1 entry never outlives its logical expiry, so judge never
+// says expired (nor stale) for it. e.raw is kept when New saw WithEarlyRefresh
+// (local.keepRaw): the refresh compares it with what the store holds. The refresh's flight is
+// launched with the key's generation read before its lease is taken, so its accepted fill
+// enters L1 too.
 func (e *l1Entry[T]) header() envelope.Header {
 	h := envelope.Header{Expiry: e.expiry, Delta: e.delta}
 	if e.notFound {
@@ -123,7 +116,7 @@ func (c *Cache[T]) l1Fill(key string, gen uint64, v T, raw []byte) {
 	if !ok {
 		return
 	}
-	ttl := min(l.ttl, time.Until(time.Unix(0, h.Expiry)))
+	ttl := min(l.ttl, time.Duration(h.Expiry-c.now())) // c.now: the clock of the stale windows
 	if ttl <= 0 {
 		return
 	}

@@ -252,7 +252,7 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 		lk, err := c.lookup(ctx, sk, tok)
 		if err == nil && lk.Value != nil {
 			v, h, ok := c.decode(sk, lk.Value)
-			if ok {
+			if ok && c.judge(h) != expired {
 				c.l1FillStored(sk, f.gen, v, lk.Value)
 				f.val = v
 				if h.NotFound() {
@@ -260,7 +260,7 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 				}
 				return
 			}
-			lk, err = c.leaseOver(ctx, sk, tok)
+			lk, err = c.leaseOver(ctx, sk, tok) // bad data, or past its stale windows: replace it
 		}
 		switch {
 		case err != nil:

@@ -11,8 +11,9 @@ package cacheaside
 // (logging.go) and tracing (tracing.go) are off unless their options are given; neither ever
 // runs on a hit (unless WithHitSpans asks for spans on hits).
 //
-// Events of features that come later (l1_hit and stale results, early refreshes, L1 broadcast
-// drops and flushes) have their methods and counters here already, at zero until wired.
+// Events of features that come later (l1_hit results, L1 broadcast drops and flushes) have
+// their methods and counters here already, at zero until wired. Stale results (stale-while-
+// revalidate and stale-if-error) and early refreshes are xfetch.go's.
 
 import (
 	"context"
@@ -35,7 +36,7 @@ const (
 	resultL1Hit                     // a value from the local cache
 	resultMiss                      // answered by a load: its own, a shared one, or another process's
 	resultNegativeHit               // a cached not-found
-	resultStale                     // a stale value, served while it is refreshed
+	resultStale                     // a value past its TTL: served while refreshed, or for a failed load
 	numResults
 )
 

@@ -34,6 +34,8 @@ type config struct {
 	negativeTTL     time.Duration
 	prefix          string
 	beta            float64
+	staleRevalidate time.Duration
+	staleIfError    time.Duration
 	localMax        int
 	localTTL        time.Duration
 	jitter          float64
@@ -119,10 +121,13 @@ func WithNegativeTTL(d time.Duration) Option {
 }
 
 // WithEarlyRefresh turns on XFetch probabilistic early refresh (see xfetch.go) with the given
-// beta: each hit refreshes the value in the background, under a lease, with a probability
-// that grows as its expiry nears and with how long its load took. 1 is the paper's
-// recommended value; larger refreshes earlier. 0 disables. Default: 0 (off). It must not be
-// negative.
+// beta: a hit on a value that expires in r, whose last load took delta, is refreshed with
+// probability exp(-r/(delta*beta)), so a hot key is reloaded shortly before it expires and
+// its readers never wait for the load. The caller that triggers the refresh gets the current
+// value at once; the reload runs in the background under the key's lease, so one refresh
+// happens across all processes, and an Invalidate during it voids its fill. 1 is the paper's
+// recommended value; larger refreshes earlier. 0 disables. Default: 0 (off). It must be
+// finite and not negative. It does not change how long the store keeps values.
 func WithEarlyRefresh(beta float64) Option {
 	return func(c *config) {
 		if beta < 0 || math.IsNaN(beta) || math.IsInf(beta, 0) {
@@ -130,6 +135,42 @@ func WithEarlyRefresh(beta float64) Option {
 			return
 		}
 		c.beta = beta
+	}
+}
+
+// WithStaleWhileRevalidate lets a value be served for up to d past its TTL while one
+// background reload, under the key's lease (one across all processes), replaces it: a hot key
+// read within d of its expiry never makes a caller wait for a load. Past d the value is a
+// miss, loaded by the caller. 0 disables. Default: 0 (off). It must not be negative.
+//
+// The store keeps each value for its TTL plus the longer of this window and the
+// stale-if-error window (WithStaleIfError); the TTL (WithTTL, shortened by WithTTLJitter)
+// stays the value's logical lifetime, the one these windows and early refresh count from.
+// Not-found entries (WithNegativeTTL) follow the same rules.
+func WithStaleWhileRevalidate(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.invalid("stale-while-revalidate window must not be negative, got %v", d)
+			return
+		}
+		c.staleRevalidate = d
+	}
+}
+
+// WithStaleIfError lets a value be served for up to d past its TTL when the load that should
+// replace it fails with an error other than ErrNotFound: the caller gets the old value and no
+// error. A caller whose own context ends still gets ctx.Err(). 0 disables. Default: 0 (off).
+// It must not be negative.
+//
+// The store keeps each value for its TTL plus the longer of this window and the
+// stale-while-revalidate window (WithStaleWhileRevalidate).
+func WithStaleIfError(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.invalid("stale-if-error window must not be negative, got %v", d)
+			return
+		}
+		c.staleIfError = d
 	}
 }
 

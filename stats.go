@@ -12,7 +12,7 @@ type Stats struct {
 	Hits         uint64 // a value from the store
 	L1Hits       uint64 // a value from the local cache (WithLocalCache)
 	NegativeHits uint64 // a cached not-found
-	Stale        uint64 // a stale value, served while a refresh runs
+	Stale        uint64 // a value past its TTL: served while it is refreshed, or instead of a failed load
 	Misses       uint64 // answered by a load: the call's own, a shared one, or another process's
 
 	// Loader calls (a GetOrLoadMany load is one call) by outcome, and their total duration.
@@ -25,7 +25,7 @@ type Stats struct {
 	StoreErrors          uint64 // store operations that failed or timed out
 	LeaseWaits           uint64 // waits for a lease another process held
 	Coalesced            uint64 // calls that shared a load, a lease wait or a lookup in this process
-	EarlyRefreshes       uint64 // refreshes started before expiry (WithEarlyRefresh)
+	EarlyRefreshes       uint64 // background refreshes that loaded before expiry (WithEarlyRefresh)
 	Invalidations        uint64 // keys passed to Invalidate
 	PatternInvalidations uint64 // InvalidatePattern calls
 	UndecodableValues    uint64 // stored entries that did not decode, treated as misses

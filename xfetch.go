@@ -1,0 +1,222 @@
+package cacheaside
+
+// Keeping hot keys warm: XFetch early refresh, stale-while-revalidate, stale-if-error.
+//
+// Every entry carries its logical expiry and how long the load that produced it took (the
+// envelope header). The store keeps it longer than that, for the stale windows:
+//
+//	physical TTL = logical TTL (jittered) + max(stale-while-revalidate, stale-if-error)
+//
+// On a hit, with any of these options on (and only then: plain hits read no clock):
+//
+//	now < expiry                 fresh: served. With early refresh, served and refreshed in
+//	                             the background when shouldRefresh says so.
+//	expiry <= now < expiry+SWR   stale: served, and refreshed in the background.
+//	otherwise                    expired: a miss. The caller takes the lease over the value
+//	                             and loads; if that load fails (not ErrNotFound) while
+//	                             now < expiry+SIE, the expired value is served instead.
+//
+// A background refresh takes the key's lease over the present value (one refresh across all
+// processes; a second one is refused while the lease lives) and goes ahead only if the store
+// still holds the very entry that triggered it, so a refresh that lost the race to another
+// one's fill does not load again. It loads and fills under the lease like any other load,
+// so an Invalidate during it voids its fill. A process runs at most one refresh per key.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync/atomic"
+	"time"
+
+	"github.com/cacheaside/cacheaside/internal/envelope"
+)
+
+// shouldRefresh is the XFetch decision (Vattani, Chierichetti, Lowenstein, "Optimal
+// Probabilistic Cache Stampede Prevention", VLDB 2015): refresh when
+//
+//	now - delta*beta*ln(u) >= expiry
+//
+// with u uniform in (0,1]. At a time remaining = expiry-now before expiry it refreshes with
+// probability exp(-remaining/(delta*beta)): rarely far from expiry, more often close to it
+// and the longer the last load took. beta <= 0 or delta <= 0 never refreshes before expiry.
+// now and expiry are Unix nanoseconds. u outside (0,1] is clamped into it.
+func shouldRefresh(now, expiry int64, delta time.Duration, beta, u float64) bool {
+	if now >= expiry {
+		return true
+	}
+	if !(beta > 0) || delta <= 0 {
+		return false
+	}
+	switch {
+	case u <= 0:
+		u = math.SmallestNonzeroFloat64
+	case !(u < 1): // u >= 1 or NaN: -ln(u) = 0
+		return false
+	}
+	remaining := expiry - now
+	if remaining < 0 { // overflowed: expiry > now
+		remaining = math.MaxInt64
+	}
+	return float64(remaining) <= float64(delta)*beta*-math.Log(u)
+}
+
+// verdict is what a hit does with a decoded entry.
+type verdict uint8
+
+const (
+	serveIt      verdict = iota // fresh: serve it
+	serveRefresh                // fresh: serve it and refresh it in the background (early refresh)
+	serveStale                  // past expiry, within stale-while-revalidate: serve it and refresh it
+	expired                     // a miss; servable only if the load fails (stale-if-error)
+)
+
+// resultOf is the request result, for the metrics, of an entry served with verdict vd.
+func resultOf(vd verdict, h envelope.Header) result {
+	if vd == serveStale {
+		return resultStale
+	}
+	return hitResult(h.NotFound())
+}
+
+// judge classifies a decoded entry at a hit. Without early refresh and stale windows it reads
+// no clock and draws no random number.
+func (c *Cache[T]) judge(h envelope.Header) verdict {
+	if !c.timed {
+		return serveIt
+	}
+	now := c.now()
+	switch {
+	case now < h.Expiry:
+		if c.cfg.beta > 0 && shouldRefresh(now, h.Expiry, h.Delta, c.cfg.beta, 1-c.rand()) {
+			return serveRefresh
+		}
+		return serveIt
+	case now-h.Expiry < int64(c.cfg.staleRevalidate):
+		return serveStale
+	}
+	return expired
+}
+
+// staleValue is an expired entry a caller saw, kept in case its load fails.
+type staleValue[T any] struct {
+	v        T
+	notFound bool
+	expiry   int64 // logical expiry; 0: none kept
+}
+
+// keepStale returns the entry to serve if the caller's load fails, when stale-if-error is on.
+func (c *Cache[T]) keepStale(v T, h envelope.Header) staleValue[T] {
+	if c.cfg.staleIfError == 0 {
+		return staleValue[T]{}
+	}
+	return staleValue[T]{v: v, notFound: h.NotFound(), expiry: h.Expiry}
+}
+
+// staleOK reports whether s may stand in for a failed load now.
+func (c *Cache[T]) staleOK(s *staleValue[T]) bool {
+	return s.expiry != 0 && c.now()-s.expiry < int64(c.cfg.staleIfError)
+}
+
+// orStale returns a caller's result: the stale value instead of a load error (not ErrNotFound,
+// not the caller's own cancellation) when stale-if-error allows it; served says it did.
+func (c *Cache[T]) orStale(ctx context.Context, v T, err error, s *staleValue[T]) (_ T, _ error, served bool) {
+	if err == nil || ctx.Err() != nil || errors.Is(err, ErrNotFound) || !c.staleOK(s) {
+		return v, err, false
+	}
+	c.onStaleServed()
+	if s.notFound {
+		var zero T
+		return zero, ErrNotFound, true
+	}
+	return s.v, nil, true
+}
+
+// stats counts what the metrics (metrics.go) do not tell apart yet. The requests answered by
+// stale-if-error count as "stale" there, the background loads as loads, and the refreshes
+// started before expiry as early refreshes.
+type stats struct {
+	refreshes    atomic.Uint64 // background refreshes that loaded (early or stale-while-revalidate)
+	staleOnError atomic.Uint64 // expired values served because a load failed
+}
+
+// onStaleServed is called each time stale-if-error serves an expired value instead of an error.
+func (c *Cache[T]) onStaleServed() { c.stats.staleOnError.Add(1) }
+
+// oneKey adapts a batch loader to the refresh of one key.
+func oneKey[T any](load func(context.Context, []string) (map[string]T, error), key string) func(context.Context) (T, error) {
+	return func(ctx context.Context) (T, error) {
+		m, err := load(ctx, []string{key})
+		if err != nil {
+			var zero T
+			return zero, err
+		}
+		v, ok := m[key]
+		if !ok {
+			return v, fmt.Errorf("%w: %q left out by the loader", ErrNotFound, key)
+		}
+		return v, nil
+	}
+}
+
+// refreshMarker is the flight token under which a refresh is registered from its start: no
+// lease token ever equals it, so no caller joins it, and a second refresh of the key in this
+// process finds it and does not start. Once granted its lease, the refresh is registered
+// under the lease's token too, joinable like any load.
+const refreshMarker = "\x00refresh"
+
+// refreshes returns how many background refreshes are running (tests).
+func (c *Cache[T]) refreshes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for k := range c.flights {
+		if k.token == refreshMarker {
+			n++
+		}
+	}
+	return n
+}
+
+// refresh reloads key in the background with load, unless this process is refreshing it
+// already. seen is the stored entry the caller was served; early says it had not expired
+// yet; gen is the key's generation read before the store showed seen (so the refreshed
+// value may enter the local cache, if no invalidation came since). The load runs on ctx
+// detached from its cancellation (the caller leaves at once), bounded by the load timeout
+// and stopped by Close.
+func (c *Cache[T]) refresh(ctx context.Context, key string, gen uint64, seen []byte, early bool, load func(context.Context) (T, error)) {
+	sk := c.cfg.prefix + key
+	c.joinOrLaunch(ctx, flightKey{sk, refreshMarker}, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+		c.refreshUnder(lctx, f, sk, seen, early, load)
+	})
+}
+
+// refreshUnder takes sk's lease over its value and, if the store still holds seen, loads and
+// fills under it. Once the lease is granted the flight is joinable under it, like any load.
+func (c *Cache[T]) refreshUnder(ctx context.Context, f *flight[T], sk string, seen []byte, early bool, load func(context.Context) (T, error)) {
+	tok := c.tokens.next()
+	lk, err := c.leaseOver(ctx, sk, tok)
+	if err != nil || !lk.Granted {
+		return // another process is refreshing it, or the store failed
+	}
+	// Only the lease holder fills and Delete voids the lease, so what the store holds now
+	// stays until this fill or an Invalidate. Anything but seen means another refresh filled
+	// the key since the caller read it, or it was removed: nothing to do.
+	cur, err := storeCall(c, context.WithoutCancel(ctx), opGetOrLease, func(ctx context.Context) (Lookup, error) {
+		return c.store.GetOrLease(ctx, sk, tok, c.leaseTTL)
+	})
+	if err != nil || !bytes.Equal(cur.Value, seen) {
+		_, _ = c.release(ctx, sk, tok)
+		return
+	}
+	c.mu.Lock()
+	c.register(f, flightKey{sk, tok})
+	c.mu.Unlock()
+	c.stats.refreshes.Add(1)
+	if early {
+		c.obs.earlyRefresh()
+	}
+	c.loadUnder(ctx, f, sk, tok, load)
+}
