@@ -154,14 +154,21 @@ func TestLoggingBreaker(t *testing.T) {
 	require.True(t, c.Stats().BreakerOpen)
 	store.fail.Store(false)
 	stPoll(t, 10*time.Second, time.Millisecond, "breaker closes", func() bool { return !c.Stats().BreakerOpen })
-	var transitions []string
-	for _, r := range b.records(t) {
-		msg := r["msg"].(string)
-		if strings.Contains(msg, "circuit breaker") {
-			require.Equal(t, "WARN", r["level"])
-			transitions = append(transitions, msg)
+	// The transition is logged by the goroutine that closed the breaker, just after the state
+	// flips: wait for the line rather than racing it.
+	breakerLines := func() []string {
+		var msgs []string
+		for _, r := range b.records(t) {
+			msg := r["msg"].(string)
+			if strings.Contains(msg, "circuit breaker") {
+				require.Equal(t, "WARN", r["level"])
+				msgs = append(msgs, msg)
+			}
 		}
+		return msgs
 	}
+	stPoll(t, 10*time.Second, time.Millisecond, "breaker close logged", func() bool { return len(breakerLines()) >= 2 })
+	transitions := breakerLines()
 	require.Len(t, transitions, 2, b.String())
 	require.Contains(t, transitions[0], "circuit breaker open")
 	require.Contains(t, transitions[1], "circuit breaker closed")

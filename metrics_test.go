@@ -271,7 +271,11 @@ func TestStatsBreaker(t *testing.T) {
 	})
 	require.True(t, c.Stats().BreakerOpen)
 	store.fail.Store(false)
-	stPoll(t, 10*time.Second, time.Millisecond, "breaker closes", func() bool { return !c.Stats().BreakerOpen })
+	// The transition is counted by the goroutine that closed the breaker, just after the
+	// state flips: wait for the count rather than racing it.
+	stPoll(t, 10*time.Second, time.Millisecond, "breaker closes", func() bool {
+		return !c.Stats().BreakerOpen && c.obs.transitions[0].Load() >= 1
+	})
 	require.EqualValues(t, 1, c.Stats().BreakerOpens)
 	require.EqualValues(t, 1, c.obs.transitions[0].Load(), "closed once")
 }

@@ -209,7 +209,9 @@ cacheaside_breaker_open{cache="users"} %d
 	}
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(gauge(1)), "cacheaside_breaker_open"))
 	store.fail.Store(false)
-	stPoll(t, 10*time.Second, time.Millisecond, "breaker closes", func() bool { return !c.Stats().BreakerOpen })
+	stPoll(t, 10*time.Second, time.Millisecond, "breaker closes", func() bool { // state, then its count
+		return !c.Stats().BreakerOpen && c.obs.transitions[0].Load() >= 1
+	})
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(gauge(0)+`
 # HELP cacheaside_breaker_transitions_total Circuit breaker transitions, by the state entered.
 # TYPE cacheaside_breaker_transitions_total counter
