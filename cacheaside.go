@@ -47,6 +47,7 @@ type Cache[T any] struct {
 	breaker  *breaker.Breaker
 	warm     atomic.Bool      // the store has answered once
 	lookups  *lookupShards[T] // nil for a store without round trips (MemoryStore)
+	mem      *MemoryStore     // the store, when it is in this process: no timeouts, hits peeked
 	obs      *observer        // metrics, logs and traces: metrics.go
 	vc       valueCodec[T]    // the codec, bound to T (codec.go)
 	wire     wire             // compression, encryption, limits (wire.go)
@@ -62,6 +63,7 @@ type Cache[T any] struct {
 	now      func() int64   // Unix nanoseconds; injectable for tests
 	rand     func() float64 // uniform in [0,1); injectable for tests
 	stats    stats
+	backoff  refreshBackoff // keys whose background refresh failed lately (refresh_backoff.go)
 
 	mu      sync.Mutex
 	flights map[flightKey]*flight[T]
@@ -124,7 +126,9 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		now:      func() int64 { return time.Now().UnixNano() },
 		rand:     rand.Float64,
 	}
-	if _, inProcess := store.(*MemoryStore); !inProcess {
+	if m, inProcess := store.(*MemoryStore); inProcess {
+		c.mem = m
+	} else {
 		c.lookups = newLookupShards[T]()
 	}
 	if c.leaseTTL == 0 {

@@ -42,7 +42,8 @@ func newTokens() *tokens {
 }
 
 func (t *tokens) next() string {
-	return t.id + strconv.FormatUint(t.seq.Add(1), 36)
+	var b [40]byte
+	return string(strconv.AppendUint(append(b[:0], t.id...), t.seq.Add(1), 36))
 }
 
 // storeCall runs one store operation bounded by the store timeout (the connect timeout until
@@ -70,10 +71,15 @@ func storeCallN[T, R any](c *Cache[T], ctx context.Context, op storeOp, n int, c
 	if n > batchKeysPerTimeout {
 		timeout *= time.Duration(min(1+n/batchKeysPerTimeout, maxBatchTimeouts))
 	}
-	octx, cancel := context.WithTimeout(ctx, timeout)
+	octx, cancel := ctx, context.CancelFunc(nil)
+	if c.mem == nil { // an in-process store neither blocks nor honours deadlines
+		octx, cancel = context.WithTimeout(ctx, timeout)
+	}
 	octx, obs := c.obs.storeStart(octx, op)
 	r, err := call(octx)
-	cancel()
+	if cancel != nil {
+		cancel()
+	}
 	c.obs.storeEnd(obs, err, ctx.Err() != nil)
 	switch {
 	case err == nil:
@@ -168,6 +174,7 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 	f.retry = !stored || ferr != nil
 	if !f.retry {
 		c.l1FillStored(sk, f.gen, v, data)
+		c.backoff.succeeded(sk) // a fresh value: its refreshes need not wait for a past failure
 	}
 }
 

@@ -99,6 +99,12 @@ func (e *lookupError) Unwrap() error { return e.err }
 
 // readOwn is one read-or-lease round trip, starting the load flight if it wins the lease.
 func (c *Cache[T]) readOwn(ctx context.Context, sk string, gen uint64, load func(context.Context) (T, error)) (Lookup, *flight[T], error) {
+	if c.mem != nil {
+		// An in-process hit needs no token, no timeout and no breaker: nothing can fail.
+		if v := c.mem.peek(sk); v != nil {
+			return Lookup{Value: v}, nil, nil
+		}
+	}
 	tok := c.tokens.next()
 	lk, err := c.lookup(ctx, sk, tok)
 	if err != nil {

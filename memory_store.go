@@ -83,10 +83,18 @@ func (s *MemoryStore) live(e *memEntry, found bool, now int64) *memEntry {
 	return e
 }
 
+// peek returns key's live value, or nil: the hit path, with no lock and no write.
+func (s *MemoryStore) peek(key string) []byte {
+	if e, ok := s.c.GetIfPresent(key); ok && e.value != nil && e.expires > s.now() {
+		return e.value
+	}
+	return nil
+}
+
 // GetOrLease implements Store.
 func (s *MemoryStore) GetOrLease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error) {
-	if e, ok := s.c.GetIfPresent(key); ok && e.value != nil && e.expires > s.now() {
-		return Lookup{Value: e.value}, nil // the hit path: no lock, no write
+	if v := s.peek(key); v != nil {
+		return Lookup{Value: v}, nil
 	}
 	var out Lookup
 	s.c.Compute(key, func(old *memEntry, found bool) (*memEntry, otter.ComputeOp) {

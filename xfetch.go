@@ -20,7 +20,8 @@ package cacheaside
 // processes; a second one is refused while the lease lives) and goes ahead only if the store
 // still holds the very entry that triggered it, so a refresh that lost the race to another
 // one's fill does not load again. It loads and fills under the lease like any other load,
-// so an Invalidate during it voids its fill. A process runs at most one refresh per key.
+// so an Invalidate during it voids its fill. A process runs at most one refresh per key, and
+// none for a while after one failed (refresh_backoff.go).
 
 import (
 	"bytes"
@@ -188,6 +189,9 @@ func (c *Cache[T]) refreshes() int {
 // and stopped by Close.
 func (c *Cache[T]) refresh(ctx context.Context, key string, gen uint64, seen []byte, early bool, load func(context.Context) (T, error)) {
 	sk := c.cfg.prefix + key
+	if !c.backoff.allow(sk, c.now()) { // its last refresh failed: refresh_backoff.go
+		return
+	}
 	c.joinOrLaunch(ctx, flightKey{sk, refreshMarker}, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		c.refreshUnder(lctx, f, sk, seen, early, load)
 	})
@@ -219,4 +223,7 @@ func (c *Cache[T]) refreshUnder(ctx context.Context, f *flight[T], sk string, se
 		c.obs.earlyRefresh()
 	}
 	c.loadUnder(ctx, f, sk, tok, load)
+	if f.panicked != nil || (f.err != nil && !errors.Is(f.err, ErrNotFound)) {
+		c.backoff.failed(sk, c.now()) // a successful fill clears it (settle)
+	}
 }

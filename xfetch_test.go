@@ -847,3 +847,89 @@ func TestEarlyRefreshFromLocalCache(t *testing.T) {
 		require.Equal(t, "v2", v, "the refreshed value replaced the L1 entry")
 	})
 }
+
+// A background refresh whose loader fails is not retried by the next hit: the key's refreshes
+// pause for minRefreshBackoff, doubling with each failure, and a success clears the pause.
+// Without it a fast-failing database would see one reload per hit, as with no cache at all.
+func TestRefreshBackoff(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		clk := newFakeClock()
+		c := instances[string](t, b, 1, append(slowMachine, WithTTL(time.Hour), WithTTLJitter(0), WithStaleWhileRevalidate(24*time.Hour))...)[0]
+		useClock(clk, c)
+		_, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "v1", nil })
+		require.NoError(t, err)
+		clk.advance(time.Hour + time.Minute) // stale: every hit asks for a refresh
+
+		var calls atomic.Int32
+		failing := func(context.Context) (string, error) {
+			calls.Add(1)
+			return "", errors.New("database down")
+		}
+		hits := func(n int) {
+			t.Helper()
+			for range n {
+				v, err := c.GetOrLoad(bg(), "k", failing)
+				require.NoError(t, err)
+				require.Equal(t, "v1", v)
+				idle(t, c) // the refresh it started, if any, is over
+			}
+		}
+		hits(50)
+		require.EqualValues(t, 1, calls.Load(), "reloads by 50 hits right after a failed one")
+
+		clk.advance(minRefreshBackoff + time.Millisecond)
+		hits(50)
+		require.EqualValues(t, 2, calls.Load(), "one reload once the pause is over")
+		clk.advance(minRefreshBackoff + time.Millisecond) // the second pause is twice as long
+		hits(20)
+		require.EqualValues(t, 2, calls.Load(), "reloads during the doubled pause")
+		clk.advance(minRefreshBackoff)
+		hits(20)
+		require.EqualValues(t, 3, calls.Load(), "one reload after the doubled pause")
+
+		// A success (here the caller's own load past the stale window) clears the pause: the
+		// new value's refreshes start at once.
+		clk.advance(48 * time.Hour)
+		v, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "v2", nil })
+		require.NoError(t, err)
+		require.Equal(t, "v2", v)
+		clk.advance(time.Hour + time.Minute)
+		v, err = c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { calls.Add(1); return "v3", nil })
+		require.NoError(t, err)
+		require.Equal(t, "v2", v, "stale, served at once")
+		idle(t, c)
+		require.EqualValues(t, 4, calls.Load(), "the refresh after a success is not held back")
+		v, err = c.GetOrLoad(bg(), "k", failing)
+		require.NoError(t, err)
+		require.Equal(t, "v3", v)
+	})
+}
+
+// The pause grows to maxRefreshBackoff and no further, and the keys remembered stay bounded.
+func TestRefreshBackoffBounds(t *testing.T) {
+	var b refreshBackoff
+	now := int64(0)
+	delay := time.Duration(0)
+	for range 10 {
+		b.failed("k", now)
+		delay = time.Duration(b.keys["k"].until - now)
+		require.False(t, b.allow("k", now+int64(delay)-1))
+		now += int64(delay)
+		require.True(t, b.allow("k", now))
+	}
+	require.Equal(t, maxRefreshBackoff, delay)
+	now += int64(2 * maxRefreshBackoff) // long past: it starts over
+	b.failed("k", now)
+	require.Equal(t, minRefreshBackoff, time.Duration(b.keys["k"].until-now))
+
+	for i := range 3 * maxBackoffKeys {
+		b.failed(fmt.Sprint("x", i), now)
+	}
+	require.LessOrEqual(t, len(b.keys), maxBackoffKeys)
+	now += int64(maxRefreshBackoff) + 1
+	b.failed("late", now) // lapsed entries make room
+	require.False(t, b.allow("late", now))
+	require.Less(t, len(b.keys), 10)
+	b.succeeded("late")
+	require.True(t, b.allow("late", now))
+}
