@@ -11,7 +11,7 @@ FUZZ_TARGETS = ./internal/envelope:FuzzEnvelope .:FuzzDecompress .:FuzzOpen .:Fu
 	.:FuzzDecodeMsgpack .:FuzzDecodeProto .:FuzzDecodeRaw
 FUZZTIME ?= 3s
 
-test: cluster
+test: redis cluster
 	$(GO) vet ./...
 	@unformatted="$$(gofmt -l .)"; \
 	if [ -n "$$unformatted" ]; then \

@@ -20,6 +20,9 @@ WAIT_SECS=20
 log() { printf 'cluster: %s\n' "$*"; }
 die() { printf 'cluster: ERROR: %s\n' "$*" >&2; exit 1; }
 
+case "${1:-start}" in
+  start | up) bash "$(dirname "$0")/install-redis.sh" ;;
+esac
 for bin in redis-server redis-cli; do
   command -v "$bin" >/dev/null 2>&1 || die "$bin not found on PATH"
 done

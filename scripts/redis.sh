@@ -21,13 +21,10 @@ if pings; then
   exit 0
 fi
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  log "redis-server not found; installing via apt-get"
-  sudo=""
-  if [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null 2>&1; then sudo="sudo"; fi
-  $sudo apt-get update
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
-  command -v redis-server >/dev/null 2>&1 || die "redis-server still missing after install"
+bash "$(dirname "$0")/install-redis.sh"
+if pings; then # redis-cli was missing: a server may have been answering all along
+  log "already answering PING on $HOST:$PORT"
+  exit 0
 fi
 
 mkdir -p /var/lib/redis /var/log/redis
