@@ -103,7 +103,8 @@ func WithTTL(d time.Duration) Option {
 
 // WithPrefix sets the namespace of every key this cache writes: the store key is prefix+key.
 // InvalidatePattern never reaches outside it. Default: DefaultPrefix ("cacheaside:"). Give
-// each Cache of a distinct type its own prefix.
+// each Cache of a distinct type its own prefix, and none that begins with another's: "a:" and
+// "a:b:" would share the store key "a:b:x" but not their invalidation channels.
 func WithPrefix(p string) Option {
 	return func(c *config) { c.prefix = p }
 }
