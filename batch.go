@@ -149,19 +149,24 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 		}
 	}
 	var bare []int // keys to replace that the store then failed to lease
-	for _, i := range bad {
-		lk, err := c.leaseOver(ctx, sks[i], tok)
+	if len(bad) > 0 {
+		// Leased together, like the misses: one more round trip (per node) for all of them.
+		blks, err := c.leaseOverMany(ctx, pick(sks, bad), tok)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			c.abandonMany(ctx, tok, pick(sks, won), nil)
 			return nil, ctx.Err()
 		case err != nil:
-			bare = append(bare, i)
-		case lk.Granted:
-			won = append(won, i)
+			bare = bad
 		default:
-			lks[i] = lk
-			held = append(held, i)
+			for j, i := range bad {
+				if blks[j].Granted {
+					won = append(won, i)
+				} else {
+					lks[i] = blks[j]
+					held = append(held, i)
+				}
+			}
 		}
 	}
 
@@ -195,9 +200,10 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 		}
 	}
 	if len(bare) > 0 {
-		// loadManyWithoutStore counts these keys as misses itself.
+		// loadManyWithoutStore counts these keys as misses itself. The failed lease round trip
+		// may have been granted all the same: released after the load.
 		bkeys := pick(keys, bare)
-		if err := c.loadManyWithoutStore(ctx, bkeys, pick(sks, bare), "", b); err != nil && !c.staleForAll(ctx, err, bkeys, stales, b.out, false) {
+		if err := c.loadManyWithoutStore(ctx, bkeys, pick(sks, bare), tok, b); err != nil && !c.staleForAll(ctx, err, bkeys, stales, b.out, false) {
 			return nil, err
 		}
 	}
