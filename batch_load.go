@@ -142,6 +142,7 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 		f.retry = ferr != nil || i >= len(stored) || !stored[i]
 		if !f.retry {
 			c.l1FillStored(entries[i].Key, f.gen, f.val, entries[i].Value)
+			c.backoff.succeeded(entries[i].Key) // as settle: a fresh value's refreshes need not wait
 		}
 	}
 }
