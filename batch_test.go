@@ -94,7 +94,8 @@ func checkBatch(t *testing.T, keys []string, got map[string]int) {
 	}
 }
 
-// 1,000 keys over every slot range, part cached, part not found, read by overlapping batches
+// 1,000 keys over every slot range, part cached beforehand (values and not-founds), part not
+// found, read by overlapping batches
 // and single reads from 3 instances at once: every key loaded exactly once, every result right.
 func TestGetOrLoadManyAtScale(t *testing.T) {
 	forMemoryAndReal(t, func(t *testing.T, b backend) {
@@ -104,10 +105,19 @@ func TestGetOrLoadManyAtScale(t *testing.T) {
 			checkSlotCoverage(t, b, caches[0].cfg.prefix, n)
 		}
 		db := newKeyLoads(n, 5*time.Millisecond)
-		var cached []string // a quarter cached beforehand, found or not
-		for i := 0; i < n; i += 4 {
-			cached = append(cached, itemKey(i))
+		// Cached beforehand: a quarter of the keys, and half of the keys that do not exist
+		// (as not found).
+		var cached []string
+		notFound := 0
+		for i := range n {
+			if i%4 == 0 || i%20 == 3 {
+				cached = append(cached, itemKey(i))
+				if !itemExists(i) {
+					notFound++
+				}
+			}
 		}
+		require.Equal(t, n/20, notFound, "not-found keys cached beforehand")
 		got, err := caches[0].GetOrLoadMany(bg(), cached, db.batch)
 		require.NoError(t, err)
 		checkBatch(t, cached, got)
