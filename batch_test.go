@@ -95,8 +95,8 @@ func checkBatch(t *testing.T, keys []string, got map[string]int) {
 }
 
 // 1,000 keys over every slot range, part cached beforehand (values and not-founds), part not
-// found, read by overlapping batches
-// and single reads from 3 instances at once: every key loaded exactly once, every result right.
+// found, read by overlapping batches and single reads from 3 instances at once: every key
+// loaded exactly once, every result right.
 func TestGetOrLoadManyAtScale(t *testing.T) {
 	forMemoryAndReal(t, func(t *testing.T, b backend) {
 		const n = 1000
