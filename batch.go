@@ -17,6 +17,11 @@ import (
 // for together, polling the store for all of them in one round trip per node, and loaded by
 // this call's loader if their leases end without a value.
 //
+// With WithEarlyRefresh or WithStaleWhileRevalidate, hits (L1 hits too) may start a refresh
+// of the keys that need one, together, in the background with load (the caller does not wait
+// for it); with WithStaleIfError, a failed load may be answered with the expired values
+// instead of its error (see xfetch.go).
+//
 // A load error fails the whole call (nothing is cached for the keys it covered); a load panic
 // panics every caller sharing it. With the store unusable, load is called with every key that
 // was not resolved, and nothing is stored. load may reorder or keep missing: it is its own.
@@ -37,7 +42,7 @@ func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(c
 		}
 	}
 	b := &batch[T]{load: load, out: make(map[string]T, len(keys))}
-	if err := c.resolveAll(ctx, c.l1Many(dedupe(keys), b.out), b); err != nil { // L1 hits: local.go
+	if err := c.resolveAll(ctx, c.l1Many(ctx, dedupe(keys), b), b); err != nil { // L1 hits: local.go
 		return nil, err
 	}
 	return b.out, nil
@@ -115,6 +120,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 
 	var won, held, bad []int
 	var stales map[string]*staleValue[T] // expired values seen, for stale-if-error
+	var refreshes []refreshReq           // hits to refresh in the background
 	for i := range lks {
 		lk := &lks[i]
 		switch {
@@ -135,7 +141,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 				break
 			}
 			if vd != serveIt {
-				c.refresh(ctx, keys[i], gens[i], lk.Value, vd == serveRefresh, oneKey(b.load, keys[i]))
+				refreshes = append(refreshes, refreshReq{keys[i], sks[i], gens[i], lk.Value, vd == serveRefresh})
 			}
 			c.obs.count(keys[i], resultOf(vd, h))
 			c.l1Fill(keys[i], gens[i], v, lk.Value) // kept only until its logical expiry
@@ -148,20 +154,28 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 			held = append(held, i)
 		}
 	}
+	if len(refreshes) > 0 {
+		c.refreshMany(ctx, refreshes, b.load)
+	}
 	var bare []int // keys to replace that the store then failed to lease
-	for _, i := range bad {
-		lk, err := c.leaseOver(ctx, sks[i], tok)
+	if len(bad) > 0 {
+		// Leased together, like the misses: one more round trip (per node) for all of them.
+		blks, err := c.leaseOverMany(ctx, pick(sks, bad), tok)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			c.abandonMany(ctx, tok, pick(sks, won), nil)
 			return nil, ctx.Err()
 		case err != nil:
-			bare = append(bare, i)
-		case lk.Granted:
-			won = append(won, i)
+			bare = bad
 		default:
-			lks[i] = lk
-			held = append(held, i)
+			for j, i := range bad {
+				if blks[j].Granted {
+					won = append(won, i)
+				} else {
+					lks[i] = blks[j]
+					held = append(held, i)
+				}
+			}
 		}
 	}
 
@@ -195,9 +209,10 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 		}
 	}
 	if len(bare) > 0 {
-		// loadManyWithoutStore counts these keys as misses itself.
+		// loadManyWithoutStore counts these keys as misses itself. The failed lease round trip
+		// may have been granted all the same: released after the load.
 		bkeys := pick(keys, bare)
-		if err := c.loadManyWithoutStore(ctx, bkeys, pick(sks, bare), "", b); err != nil && !c.staleForAll(ctx, err, bkeys, stales, b.out, false) {
+		if err := c.loadManyWithoutStore(ctx, bkeys, pick(sks, bare), tok, b); err != nil && !c.staleForAll(ctx, err, bkeys, stales, b.out, false) {
 			return nil, err
 		}
 	}

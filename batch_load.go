@@ -3,6 +3,7 @@ package cacheaside
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -141,6 +142,7 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 		f.retry = ferr != nil || i >= len(stored) || !stored[i]
 		if !f.retry {
 			c.l1FillStored(entries[i].Key, f.gen, f.val, entries[i].Value)
+			c.backoff.succeeded(entries[i].Key) // as settle: a fresh value's refreshes need not wait
 		}
 	}
 }
@@ -172,6 +174,40 @@ func (c *Cache[T]) releaseMany(ctx context.Context, tok string, sks []string) ([
 		held = make([]bool, len(sks))
 	}
 	return held, err
+}
+
+// leaseOverMany is leaseOver for several keys under one token: one round trip (per node) if
+// the store implements LeaseManyStore, else one Lease per key, stopping at the first failure.
+// Like lookup it runs detached from ctx's cancellation: if the caller left meanwhile, the
+// leases granted are released in the background and it returns ctx.Err().
+func (c *Cache[T]) leaseOverMany(ctx context.Context, sks []string, tok string) ([]Lookup, error) {
+	dctx := context.WithoutCancel(ctx)
+	var lks []Lookup
+	var err error
+	if ls, ok := c.store.(LeaseManyStore); ok {
+		lks, err = storeCallN(c, dctx, opLease, len(sks), func(ctx context.Context) ([]Lookup, error) {
+			lks, err := ls.LeaseMany(ctx, sks, tok, c.leaseTTL)
+			if err == nil && len(lks) != len(sks) {
+				err = fmt.Errorf("cacheaside: store answered %d leases for %d keys", len(lks), len(sks))
+			}
+			return lks, err
+		})
+	} else {
+		lks = make([]Lookup, len(sks))
+		for i := 0; i < len(sks) && err == nil; i++ {
+			lks[i], err = storeCall(c, dctx, opLease, func(ctx context.Context) (Lookup, error) {
+				return c.store.Lease(ctx, sks[i], tok, c.leaseTTL)
+			})
+		}
+	}
+	if err != nil {
+		lks = nil // the store may have granted any of them
+	}
+	if ctx.Err() != nil {
+		c.abandonMany(ctx, tok, sks, lks)
+		return nil, ctx.Err()
+	}
+	return lks, err
 }
 
 // abandonMany releases, in the background, the leases granted to tok by a lookup whose caller

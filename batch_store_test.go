@@ -6,8 +6,34 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 )
+
+// stShuffle returns ks in a random order: shuffled[j] is ks[perm[j]].
+func stShuffle(ks []string) (shuffled []string, perm []int) {
+	perm = rand.Perm(len(ks))
+	shuffled = make([]string, len(ks))
+	for j, i := range perm {
+		shuffled[j] = ks[i]
+	}
+	return shuffled, perm
+}
+
+// stLookupShuffled asks many for ks in a random order and returns its answers in the order
+// of ks.
+func stLookupShuffled(t *testing.T, ks []string, many func(keys []string) ([]Lookup, error)) []Lookup {
+	t.Helper()
+	shuffled, perm := stShuffle(ks)
+	got, err := many(shuffled)
+	require.NoError(t, err)
+	require.Len(t, got, len(ks))
+	out := make([]Lookup, len(ks))
+	for j, i := range perm {
+		out[i] = got[j]
+	}
+	return out
+}
 
 // A batch larger than one script call, in shuffled order, over every state a key can be in:
 // each key answered as its single-key operation would, in order; FillMany and ReleaseMany
@@ -36,11 +62,7 @@ func TestStoreBatchLarge(t *testing.T) {
 				require.True(t, stLease(t, s, ks[i], other, lease).Granted)
 			}
 		}
-		perm := rand.Perm(n)
-		shuffled := make([]string, n)
-		for j, i := range perm {
-			shuffled[j] = ks[i]
-		}
+		shuffled, perm := stShuffle(ks)
 		got, err := s.GetOrLeaseMany(bg(), shuffled, me, lease)
 		require.NoError(t, err)
 		require.Len(t, got, n)
@@ -95,6 +117,80 @@ func TestStoreBatchLarge(t *testing.T) {
 			}
 		}
 		none, err := rs.ReleaseMany(bg(), me, nil)
+		require.NoError(t, err)
+		require.Empty(t, none)
+	})
+}
+
+// LeaseMany answers each key as Lease would, over more keys than one script call, in any
+// order: a lease over a value (which stays) or over nothing, or the holder of a live lease.
+// The leases it grants are the token's: FillMany under it stores exactly those keys.
+func TestStoreLeaseMany(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		s := b.newStore(t)
+		lm, ok := s.(LeaseManyStore)
+		require.True(t, ok, "%T implements LeaseManyStore", s)
+		_, k := stKeys(t, s)
+		const n = 2*maxScriptKeys + 13
+		const lease = 10 * time.Minute // the setup is slow on miniredis under -race
+		other, me := stNewToken(), stNewToken()
+		ks := make([]string, n)
+		// 0 value, 1 nothing, 2 lease held by other, 3 value with a refresh lease held by
+		// other, 4 value whose refresh lease other released, 5 not a hash (Redis only)
+		state := make([]int, n)
+		var raw redis.UniversalClient
+		if b.client != nil {
+			raw = b.client(t)
+		}
+		for i := range ks {
+			ks[i] = k(fmt.Sprintf("lease:%d", i))
+			state[i] = i % 6
+			if state[i] == 5 && raw == nil {
+				state[i] = 1
+			}
+			switch state[i] {
+			case 0:
+				stPut(t, s, ks[i], []byte(fmt.Sprintf("value-%d", i)))
+			case 2:
+				stRequireGranted(t, stGetOrLease(t, s, ks[i], other, lease))
+			case 3, 4:
+				stPut(t, s, ks[i], []byte(fmt.Sprintf("value-%d", i)))
+				require.True(t, stLease(t, s, ks[i], other, lease).Granted)
+				if state[i] == 4 {
+					require.True(t, stRelease(t, s, ks[i], other))
+				}
+			case 5:
+				require.NoError(t, raw.Set(bg(), ks[i], "not a hash", stValueTTL).Err())
+			}
+		}
+		got := stLookupShuffled(t, ks, func(keys []string) ([]Lookup, error) { return lm.LeaseMany(bg(), keys, me, lease) })
+		for i := range ks {
+			switch state[i] {
+			case 2, 3:
+				stRequireHolder(t, got[i], other, lease)
+			default:
+				stRequireGranted(t, got[i], "key %d (state %d)", i, state[i])
+			}
+		}
+		for i, key := range ks {
+			switch state[i] {
+			case 0, 3, 4: // the values stay until a fill
+				stRequireValue(t, stGetOrLease(t, s, key, stNewToken(), lease), []byte(fmt.Sprintf("value-%d", i)))
+			case 1, 5: // a bare lease, held by me
+				stRequireHolder(t, stGetOrLease(t, s, key, stNewToken(), lease), me, lease)
+			}
+		}
+
+		entries := make([]FillEntry, n)
+		for i, key := range ks {
+			entries[i] = FillEntry{Key: key, Value: []byte(fmt.Sprintf("mine-%d", i)), TTL: stValueTTL}
+		}
+		stored, err := s.FillMany(bg(), me, entries)
+		require.NoError(t, err)
+		for i := range ks {
+			require.Equal(t, state[i] != 2 && state[i] != 3, stored[i], "FillMany of key %d (state %d)", i, state[i])
+		}
+		none, err := lm.LeaseMany(bg(), nil, me, lease)
 		require.NoError(t, err)
 		require.Empty(t, none)
 	})

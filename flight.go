@@ -59,14 +59,24 @@ func (c *Cache[T]) launch(ctx context.Context, k flightKey, gen uint64, timeout 
 // or, at the latest, when fn returns. A nil keys registers none (flights nobody may join). It
 // returns nil after Close.
 func (c *Cache[T]) launchMany(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, fn func(ctx context.Context, fs []*flight[T])) []*flight[T] {
-	fs, _ := c.spawn(ctx, keys, gens, timeout, false, fn)
+	fs, _ := c.spawn(ctx, keys, gens, timeout, spawnAll, func(ctx context.Context, fs []*flight[T], _ []int) {
+		fn(ctx, fs)
+	})
 	return fs
+}
+
+// launchFree is launchMany for the keys under which no flight is registered, checked and
+// registered in one step: two callers never both start one for a key. fn gets the new
+// flights and the indexes of their keys in keys. Nothing runs if every key is taken, or after
+// Close.
+func (c *Cache[T]) launchFree(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, fn func(ctx context.Context, fs []*flight[T], idx []int)) {
+	c.spawn(ctx, keys, gens, timeout, spawnFree, fn)
 }
 
 // joinOrLaunch returns the flight registered under k, or registers and runs a new one with fn
 // (see launchMany), in one step: two callers never both start one. started reports which.
 func (c *Cache[T]) joinOrLaunch(ctx context.Context, k flightKey, gen uint64, timeout time.Duration, fn func(ctx context.Context, f *flight[T])) (f *flight[T], started bool) {
-	fs, joined := c.spawn(ctx, []flightKey{k}, []uint64{gen}, timeout, true, func(ctx context.Context, fs []*flight[T]) {
+	fs, joined := c.spawn(ctx, []flightKey{k}, []uint64{gen}, timeout, spawnJoin, func(ctx context.Context, fs []*flight[T], _ []int) {
 		fn(ctx, fs[0])
 	})
 	if fs == nil {
@@ -75,9 +85,18 @@ func (c *Cache[T]) joinOrLaunch(ctx context.Context, k flightKey, gen uint64, ti
 	return fs[0], !joined
 }
 
-// spawn is launchMany; with join, and a flight already registered under the single key, it
-// returns that flight instead (joined true) and runs nothing.
-func (c *Cache[T]) spawn(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, join bool, fn func(ctx context.Context, fs []*flight[T])) (_ []*flight[T], joined bool) {
+// spawnMode is what spawn does with keys under which a flight is registered already.
+type spawnMode uint8
+
+const (
+	spawnAll  spawnMode = iota // register the new flights over them
+	spawnJoin                  // (one key) return the registered flight instead (joined), run nothing
+	spawnFree                  // leave them out: flights for the other keys only
+)
+
+// spawn is launchMany, with mode for the keys already taken. fn gets the flights it runs and,
+// with spawnFree, the indexes of their keys in keys.
+func (c *Cache[T]) spawn(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, mode spawnMode, fn func(ctx context.Context, fs []*flight[T], idx []int)) (_ []*flight[T], joined bool) {
 	n := len(keys)
 	if keys == nil {
 		n = len(gens)
@@ -86,19 +105,33 @@ func (c *Cache[T]) spawn(ctx context.Context, keys []flightKey, gens []uint64, t
 	for i := range fs {
 		fs[i] = &flight[T]{done: make(chan struct{}), gen: gens[i], seq: c.seq.Add(1)}
 	}
+	var idx []int
 	c.mu.Lock()
 	if c.closed.Load() {
 		c.mu.Unlock()
 		return nil, false
 	}
-	if join && len(keys) == 1 {
-		if f := c.flights[keys[0]]; f != nil {
-			c.mu.Unlock()
-			return []*flight[T]{f}, true
+	switch {
+	case mode == spawnJoin && len(keys) == 1 && c.flights[keys[0]] != nil:
+		f := c.flights[keys[0]]
+		c.mu.Unlock()
+		return []*flight[T]{f}, true
+	case mode == spawnFree:
+		free := fs[:0]
+		for i, k := range keys {
+			if c.flights[k] == nil {
+				c.register(fs[i], k)
+				free, idx = append(free, fs[i]), append(idx, i)
+			}
 		}
-	}
-	for i, k := range keys {
-		c.register(fs[i], k)
+		if fs = free; len(fs) == 0 {
+			c.mu.Unlock()
+			return nil, false
+		}
+	default:
+		for i, k := range keys {
+			c.register(fs[i], k)
+		}
 	}
 	c.wg.Add(1)
 	c.mu.Unlock()
@@ -121,7 +154,7 @@ func (c *Cache[T]) spawn(ctx context.Context, keys []flightKey, gens []uint64, t
 			}
 			c.finish(fs...)
 		}()
-		fn(lctx, fs)
+		fn(lctx, fs, idx)
 		completed = true
 	}()
 	return fs, false

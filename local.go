@@ -28,6 +28,7 @@ package cacheaside
 // allocation, no clock read beyond otter's own expiry check.
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 
@@ -137,15 +138,21 @@ func (c *Cache[T]) l1FillStored(sk string, gen uint64, v T, raw []byte) {
 	}
 }
 
-// l1Many moves the keys L1 can serve into out (cached not-founds are left out of it, as the
-// store's are) and returns the others, reusing keys' backing array.
-func (c *Cache[T]) l1Many(keys []string, out map[string]T) []string {
+// l1Many moves the keys L1 can serve into b.out (cached not-founds are left out of it, as the
+// store's are) and returns the others, reusing keys' backing array. With early refresh, the
+// entries the draw says to refresh are refreshed together in the background with b.load, as
+// GetOrLoad does for one.
+func (c *Cache[T]) l1Many(ctx context.Context, keys []string, b *batch[T]) []string {
 	if c.l1 == nil || !c.l1.live.Load() {
 		return keys
 	}
 	rest := keys[:0]
+	var refreshes []refreshReq
 	for _, k := range keys {
 		e := c.l1Hit(k)
+		if e != nil && c.timed && c.judge(e.header()) == serveRefresh {
+			refreshes = append(refreshes, refreshReq{k, c.cfg.prefix + k, c.gens.load(k), e.raw, true})
+		}
 		switch {
 		case e == nil:
 			rest = append(rest, k)
@@ -153,8 +160,11 @@ func (c *Cache[T]) l1Many(keys []string, out map[string]T) []string {
 			c.obs.count(k, resultNegativeHit)
 		default:
 			c.obs.count(k, resultL1Hit)
-			out[k] = e.val
+			b.out[k] = e.val
 		}
+	}
+	if len(refreshes) > 0 {
+		c.refreshMany(ctx, refreshes, b.load)
 	}
 	return rest
 }

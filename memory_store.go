@@ -8,7 +8,11 @@ import (
 	"github.com/maypok86/otter/v2"
 )
 
-var _ Store = (*MemoryStore)(nil)
+var (
+	_ Store            = (*MemoryStore)(nil)
+	_ ReleaseManyStore = (*MemoryStore)(nil)
+	_ LeaseManyStore   = (*MemoryStore)(nil)
+)
 
 // DefaultMemoryMaxBytes is the default bound of a MemoryStore: 64 MiB of keys, values and
 // per-entry overhead.
@@ -237,6 +241,15 @@ func (s *MemoryStore) ReleaseMany(ctx context.Context, token string, keys []stri
 	out := make([]bool, len(keys))
 	for i, k := range keys {
 		out[i], _ = s.Release(ctx, k, token)
+	}
+	return out, nil
+}
+
+// LeaseMany is Lease for several keys under one token.
+func (s *MemoryStore) LeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error) {
+	out := make([]Lookup, len(keys))
+	for i, k := range keys {
+		out[i], _ = s.Lease(ctx, k, token, leaseTTL)
 	}
 	return out, nil
 }

@@ -43,6 +43,33 @@ end
 return out
 `)
 
+// leaseScript for many keys, with the same reply as getOrLeaseManyScript (never a value).
+var leaseManyScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out, n = {}, 0
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local r = redis.pcall('HMGET', k, 'v', 't', 'e')
+  if r.err then
+    redis.call('DEL', k)
+    r = {false, false, false}
+  end
+  local left = 0
+  if r[2] and r[1] then left = (tonumber(r[3]) or 0) - now end
+  if r[2] and not r[1] then
+    out[n + 1], out[n + 2], out[n + 3], n = 2, r[2], redis.call('PTTL', k), n + 3
+  elseif left > 0 then
+    out[n + 1], out[n + 2], out[n + 3], n = 2, r[2], left, n + 3
+  else
+    redis.call('HSET', k, 't', ARGV[1], 'e', string.format('%d', now + tonumber(ARGV[2])))
+    if not r[1] then redis.call('PEXPIRE', k, ARGV[2]) end
+    out[n + 1], n = 3, n + 1
+  end
+end
+return out
+`)
+
 // ARGV: token, then value and TTL (ms) of each key. Reply: 1 (stored) or 0 per key.
 var fillManyScript = redis.NewScript(`
 local now
@@ -174,13 +201,24 @@ func (s *RedisStore) group(keys []string) slotGroups {
 // GetOrLeaseMany implements Store: one pipeline of batch scripts, so one round trip per node.
 // The values returned alias the reply's memory, read-only.
 func (s *RedisStore) GetOrLeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error) {
+	return s.lookupMany(ctx, getOrLeaseManyScript, keys, token, leaseTTL)
+}
+
+// LeaseMany implements LeaseManyStore: one pipeline of batch scripts, so one round trip per
+// node.
+func (s *RedisStore) LeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error) {
+	return s.lookupMany(ctx, leaseManyScript, keys, token, leaseTTL)
+}
+
+// lookupMany runs script, one that answers a Lookup per key, over keys in one pipeline.
+func (s *RedisStore) lookupMany(ctx context.Context, script *redis.Script, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
 	return guard(ctx, s.trusted, func(ctx context.Context) ([]Lookup, error) {
 		g := s.group(keys)
 		lease := ms(leaseTTL)
-		cmds, err := s.pipelineScript(ctx, getOrLeaseManyScript, g.len(), func(i int) ([]string, []any) {
+		cmds, err := s.pipelineScript(ctx, script, g.len(), func(i int) ([]string, []any) {
 			return g.keys(i, keys), []any{token, lease}
 		})
 		if err != nil {

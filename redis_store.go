@@ -12,7 +12,11 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-var _ Store = (*RedisStore)(nil)
+var (
+	_ Store            = (*RedisStore)(nil)
+	_ ReleaseManyStore = (*RedisStore)(nil)
+	_ LeaseManyStore   = (*RedisStore)(nil)
+)
 
 // RedisStore keeps entries in Redis: standalone, Sentinel (a failover client), Cluster or
 // Ring, through any redis.UniversalClient.

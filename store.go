@@ -77,6 +77,17 @@ type ReleaseManyStore interface {
 	ReleaseMany(ctx context.Context, token string, keys []string) ([]bool, error)
 }
 
+// LeaseManyStore is an optional interface of a Store that takes many leases of one token in
+// one round trip (per node). A Cache uses it, when its store has it, for the keys of a batch
+// whose values it must replace (undecodable, or past their stale windows) and for the
+// background refreshes a batch starts; otherwise it calls Lease per key. RedisStore and
+// MemoryStore implement it.
+type LeaseManyStore interface {
+	// LeaseMany is Lease for several keys with one token. The result has one Lookup per key,
+	// in order; none carries a Value.
+	LeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error)
+}
+
 // FillEntry is one value of a FillMany.
 type FillEntry struct {
 	Key   string

@@ -27,7 +27,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"math"
 	"sync/atomic"
 	"time"
@@ -146,22 +145,6 @@ type stats struct {
 // onStaleServed is called each time stale-if-error serves an expired value instead of an error.
 func (c *Cache[T]) onStaleServed() { c.stats.staleOnError.Add(1) }
 
-// oneKey adapts a batch loader to the refresh of one key.
-func oneKey[T any](load func(context.Context, []string) (map[string]T, error), key string) func(context.Context) (T, error) {
-	return func(ctx context.Context) (T, error) {
-		m, err := load(ctx, []string{key})
-		if err != nil {
-			var zero T
-			return zero, err
-		}
-		v, ok := m[key]
-		if !ok {
-			return v, fmt.Errorf("%w: %q left out by the loader", ErrNotFound, key)
-		}
-		return v, nil
-	}
-}
-
 // refreshMarker is the flight token under which a refresh is registered from its start: no
 // lease token ever equals it, so no caller joins it, and a second refresh of the key in this
 // process finds it and does not start. Once granted its lease, the refresh is registered
@@ -226,4 +209,109 @@ func (c *Cache[T]) refreshUnder(ctx context.Context, f *flight[T], sk string, se
 	if f.panicked != nil || (f.err != nil && !errors.Is(f.err, ErrNotFound)) {
 		c.backoff.failed(sk, c.now()) // a successful fill clears it (settle)
 	}
+}
+
+// refreshReq is one key of a batch to refresh: what refresh takes for a single key.
+type refreshReq struct {
+	key   string
+	sk    string // prefix + key
+	gen   uint64
+	seen  []byte
+	early bool
+}
+
+// refreshMany is refresh for the keys of one batch, together, with the batch loader: one lease
+// round trip (per node) for all of them, one read to check that the store still holds what
+// each caller saw, and one load (in chunks, WithBatchLoadSize) of the keys still to refresh,
+// filled in one round trip. Keys this process is refreshing already, and keys whose refreshes
+// are backed off, are left out. The caller does not wait for it.
+func (c *Cache[T]) refreshMany(ctx context.Context, reqs []refreshReq, load func(context.Context, []string) (map[string]T, error)) {
+	now := c.now()
+	fks := make([]flightKey, 0, len(reqs))
+	gens := make([]uint64, 0, len(reqs))
+	allowed := reqs[:0:0]
+	for _, r := range reqs {
+		if c.backoff.allow(r.sk, now) { // refresh_backoff.go
+			fks = append(fks, flightKey{r.sk, refreshMarker})
+			gens = append(gens, r.gen)
+			allowed = append(allowed, r)
+		}
+	}
+	if len(allowed) == 0 {
+		return
+	}
+	c.launchFree(ctx, fks, gens, 0, func(lctx context.Context, fs []*flight[T], idx []int) {
+		c.refreshManyUnder(lctx, fs, pick(allowed, idx), load)
+	})
+}
+
+// refreshManyUnder is refreshUnder for the keys of reqs, whose flights are fs, under one
+// token: loaded together, each settled with its chunk. lctx ends only with Close; each chunk
+// has its own load timeout.
+func (c *Cache[T]) refreshManyUnder(ctx context.Context, fs []*flight[T], reqs []refreshReq, load func(context.Context, []string) (map[string]T, error)) {
+	tok := c.tokens.next()
+	sks := make([]string, len(reqs))
+	for i, r := range reqs {
+		sks[i] = r.sk
+	}
+	lks, err := c.leaseOverMany(ctx, sks, tok)
+	if err != nil {
+		return // the store failed
+	}
+	var granted, skipped []int // skipped: being refreshed by another process, or replaced since
+	for i, lk := range lks {
+		if lk.Granted {
+			granted = append(granted, i)
+		} else {
+			skipped = append(skipped, i)
+		}
+	}
+	if len(granted) == 0 {
+		return
+	}
+	// As in refreshUnder: a key that no longer holds what its caller saw was refreshed or
+	// removed since; it is left alone.
+	gsks := pick(sks, granted)
+	cur, err := storeCallN(c, context.WithoutCancel(ctx), opGetOrLeaseMany, len(gsks), func(ctx context.Context) ([]Lookup, error) {
+		return c.store.GetOrLeaseMany(ctx, gsks, tok, c.leaseTTL)
+	})
+	if err != nil || len(cur) != len(gsks) {
+		_, _ = c.releaseMany(ctx, tok, gsks)
+		return
+	}
+	var same, replaced []int
+	for j, i := range granted {
+		if bytes.Equal(cur[j].Value, reqs[i].seen) {
+			same = append(same, i)
+		} else {
+			replaced = append(replaced, i)
+		}
+	}
+	_, _ = c.releaseMany(ctx, tok, pick(sks, replaced))
+	c.finish(pick(fs, append(skipped, replaced...))...) // a later hit may refresh them again
+	if len(same) == 0 {
+		return
+	}
+	rfs, rsks := pick(fs, same), pick(sks, same)
+	rkeys := make([]string, len(same))
+	c.mu.Lock()
+	for j, i := range same {
+		rkeys[j] = reqs[i].key
+		c.register(rfs[j], flightKey{rsks[j], tok})
+	}
+	c.mu.Unlock()
+	for _, i := range same {
+		c.stats.refreshes.Add(1)
+		if reqs[i].early {
+			c.obs.earlyRefresh()
+		}
+	}
+	c.runChunks(ctx, rfs, rkeys, load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
+		c.settleMany(ctx, rfs[lo:hi], rkeys[lo:hi], rsks[lo:hi], tok, m, err, pe, delta)
+		if pe != nil || (err != nil && !errors.Is(err, ErrNotFound)) {
+			for _, sk := range rsks[lo:hi] {
+				c.backoff.failed(sk, c.now()) // a successful fill clears it (settleMany)
+			}
+		}
+	})
 }

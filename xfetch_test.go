@@ -848,6 +848,69 @@ func TestEarlyRefreshFromLocalCache(t *testing.T) {
 	})
 }
 
+// GetOrLoadMany's L1 hits draw the early refresh as GetOrLoad's do: callers get the current
+// values at once, and the keys the draw picks are refreshed together, in one background load
+// with the batch loader; batches meanwhile start no other. The refreshed values replace the
+// L1 entries.
+func TestEarlyRefreshFromLocalCacheMany(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		clk := newFakeClock()
+		c := backendCache[string](t, b, l1Opts(append(slices.Clone(slowMachine), WithEarlyRefresh(1))...)...)
+		useClock(clk, c)
+		waitLive(t, c)
+		keys := []string{"a", "b", "c"}
+		versioned := func(v string, missing []string) map[string]string {
+			out := map[string]string{}
+			for _, k := range missing {
+				out[k] = k + v
+			}
+			return out
+		}
+		_, err := c.GetOrLoadMany(bg(), keys, func(_ context.Context, missing []string) (map[string]string, error) {
+			time.Sleep(2 * time.Millisecond) // delta: the refresh decision scales with it
+			return versioned("1", missing), nil
+		})
+		require.NoError(t, err)
+		for _, k := range keys {
+			require.NotNil(t, c.l1Hit(k), "%s is in L1", k)
+		}
+
+		clk.advance(time.Hour - time.Millisecond) // 1 ms before expiry: the draw below refreshes
+		c.rand = func() float64 { return 0.99 }
+		gate := make(chan struct{})
+		calls := make(chan []string, 10)
+		reload := func(ctx context.Context, missing []string) (map[string]string, error) {
+			calls <- slices.Clone(missing)
+			select {
+			case <-gate:
+				return versioned("2", missing), nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		for range 3 {
+			got, err := c.GetOrLoadMany(bg(), keys, reload)
+			require.NoError(t, err)
+			require.Equal(t, map[string]string{"a": "a1", "b": "b1", "c": "c1"}, got, "served from L1 at once")
+			require.Equal(t, len(keys), c.refreshes(), "the L1 hits started the refresh of every key")
+		}
+		close(gate)
+		idle(t, c)
+		require.Len(t, calls, 1, "one background load for the keys of the batches")
+		require.ElementsMatch(t, keys, <-calls)
+		require.EqualValues(t, len(keys), c.Stats().EarlyRefreshes)
+
+		for _, k := range keys {
+			removeBehindBack(t, c, k) // what follows comes from L1
+		}
+		got, err := c.GetOrLoadMany(bg(), keys, func(context.Context, []string) (map[string]string, error) {
+			return nil, errors.New("must not load")
+		})
+		require.NoError(t, err)
+		require.Equal(t, map[string]string{"a": "a2", "b": "b2", "c": "c2"}, got, "the refreshed values replaced the L1 entries")
+	})
+}
+
 // A background refresh whose loader fails is not retried by the next hit: the key's refreshes
 // pause for minRefreshBackoff, doubling with each failure, and a success clears the pause.
 // Without it a fast-failing database would see one reload per hit, as with no cache at all.
@@ -902,6 +965,53 @@ func TestRefreshBackoff(t *testing.T) {
 		v, err = c.GetOrLoad(bg(), "k", failing)
 		require.NoError(t, err)
 		require.Equal(t, "v3", v)
+	})
+}
+
+// Batch refreshes back off as single ones do: after a failed background reload of a batch's
+// keys, later batches start none for the pause; a batch load that fills the keys clears it.
+func TestRefreshBackoffMany(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		clk := newFakeClock()
+		const ttl = 100 * time.Millisecond // of the fake clock: far shorter than the pause
+		c := backendCache[string](t, b, append(slices.Clone(slowMachine), WithTTL(ttl), WithTTLJitter(0), WithStaleWhileRevalidate(24*time.Hour))...)
+		useClock(clk, c)
+		keys := []string{"a", "b"}
+		var calls atomic.Int32
+		loadV := func(v string, err error) func(context.Context, []string) (map[string]string, error) {
+			return func(_ context.Context, missing []string) (map[string]string, error) {
+				calls.Add(1)
+				out := map[string]string{}
+				for _, k := range missing {
+					out[k] = k + v
+				}
+				return out, err
+			}
+		}
+		read := func(load func(context.Context, []string) (map[string]string, error), want string) {
+			t.Helper()
+			got, err := c.GetOrLoadMany(bg(), keys, load)
+			require.NoError(t, err)
+			require.Equal(t, map[string]string{"a": "a" + want, "b": "b" + want}, got)
+			idle(t, c) // the refresh it started, if any, is over
+		}
+		read(loadV("1", nil), "1")
+		clk.advance(ttl + time.Millisecond) // stale: every batch asks for a refresh
+		calls.Store(0)
+		for range 20 {
+			read(loadV("", errors.New("database down")), "1")
+		}
+		require.EqualValues(t, 1, calls.Load(), "reloads by 20 batches right after a failed one")
+
+		// Within the pause, a batch load that fills the keys clears it: the new values'
+		// refreshes start at once.
+		require.NoError(t, c.Invalidate(bg(), keys...))
+		read(loadV("2", nil), "2")
+		clk.advance(ttl + time.Millisecond)
+		calls.Store(0)
+		read(loadV("3", nil), "2")
+		require.EqualValues(t, 1, calls.Load(), "the refresh after a fill is not held back")
+		read(loadV("", errors.New("must not load")), "3")
 	})
 }
 
