@@ -59,8 +59,7 @@ func TestLeaseWaitBacksOff(t *testing.T) {
 		prefix := testPrefix(t)
 		holder := newTestCache[string](t, b.newStore(t), append(slowMachine, WithPrefix(prefix))...)
 		raw := b.client(t)
-		trips := &roundTrips{}
-		raw.AddHook(trips)
+		trips := countRoundTrips(raw)
 		waiter := newTestCache[string](t, NewRedisStore(raw), append(slowMachine, WithPrefix(prefix))...)
 		_, err := waiter.GetOrLoad(bg(), "warm", func(context.Context) (string, error) { return "w", nil })
 		require.NoError(t, err) // dialled, scripts loaded

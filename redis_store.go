@@ -206,14 +206,14 @@ func parseLookup(cmd *redis.Cmd) (Lookup, error) {
 		return Lookup{}, err
 	}
 	if len(reply) == 0 {
-		return Lookup{}, errors.New("empty script reply")
+		return Lookup{}, errors.New("cacheaside: empty script reply")
 	}
 	code, _ := reply[0].(int64)
 	switch {
 	case code == replyValue && len(reply) == 2:
 		v, ok := reply[1].(string)
 		if !ok {
-			return Lookup{}, fmt.Errorf("unexpected value type %T", reply[1])
+			return Lookup{}, fmt.Errorf("cacheaside: unexpected value type %T in a script reply", reply[1])
 		}
 		return Lookup{Value: []byte(v)}, nil
 	case code == replyHeld && len(reply) == 3:
@@ -224,7 +224,7 @@ func parseLookup(cmd *redis.Cmd) (Lookup, error) {
 		return Lookup{Granted: true}, nil
 	}
 	// Never the reply itself: it may hold a value, and store errors are logged.
-	return Lookup{}, fmt.Errorf("unexpected script reply: code %d, %d elements", code, len(reply))
+	return Lookup{}, fmt.Errorf("cacheaside: unexpected script reply: code %d, %d elements", code, len(reply))
 }
 
 // pipelineScript runs script n times in one pipeline, and reloads it and retries the commands
