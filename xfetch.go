@@ -172,8 +172,8 @@ func (c *Cache[T]) refreshes() int {
 // and stopped by Close.
 func (c *Cache[T]) refresh(ctx context.Context, key string, gen uint64, seen []byte, early bool, load func(context.Context) (T, error)) {
 	sk := c.cfg.prefix + key
-	if !c.backoff.allow(sk, c.now()) { // its last refresh failed: refresh_backoff.go
-		return
+	if !c.breaker.Allow() || !c.backoff.allow(sk, c.now()) { // refresh_backoff.go
+		return // a sick store (an L1 hit can get here with the breaker open), or a recent failure
 	}
 	c.joinOrLaunch(ctx, flightKey{sk, refreshMarker}, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		c.refreshUnder(lctx, f, sk, seen, early, load)
@@ -185,8 +185,14 @@ func (c *Cache[T]) refresh(ctx context.Context, key string, gen uint64, seen []b
 func (c *Cache[T]) refreshUnder(ctx context.Context, f *flight[T], sk string, seen []byte, early bool, load func(context.Context) (T, error)) {
 	tok := c.tokens.next()
 	lk, err := c.leaseOver(ctx, sk, tok)
-	if err != nil || !lk.Granted {
-		return // another process is refreshing it, or the store failed
+	switch {
+	case err != nil && ctx.Err() == nil:
+		// The store failed, or only timed out: it may have granted the lease all the same.
+		// Free it rather than leave the key leased, for every process, until the lease TTL.
+		_, _ = c.release(ctx, sk, tok)
+		return
+	case err != nil || !lk.Granted:
+		return // closing, or another process is refreshing it
 	}
 	// Only the lease holder fills and Delete voids the lease, so what the store holds now
 	// stays until this fill or an Invalidate. Anything but seen means another refresh filled
@@ -226,6 +232,9 @@ type refreshReq struct {
 // filled in one round trip. Keys this process is refreshing already, and keys whose refreshes
 // are backed off, are left out. The caller does not wait for it.
 func (c *Cache[T]) refreshMany(ctx context.Context, reqs []refreshReq, load func(context.Context, []string) (map[string]T, error)) {
+	if !c.breaker.Allow() {
+		return // as in refresh
+	}
 	now := c.now()
 	fks := make([]flightKey, 0, len(reqs))
 	gens := make([]uint64, 0, len(reqs))
@@ -256,7 +265,10 @@ func (c *Cache[T]) refreshManyUnder(ctx context.Context, fs []*flight[T], reqs [
 	}
 	lks, err := c.leaseOverMany(ctx, sks, tok)
 	if err != nil {
-		return // the store failed
+		if ctx.Err() == nil {
+			_, _ = c.releaseMany(ctx, tok, sks) // as in refreshUnder
+		}
+		return
 	}
 	var granted, skipped []int // skipped: being refreshed by another process, or replaced since
 	for i, lk := range lks {

@@ -1043,3 +1043,66 @@ func TestRefreshBackoffBounds(t *testing.T) {
 	b.succeeded("late")
 	require.True(t, b.allow("late", now))
 }
+
+// With the circuit breaker open, an L1 hit that would refresh early starts no refresh: it
+// would only wait on a sick store in the background (and time out) for nothing.
+func TestRefreshSkippedWithBreakerOpen(t *testing.T) {
+	clk := newFakeClock()
+	store := newFaultyStore(t)
+	c := newTestCache[string](t, store, l1Opts(WithEarlyRefresh(1), WithCircuitBreaker(1, time.Hour))...)
+	useClock(clk, c)
+	waitLive(t, c)
+	_, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) {
+		time.Sleep(2 * time.Millisecond)
+		return "v1", nil
+	})
+	require.NoError(t, err)
+	require.NotNil(t, c.l1Hit("k"))
+	store.fail.Store(true)
+	require.Error(t, c.Invalidate(bg(), "other")) // one failure opens the breaker
+	require.True(t, c.Stats().BreakerOpen)
+	errs := c.Stats().StoreErrors
+
+	clk.advance(time.Hour - time.Millisecond)
+	c.rand = func() float64 { return 0.99 } // refresh, were the store usable
+	v, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "", errors.New("must not load") })
+	require.NoError(t, err)
+	require.Equal(t, "v1", v)
+	require.Zero(t, c.refreshes(), "a refresh started with the breaker open")
+	idle(t, c)
+	require.Equal(t, errs, c.Stats().StoreErrors, "the store was called with the breaker open")
+}
+
+// grantThenFail is a store whose Lease takes effect and then reports a failure, as a lease
+// script that ran but whose reply timed out.
+type grantThenFail struct {
+	*MemoryStore
+	leases atomic.Int32
+}
+
+func (s *grantThenFail) Lease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error) {
+	_, _ = s.MemoryStore.Lease(ctx, key, token, leaseTTL)
+	s.leases.Add(1)
+	return Lookup{}, errInjected
+}
+
+// A background refresh whose lease request failed releases the lease the store may have
+// granted all the same, so other processes need not wait out the lease TTL to refresh.
+func TestRefreshReleasesLeaseOnFailure(t *testing.T) {
+	clk := newFakeClock()
+	store := &grantThenFail{MemoryStore: NewMemoryStore()}
+	t.Cleanup(func() { store.MemoryStore.Close() })
+	c := newTestCache[string](t, store, WithTTL(time.Hour), WithTTLJitter(0), WithStaleWhileRevalidate(time.Hour), WithLeaseTTL(time.Hour))
+	useClock(clk, c)
+	_, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "v1", nil })
+	require.NoError(t, err)
+	clk.advance(time.Hour + time.Minute)
+	v, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "", errors.New("must not load") })
+	require.NoError(t, err)
+	require.Equal(t, "v1", v, "stale, served")
+	idle(t, c)
+	require.EqualValues(t, 1, store.leases.Load(), "the refresh asked for the lease")
+	lk, err := store.MemoryStore.Lease(bg(), c.cfg.prefix+"k", "another-process", time.Minute)
+	require.NoError(t, err)
+	require.True(t, lk.Granted, "the key is still leased by the failed refresh (holder %q)", lk.Holder)
+}
