@@ -241,7 +241,7 @@ func (c *Cache[T]) staleForAll(ctx context.Context, err error, keys []string, st
 		}
 	}
 	for _, k := range keys {
-		c.onStaleServed()
+		c.obs.staleIfError()
 		if note {
 			c.obs.count(k, resultStale)
 		}

@@ -11,9 +11,8 @@ package cacheaside
 // (logging.go) and tracing (tracing.go) are off unless their options are given; neither ever
 // runs on a hit (unless WithHitSpans asks for spans on hits).
 //
-// Events of features that come later (l1_hit results, L1 broadcast drops and flushes) have
-// their methods and counters here already, at zero until wired. Stale results (stale-while-
-// revalidate and stale-if-error) and early refreshes are xfetch.go's.
+// L1 hits, drops and flushes come from local.go and broadcast.go; stale results (stale-while-
+// revalidate and stale-if-error), stale-if-error serves and early refreshes from xfetch.go.
 
 import (
 	"context"
@@ -217,6 +216,7 @@ type observer struct {
 	transitions    [2]atomic.Uint64 // [0] to closed, [1] to open
 	leaseWaits     atomic.Uint64
 	earlyRefreshes atomic.Uint64
+	staleOnError   atomic.Uint64
 	undecodable    atomic.Uint64
 	l1Drops        atomic.Uint64
 	l1Flushes      atomic.Uint64
@@ -422,8 +422,12 @@ func (o *observer) undecodableValue() { o.undecodable.Add(1) }
 // earlyRefresh counts a background refresh started before expiry (XFetch).
 func (o *observer) earlyRefresh() { o.earlyRefreshes.Add(1) }
 
+// staleIfError counts an expired value served instead of a failed load's error
+// (WithStaleIfError); the request is also counted with result stale.
+func (o *observer) staleIfError() { o.staleOnError.Add(1) }
+
 // l1Dropped counts n local-cache entries dropped on another instance's invalidation
-// broadcast.
+// broadcast: entries that were there, not the keys the message named.
 func (o *observer) l1Dropped(n int) { o.l1Drops.Add(uint64(n)) }
 
 // l1Flushed counts a drop of the whole local cache (this instance may have missed an

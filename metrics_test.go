@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
@@ -177,10 +179,15 @@ func TestStatsCounts(t *testing.T) {
 }
 
 // Lease waits and coalesced calls, with real concurrency: callers of one instance join its
-// load, callers of another wait for the lease.
+// load, callers of another wait for the lease. In Stats and in Prometheus.
 func TestStatsLeaseWaitsAndCoalesced(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		cs := instances[string](t, b, 2, slowMachine...)
+		prefix := testPrefix(t)
+		regs := []*prometheus.Registry{prometheus.NewPedanticRegistry(), prometheus.NewPedanticRegistry()}
+		cs := make([]*Cache[string], len(regs))
+		for i, reg := range regs {
+			cs[i] = backendCache[string](t, b, append(slowMachine, WithPrefix(prefix), WithPrometheus(reg, "users"))...)
+		}
 		started := make(chan struct{})
 		release := make(chan struct{})
 		var calls atomic.Int32
@@ -226,6 +233,19 @@ func TestStatsLeaseWaitsAndCoalesced(t *testing.T) {
 		require.Zero(t, s1.Loads)
 		require.EqualValues(t, joiners, s1.Misses)
 		require.GreaterOrEqual(t, s1.Coalesced, uint64(joiners-1))
+
+		for i, n := range []int{0, 1} {
+			want := expo("cacheaside_lease_waits_total", noLabels, n)
+			require.NoError(t, testutil.GatherAndCompare(regs[i], strings.NewReader(want), "cacheaside_lease_waits_total"))
+		}
+		for i, s := range []Stats{s0, s1} {
+			c := promSeries(t, regs[i], "cacheaside_coalesced_total")
+			require.Len(t, c, 2, "flight and lookup")
+			require.EqualValues(t, flights(cs[i]), c["kind=flight"], "instance %d", i)
+			require.EqualValues(t, s.Coalesced, c["kind=flight"]+c["kind=lookup"], "instance %d: Prometheus and Stats agree", i)
+		}
+		require.EqualValues(t, joiners, promSeries(t, regs[0], "cacheaside_coalesced_total")["kind=flight"], "instance 0's callers joined its load")
+		require.EqualValues(t, joiners-1, promSeries(t, regs[1], "cacheaside_coalesced_total")["kind=flight"], "instance 1's callers joined its lease wait")
 	})
 }
 
