@@ -316,18 +316,32 @@ func (o *observer) loadStart(ctx context.Context, sk string) (context.Context, l
 	return ctx, l
 }
 
-// loadStartMany is loadStart for one batch loader call over keys (the caller's keys). It
-// counts under the group of the first key.
+// loadStartMany is loadStart for one batch loader call over keys (the caller's keys).
 func (o *observer) loadStartMany(ctx context.Context, keys []string) (context.Context, loadObs) {
-	first := ""
-	if len(keys) > 0 {
-		first = keys[0]
-	}
-	l := loadObs{start: time.Now(), c: o.counters(first)}
+	l := loadObs{start: time.Now(), c: o.batchCounters(keys)}
 	if o.tr != nil {
-		ctx, l.span = o.tr.startLoad(ctx, l.c, first, len(keys))
+		ctx, l.span = o.tr.startLoad(ctx, l.c, "", len(keys))
 	}
 	return ctx, l
+}
+
+// batchCounters returns the counts of a batch loader call over keys: those of the keys' group
+// if they all have one, else those of OtherGroup. A call is counted once, however many groups
+// it loads for: the groups' loads add up to the loader calls.
+func (o *observer) batchCounters(keys []string) *groupCounters {
+	if o.groups == nil {
+		return o.all
+	}
+	if len(keys) == 0 {
+		return o.groups.other
+	}
+	g := o.groups.of(keys[0])
+	for _, k := range keys[1:] {
+		if o.groups.of(k) != g {
+			return o.groups.other
+		}
+	}
+	return g
 }
 
 // loadDone counts the loader call by its outcome and duration, and returns the duration.

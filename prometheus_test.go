@@ -261,6 +261,35 @@ cacheaside_requests_total{cache="shop",group="user",result="stale"} 0
 	require.Empty(t, problems)
 }
 
+// A batch loader call counts once: under its keys' group when they share one, under other when
+// they do not; its keys' requests count each in its own group.
+func TestPrometheusBatchLoadGroups(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	c := newTestCache[string](t, NewMemoryStore(), WithPrometheus(reg, "shop"), WithKeyGroups(KeyGroupBefore(":"), 4))
+	load := func(_ context.Context, keys []string) (map[string]string, error) {
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k] = "v"
+		}
+		return m, nil
+	}
+	for _, batch := range [][]string{{"user:1", "user:2"}, {"product:1", "user:3", "product:2"}, {"product:3"}} {
+		_, err := c.GetOrLoadMany(bg(), batch, load)
+		require.NoError(t, err)
+	}
+	loads := promSeries(t, reg, "cacheaside_loads_total")
+	require.Equal(t, 1.0, loads["group=user,outcome=ok"], "the batch of users")
+	require.Equal(t, 1.0, loads["group=product,outcome=ok"], "the batch of one product")
+	require.Equal(t, 1.0, loads["group=other,outcome=ok"], "the mixed batch")
+	require.Equal(t, map[string]uint64{"user": 1, "product": 1, "other": 1},
+		histogramCounts(t, reg, "cacheaside_load_duration_seconds", "group"))
+	requests := promSeries(t, reg, "cacheaside_requests_total")
+	require.Equal(t, 3.0, requests["group=user,result=miss"])
+	require.Equal(t, 3.0, requests["group=product,result=miss"])
+	require.Zero(t, requests["group=other,result=miss"])
+	require.EqualValues(t, 3, c.Stats().Loads, "the groups' loads add up to the loader calls")
+}
+
 // CollectAndLint finds nothing to say about any metric, with every kind of store.
 func TestPrometheusLint(t *testing.T) {
 	for name, store := range map[string]Store{"memory": NewMemoryStore(), "round trips": newFaultyStore(t)} {
