@@ -390,3 +390,58 @@ func TestHitAllocsUnchangedByObservability(t *testing.T) {
 	require.Zero(t, testing.AllocsPerRun(1000, func() { c.obs.request(ctx, "user:1", resultHit) }))
 	require.Zero(t, testing.AllocsPerRun(1000, func() { c.obs.request(ctx, "other:1", resultHit) }))
 }
+
+// leaseFailing is a store (with round trips) whose Lease fails: a batch finds an expired or
+// undecodable entry, cannot lease over it, and loads without the store.
+type leaseFailing struct{ *MemoryStore }
+
+func (leaseFailing) Lease(context.Context, string, string, time.Duration) (Lookup, error) {
+	return Lookup{}, errInjected
+}
+
+// The keys of a batch loaded without the store count as requests: misses, or stale when
+// stale-if-error serves them, whether the whole lookup failed or only the lease over a bad
+// entry.
+func TestStatsBatchWithoutStore(t *testing.T) {
+	load := func(_ context.Context, keys []string) (map[string]string, error) {
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k] = "v"
+		}
+		return m, nil
+	}
+	t.Run("lookup failed", func(t *testing.T) {
+		store := newFaultyStore(t)
+		c := newTestCache[string](t, store, WithCircuitBreaker(1000, time.Hour))
+		store.fail.Store(true)
+		_, err := c.GetOrLoadMany(bg(), []string{"a", "b"}, load)
+		require.NoError(t, err)
+		require.EqualValues(t, 2, c.Stats().Misses)
+	})
+	t.Run("lease over a bad entry failed", func(t *testing.T) {
+		ms := NewMemoryStore()
+		t.Cleanup(func() { ms.Close() })
+		clk := newFakeClock()
+		c := newTestCache[string](t, leaseFailing{ms}, WithTTL(time.Hour), WithTTLJitter(0), WithStaleIfError(time.Hour),
+			WithCircuitBreaker(1000, time.Hour))
+		useClock(clk, c)
+		_, err := c.GetOrLoad(bg(), "old", constLoad("v0")) // a miss, filled under the lease its lookup was granted
+		require.NoError(t, err)
+		putGarbage(t, ms, c.cfg.prefix+"bad")
+		_, err = c.GetOrLoadMany(bg(), []string{"bad"}, load)
+		require.NoError(t, err)
+		s := c.Stats()
+		require.EqualValues(t, 2, s.Misses, "old, then bad")
+
+		clk.advance(time.Hour + time.Minute) // old is expired, within stale-if-error
+		m, err := c.GetOrLoadMany(bg(), []string{"old"}, func(context.Context, []string) (map[string]string, error) {
+			return nil, errors.New("database down")
+		})
+		require.NoError(t, err)
+		require.Equal(t, map[string]string{"old": "v0"}, m)
+		s = c.Stats()
+		require.EqualValues(t, 2, s.Misses)
+		require.EqualValues(t, 1, s.Stale)
+		require.EqualValues(t, 1, s.StaleIfError)
+	})
+}
