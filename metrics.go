@@ -3,9 +3,10 @@ package cacheaside
 // Observability: what the core tells about its work, and where it goes.
 //
 // The core reports each event with one call on c.obs, an *observer, whose methods are the
-// internal recorder interface. The observer keeps every count itself, in atomics: Stats reads
-// them, and the Prometheus collector (prometheus.go) reads them at scrape time, so a hit costs
-// one atomic add whether metrics are exported or not, and no allocation. Durations go to small
+// internal recorder interface (not public, and no per-event callback: see README,
+// Observability). The observer keeps every count itself, in atomics: Stats reads them, and
+// the Prometheus collector (prometheus.go) reads them at scrape time, so a hit costs one
+// atomic add whether metrics are exported or not, and no allocation. Durations go to small
 // lock-free bucket arrays, measured only where the core takes the time anyway (loads) or makes
 // a network round trip (store operations of stores other than MemoryStore). Logging
 // (logging.go) and tracing (tracing.go) are off unless their options are given; neither ever
