@@ -115,7 +115,9 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 		if errors.Is(err, errBreakerOpen) {
 			tok = "" // nothing was asked of the store
 		}
-		return nil, c.loadManyWithoutStore(ctx, keys, sks, tok, b)
+		err = c.loadManyWithoutStore(ctx, keys, sks, tok, b)
+		c.countMisses(ctx, keys)
+		return nil, err
 	}
 
 	var won, held, bad []int
@@ -209,18 +211,22 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 		}
 	}
 	if len(bare) > 0 {
-		// loadManyWithoutStore counts these keys as misses itself. The failed lease round trip
-		// may have been granted all the same: released after the load.
+		// The failed lease round trip may have been granted all the same: released after
+		// the load (tok).
 		bkeys := pick(keys, bare)
-		if err := c.loadManyWithoutStore(ctx, bkeys, pick(sks, bare), tok, b); err != nil && !c.staleForAll(ctx, err, bkeys, stales, b.out, false) {
-			return nil, err
+		err := c.loadManyWithoutStore(ctx, bkeys, pick(sks, bare), tok, b)
+		if err == nil || !c.staleForAll(ctx, err, bkeys, stales, b.out) {
+			c.countMisses(ctx, bkeys)
+			if err != nil {
+				return nil, err
+			}
 		}
 	}
 
 	var again []string
 	for _, w := range waits {
 		v, err, retry := await(ctx, w.f, w.owner)
-		if err != nil && !retry && c.staleForAll(ctx, err, []string{w.key}, stales, b.out, true) {
+		if err != nil && !retry && c.staleForAll(ctx, err, []string{w.key}, stales, b.out) {
 			continue // stale-if-error
 		}
 		if !retry && ctx.Err() == nil {
@@ -244,9 +250,9 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 }
 
 // staleForAll serves, for a failed load of keys, their expired values into out, if
-// stale-if-error allows it for every one of them; it reports whether it did. note counts
-// each key as a stale request.
-func (c *Cache[T]) staleForAll(ctx context.Context, err error, keys []string, stales map[string]*staleValue[T], out map[string]T, note bool) bool {
+// stale-if-error allows it for every one of them, and counts each as a stale request; it
+// reports whether it did.
+func (c *Cache[T]) staleForAll(ctx context.Context, err error, keys []string, stales map[string]*staleValue[T], out map[string]T) bool {
 	if len(stales) == 0 || ctx.Err() != nil || errors.Is(err, ErrNotFound) {
 		return false
 	}
@@ -256,15 +262,23 @@ func (c *Cache[T]) staleForAll(ctx context.Context, err error, keys []string, st
 		}
 	}
 	for _, k := range keys {
-		c.onStaleServed()
-		if note {
-			c.obs.count(k, resultStale)
-		}
+		c.obs.staleIfError()
+		c.obs.count(k, resultStale)
 		if s := stales[k]; !s.notFound {
 			out[k] = s.v
 		}
 	}
 	return true
+}
+
+// countMisses counts keys as requests answered by a load (a miss), unless the caller left.
+func (c *Cache[T]) countMisses(ctx context.Context, keys []string) {
+	if ctx.Err() != nil {
+		return
+	}
+	for _, k := range keys {
+		c.obs.count(k, resultMiss)
+	}
 }
 
 // pick returns the elements of s at idx.

@@ -795,7 +795,7 @@ func TestGetOrLoadManyReplacesTogether(t *testing.T) {
 				for _, k := range expired {
 					require.Equal(t, 1002, got[k], "%s: the expired value stands in for the failed load", k)
 				}
-				require.EqualValues(t, len(expired), c.stats.staleOnError.Load())
+				require.EqualValues(t, len(expired), c.Stats().StaleIfError)
 				if counter != nil && !b.cluster {
 					require.Equal(t, 3, counter.load(), "round trips: read, leases, release")
 				}

@@ -149,14 +149,12 @@ func (c *Cache[T]) onBroadcast(ev subEvent, msg []byte) {
 			c.l1Flush() // a message this version cannot read: assume the worst
 			c.obs.l1Flushed()
 		case all:
-			c.obs.l1Dropped(l.entries.EstimatedSize())
-			c.l1Flush()
+			c.obs.l1Dropped(c.l1DropAll())
 		default:
 			for _, k := range keys {
 				c.gens.bump(k)
 			}
-			c.l1Forget(keys)
-			c.obs.l1Dropped(len(keys))
+			c.obs.l1Dropped(c.l1Forget(keys))
 		}
 		if f := l.onMessage.Load(); f != nil {
 			(*f)()

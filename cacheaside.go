@@ -12,7 +12,8 @@
 //  3. Fail open: when the store errors or is unreachable, GetOrLoad returns the loader's
 //     value with no error, and after a few failures stops waiting on the store at all until a
 //     background probe finds it answering again.
-//  4. Bad data: bytes at a cache key that do not decode are a miss, replaced by the next fill.
+//  4. Bad data: bytes at a cache key that do not decode are a miss, replaced by the next fill;
+//     so are values of another codec or type, or of another shape of the type (schema.go).
 //  5. Cancellation: a caller whose context ends gets ctx.Err() promptly; the shared load goes
 //     on for the other callers.
 //
@@ -112,7 +113,7 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	c := &Cache[T]{
 		store:    store,
 		cfg:      cfg,
-		schema:   envelope.Schema(cfg.codec.Name(), reflect.TypeFor[T]().String()),
+		schema:   schemaOf(cfg.codec, vc), // schema.go
 		leaseTTL: cfg.leaseTTL,
 		tokens:   newTokens(),
 		gens:     newGenerations(),

@@ -6,8 +6,9 @@ import (
 	"reflect"
 )
 
-// Codec turns values into bytes and back. A Cache stores the codec's Name with every value, so
-// values written by another codec (or for another type) read as misses, not garbage.
+// Codec turns values into bytes and back. A Cache stores a fingerprint of the codec's Name and
+// of the cached type (its import path, name and structure) with every value, so values written
+// by another codec, or for another type or another shape of it, read as misses, not garbage.
 //
 // The built-in codecs are JSONCodec (the default), MsgpackCodec, ProtoCodec (for proto.Message
 // types) and RawCodec (for []byte and string). New checks that the codec suits the cached type

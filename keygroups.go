@@ -20,8 +20,10 @@ const OtherGroup = "other"
 // (the group label is empty).
 //
 // groupOf runs on every request, hits included, from many goroutines: keep it cheap, free of
-// allocation, and safe for concurrent use (KeyGroupBefore builds one). A batch load counts
-// under the group of its first key. max must be positive and groupOf not nil.
+// allocation, and safe for concurrent use (KeyGroupBefore builds one). A batch loader call
+// (GetOrLoadMany, Warm) counts once: under its keys' group if they all share one, else under
+// OtherGroup, so the loads of all groups add up to the loader calls. max must be positive
+// and groupOf not nil.
 func WithKeyGroups(groupOf func(key string) string, max int) Option {
 	return func(c *config) {
 		if groupOf == nil {

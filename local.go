@@ -169,15 +169,34 @@ func (c *Cache[T]) l1Many(ctx context.Context, keys []string, b *batch[T]) []str
 	return rest
 }
 
-// l1Forget drops keys' entries; their generations were bumped already. It only frees memory:
-// the bump alone keeps them from being served.
-func (c *Cache[T]) l1Forget(keys []string) {
+// l1Forget drops keys' entries and returns how many it dropped (keys without a live entry
+// are not counted); their generations were bumped already. It only frees memory: the bump
+// alone keeps them from being served.
+func (c *Cache[T]) l1Forget(keys []string) int {
 	if c.l1 == nil {
-		return
+		return 0
 	}
+	n := 0
 	for _, k := range keys {
-		c.l1.entries.Invalidate(k)
+		if _, dropped := c.l1.entries.Invalidate(k); dropped {
+			n++
+		}
 	}
+	return n
+}
+
+// l1DropAll is l1Flush for an L1 that exists, one entry at a time, and returns how many
+// entries it dropped. Entries stored meanwhile may stay, and be served: they were filled
+// after the epoch bump.
+func (c *Cache[T]) l1DropAll() int {
+	c.gens.bumpAll()
+	n := 0
+	for k := range c.l1.entries.Keys() {
+		if _, dropped := c.l1.entries.Invalidate(k); dropped {
+			n++
+		}
+	}
+	return n
 }
 
 // l1Flush makes every L1 entry unservable (an epoch bump) and drops them all.

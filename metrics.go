@@ -3,17 +3,17 @@ package cacheaside
 // Observability: what the core tells about its work, and where it goes.
 //
 // The core reports each event with one call on c.obs, an *observer, whose methods are the
-// internal recorder interface. The observer keeps every count itself, in atomics: Stats reads
-// them, and the Prometheus collector (prometheus.go) reads them at scrape time, so a hit costs
-// one atomic add whether metrics are exported or not, and no allocation. Durations go to small
+// internal recorder interface (not public, and no per-event callback: see README,
+// Observability). The observer keeps every count itself, in atomics: Stats reads them, and
+// the Prometheus collector (prometheus.go) reads them at scrape time, so a hit costs one
+// atomic add whether metrics are exported or not, and no allocation. Durations go to small
 // lock-free bucket arrays, measured only where the core takes the time anyway (loads) or makes
 // a network round trip (store operations of stores other than MemoryStore). Logging
 // (logging.go) and tracing (tracing.go) are off unless their options are given; neither ever
 // runs on a hit (unless WithHitSpans asks for spans on hits).
 //
-// Events of features that come later (l1_hit results, L1 broadcast drops and flushes) have
-// their methods and counters here already, at zero until wired. Stale results (stale-while-
-// revalidate and stale-if-error) and early refreshes are xfetch.go's.
+// L1 hits, drops and flushes come from local.go and broadcast.go; stale results (stale-while-
+// revalidate and stale-if-error), stale-if-error serves and early refreshes from xfetch.go.
 
 import (
 	"context"
@@ -217,6 +217,7 @@ type observer struct {
 	transitions    [2]atomic.Uint64 // [0] to closed, [1] to open
 	leaseWaits     atomic.Uint64
 	earlyRefreshes atomic.Uint64
+	staleOnError   atomic.Uint64
 	undecodable    atomic.Uint64
 	l1Drops        atomic.Uint64
 	l1Flushes      atomic.Uint64
@@ -316,18 +317,32 @@ func (o *observer) loadStart(ctx context.Context, sk string) (context.Context, l
 	return ctx, l
 }
 
-// loadStartMany is loadStart for one batch loader call over keys (the caller's keys). It
-// counts under the group of the first key.
+// loadStartMany is loadStart for one batch loader call over keys (the caller's keys).
 func (o *observer) loadStartMany(ctx context.Context, keys []string) (context.Context, loadObs) {
-	first := ""
-	if len(keys) > 0 {
-		first = keys[0]
-	}
-	l := loadObs{start: time.Now(), c: o.counters(first)}
+	l := loadObs{start: time.Now(), c: o.batchCounters(keys)}
 	if o.tr != nil {
-		ctx, l.span = o.tr.startLoad(ctx, l.c, first, len(keys))
+		ctx, l.span = o.tr.startLoad(ctx, l.c, "", len(keys))
 	}
 	return ctx, l
+}
+
+// batchCounters returns the counts of a batch loader call over keys: those of the keys' group
+// if they all have one, else those of OtherGroup. A call is counted once, however many groups
+// it loads for: the groups' loads add up to the loader calls.
+func (o *observer) batchCounters(keys []string) *groupCounters {
+	if o.groups == nil {
+		return o.all
+	}
+	if len(keys) == 0 {
+		return o.groups.other
+	}
+	g := o.groups.of(keys[0])
+	for _, k := range keys[1:] {
+		if o.groups.of(k) != g {
+			return o.groups.other
+		}
+	}
+	return g
 }
 
 // loadDone counts the loader call by its outcome and duration, and returns the duration.
@@ -422,8 +437,12 @@ func (o *observer) undecodableValue() { o.undecodable.Add(1) }
 // earlyRefresh counts a background refresh started before expiry (XFetch).
 func (o *observer) earlyRefresh() { o.earlyRefreshes.Add(1) }
 
+// staleIfError counts an expired value served instead of a failed load's error
+// (WithStaleIfError); the request is also counted with result stale.
+func (o *observer) staleIfError() { o.staleOnError.Add(1) }
+
 // l1Dropped counts n local-cache entries dropped on another instance's invalidation
-// broadcast.
+// broadcast: entries that were there, not the keys the message named.
 func (o *observer) l1Dropped(n int) { o.l1Drops.Add(uint64(n)) }
 
 // l1Flushed counts a drop of the whole local cache (this instance may have missed an

@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
@@ -177,10 +179,15 @@ func TestStatsCounts(t *testing.T) {
 }
 
 // Lease waits and coalesced calls, with real concurrency: callers of one instance join its
-// load, callers of another wait for the lease.
+// load, callers of another wait for the lease. In Stats and in Prometheus.
 func TestStatsLeaseWaitsAndCoalesced(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		cs := instances[string](t, b, 2, slowMachine...)
+		prefix := testPrefix(t)
+		regs := []*prometheus.Registry{prometheus.NewPedanticRegistry(), prometheus.NewPedanticRegistry()}
+		cs := make([]*Cache[string], len(regs))
+		for i, reg := range regs {
+			cs[i] = backendCache[string](t, b, append(slowMachine, WithPrefix(prefix), WithPrometheus(reg, "users"))...)
+		}
 		started := make(chan struct{})
 		release := make(chan struct{})
 		var calls atomic.Int32
@@ -226,6 +233,19 @@ func TestStatsLeaseWaitsAndCoalesced(t *testing.T) {
 		require.Zero(t, s1.Loads)
 		require.EqualValues(t, joiners, s1.Misses)
 		require.GreaterOrEqual(t, s1.Coalesced, uint64(joiners-1))
+
+		for i, n := range []int{0, 1} {
+			want := expo("cacheaside_lease_waits_total", noLabels, n)
+			require.NoError(t, testutil.GatherAndCompare(regs[i], strings.NewReader(want), "cacheaside_lease_waits_total"))
+		}
+		for i, s := range []Stats{s0, s1} {
+			c := promSeries(t, regs[i], "cacheaside_coalesced_total")
+			require.Len(t, c, 2, "flight and lookup")
+			require.EqualValues(t, flights(cs[i]), c["kind=flight"], "instance %d", i)
+			require.EqualValues(t, s.Coalesced, c["kind=flight"]+c["kind=lookup"], "instance %d: Prometheus and Stats agree", i)
+		}
+		require.EqualValues(t, joiners, promSeries(t, regs[0], "cacheaside_coalesced_total")["kind=flight"], "instance 0's callers joined its load")
+		require.EqualValues(t, joiners-1, promSeries(t, regs[1], "cacheaside_coalesced_total")["kind=flight"], "instance 1's callers joined its lease wait")
 	})
 }
 
@@ -369,4 +389,59 @@ func TestHitAllocsUnchangedByObservability(t *testing.T) {
 	c.obs.request(ctx, "user:1", resultHit)
 	require.Zero(t, testing.AllocsPerRun(1000, func() { c.obs.request(ctx, "user:1", resultHit) }))
 	require.Zero(t, testing.AllocsPerRun(1000, func() { c.obs.request(ctx, "other:1", resultHit) }))
+}
+
+// leaseFailing is a store (with round trips) whose Lease fails: a batch finds an expired or
+// undecodable entry, cannot lease over it, and loads without the store.
+type leaseFailing struct{ *MemoryStore }
+
+func (leaseFailing) Lease(context.Context, string, string, time.Duration) (Lookup, error) {
+	return Lookup{}, errInjected
+}
+
+// The keys of a batch loaded without the store count as requests: misses, or stale when
+// stale-if-error serves them, whether the whole lookup failed or only the lease over a bad
+// entry.
+func TestStatsBatchWithoutStore(t *testing.T) {
+	load := func(_ context.Context, keys []string) (map[string]string, error) {
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k] = "v"
+		}
+		return m, nil
+	}
+	t.Run("lookup failed", func(t *testing.T) {
+		store := newFaultyStore(t)
+		c := newTestCache[string](t, store, WithCircuitBreaker(1000, time.Hour))
+		store.fail.Store(true)
+		_, err := c.GetOrLoadMany(bg(), []string{"a", "b"}, load)
+		require.NoError(t, err)
+		require.EqualValues(t, 2, c.Stats().Misses)
+	})
+	t.Run("lease over a bad entry failed", func(t *testing.T) {
+		ms := NewMemoryStore()
+		t.Cleanup(func() { ms.Close() })
+		clk := newFakeClock()
+		c := newTestCache[string](t, leaseFailing{ms}, WithTTL(time.Hour), WithTTLJitter(0), WithStaleIfError(time.Hour),
+			WithCircuitBreaker(1000, time.Hour))
+		useClock(clk, c)
+		_, err := c.GetOrLoad(bg(), "old", constLoad("v0")) // a miss, filled under the lease its lookup was granted
+		require.NoError(t, err)
+		putGarbage(t, ms, c.cfg.prefix+"bad")
+		_, err = c.GetOrLoadMany(bg(), []string{"bad"}, load)
+		require.NoError(t, err)
+		s := c.Stats()
+		require.EqualValues(t, 2, s.Misses, "old, then bad")
+
+		clk.advance(time.Hour + time.Minute) // old is expired, within stale-if-error
+		m, err := c.GetOrLoadMany(bg(), []string{"old"}, func(context.Context, []string) (map[string]string, error) {
+			return nil, errors.New("database down")
+		})
+		require.NoError(t, err)
+		require.Equal(t, map[string]string{"old": "v0"}, m)
+		s = c.Stats()
+		require.EqualValues(t, 2, s.Misses)
+		require.EqualValues(t, 1, s.Stale)
+		require.EqualValues(t, 1, s.StaleIfError)
+	})
 }

@@ -266,7 +266,8 @@ func WithMaxValueSize(n int) Option {
 // WithCodec sets how values are encoded: JSONCodec, MsgpackCodec, ProtoCodec (for pointers to
 // generated messages), RawCodec (for []byte and string), or your own. New fails with
 // ErrInvalidOption if the codec cannot encode the cached type. Values written by another codec
-// or for another type read as misses. Default: JSONCodec.
+// or for another type read as misses, and so do values of an earlier shape of the type (a
+// struct field added, removed, renamed, retyped or retagged): see schema.go. Default: JSONCodec.
 func WithCodec(codec Codec) Option {
 	return func(c *config) {
 		if codec == nil {

@@ -52,6 +52,7 @@ type promCollector struct {
 	storeErrors, storeTime          *prometheus.Desc
 	leaseWaits, coalesced           *prometheus.Desc
 	earlyRefreshes, invalidations   *prometheus.Desc
+	staleIfError                    *prometheus.Desc
 	l1Drops, l1Flushes              *prometheus.Desc
 	breakerOpen, breakerTransitions *prometheus.Desc
 	undecodable                     *prometheus.Desc
@@ -86,11 +87,13 @@ func newPromCollector(o *observer) *promCollector {
 			"kind"),
 		earlyRefreshes: d("early_refreshes_total",
 			"Refreshes started before expiry (early refresh)."),
+		staleIfError: d("stale_if_error_total",
+			"Requests answered with an expired value because its load failed (stale-if-error); also counted as result stale in cacheaside_requests_total."),
 		invalidations: d("invalidations_total",
 			"Invalidations: keys passed to Invalidate (key), InvalidatePattern calls (pattern).",
 			"kind"),
 		l1Drops: d("l1_broadcast_drops_total",
-			"Local cache entries dropped on another instance's invalidation broadcast."),
+			"Local cache entries dropped on another instance's invalidation broadcast (entries this instance held, not keys named)."),
 		l1Flushes: d("l1_flushes_total",
 			"Times the whole local cache was dropped because an invalidation may have been missed."),
 		breakerOpen: d("breaker_open",
@@ -109,7 +112,7 @@ func newPromCollector(o *observer) *promCollector {
 func (p *promCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		p.requests, p.loads, p.loadTime, p.storeErrors, p.storeTime, p.leaseWaits, p.coalesced,
-		p.earlyRefreshes, p.invalidations, p.l1Drops, p.l1Flushes, p.breakerOpen,
+		p.earlyRefreshes, p.staleIfError, p.invalidations, p.l1Drops, p.l1Flushes, p.breakerOpen,
 		p.breakerTransitions, p.undecodable,
 	} {
 		ch <- d
@@ -142,6 +145,7 @@ func (p *promCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(p.coalesced, o.coalescedN[k].Load(), k.String())
 	}
 	counter(p.earlyRefreshes, o.earlyRefreshes.Load())
+	counter(p.staleIfError, o.staleOnError.Load())
 	for k := range numInvalidationKinds {
 		counter(p.invalidations, o.invalidations[k].Load(), k.String())
 	}

@@ -15,104 +15,111 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// promHelp is the help text of every metric, as the collector describes it.
+var promHelp = map[string]string{
+	"cacheaside_requests_total":            "Cache requests by how they were answered: hit, l1_hit, negative_hit and stale from the cache, miss by a load.",
+	"cacheaside_loads_total":               "Loader calls by outcome: ok, not_found, error, panic.",
+	"cacheaside_store_errors_total":        "Store operations that failed or timed out, by operation.",
+	"cacheaside_lease_waits_total":         "Waits for a lease held by another process.",
+	"cacheaside_coalesced_total":           "Calls that shared work in this process: joined a load or lease wait in flight (flight), or shared a store lookup (lookup).",
+	"cacheaside_early_refreshes_total":     "Refreshes started before expiry (early refresh).",
+	"cacheaside_stale_if_error_total":      "Requests answered with an expired value because its load failed (stale-if-error); also counted as result stale in cacheaside_requests_total.",
+	"cacheaside_invalidations_total":       "Invalidations: keys passed to Invalidate (key), InvalidatePattern calls (pattern).",
+	"cacheaside_l1_broadcast_drops_total":  "Local cache entries dropped on another instance's invalidation broadcast (entries this instance held, not keys named).",
+	"cacheaside_l1_flushes_total":          "Times the whole local cache was dropped because an invalidation may have been missed.",
+	"cacheaside_breaker_open":              "Whether the circuit breaker skips the store: 1 open, 0 closed.",
+	"cacheaside_breaker_transitions_total": "Circuit breaker transitions, by the state entered.",
+	"cacheaside_undecodable_values_total":  "Stored entries that did not decode, treated as misses and replaced.",
+}
+
+// Label sets after cache, in the order the registry sorts the series.
+var (
+	noLabels      = []string{""}
+	resultLabels  = []string{`group="",result="hit"`, `group="",result="l1_hit"`, `group="",result="miss"`, `group="",result="negative_hit"`, `group="",result="stale"`}
+	outcomeLabels = []string{`group="",outcome="error"`, `group="",outcome="not_found"`, `group="",outcome="ok"`, `group="",outcome="panic"`}
+	opLabels      = []string{`op="delete"`, `op="delete_pattern"`, `op="fill"`, `op="fill_many"`, `op="get_or_lease"`, `op="get_or_lease_many"`, `op="lease"`, `op="ping"`, `op="publish"`, `op="release"`}
+)
+
+// expo is the exposition of metric name of cache "users", for testutil: its HELP and TYPE
+// lines, then a series for each label set in labels (after cache) with the value of the same
+// index.
+func expo(name string, labels []string, values ...int) string {
+	typ := "counter"
+	if !strings.HasSuffix(name, "_total") {
+		typ = "gauge"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, promHelp[name], name, typ)
+	for i, l := range labels {
+		if l != "" {
+			l = "," + l
+		}
+		fmt.Fprintf(&b, "%s{cache=\"users\"%s} %d\n", name, l, values[i])
+	}
+	return b.String()
+}
+
 // promCounters is the exposition of every counter and gauge of cache "users" (key groups
 // off), with the values given in order: requests hit, l1_hit, miss, negative_hit, stale;
 // loads error, not_found, ok, panic; store errors delete, delete_pattern, fill, fill_many,
-// get_or_lease, get_or_lease_many, lease, ping, release; lease waits; coalesced flight,
-// lookup; early refreshes; invalidations key, pattern; l1 drops; l1 flushes; breaker open;
-// transitions closed, open; undecodable.
+// get_or_lease, get_or_lease_many, lease, ping, release (publish: 0); lease waits; coalesced
+// flight, lookup; early refreshes; stale-if-error; invalidations key, pattern; l1 drops; l1
+// flushes; breaker open; transitions closed, open; undecodable.
 func promCounters(v ...int) string {
-	return fmt.Sprintf(`
-# HELP cacheaside_requests_total Cache requests by how they were answered: hit, l1_hit, negative_hit and stale from the cache, miss by a load.
-# TYPE cacheaside_requests_total counter
-cacheaside_requests_total{cache="users",group="",result="hit"} %d
-cacheaside_requests_total{cache="users",group="",result="l1_hit"} %d
-cacheaside_requests_total{cache="users",group="",result="miss"} %d
-cacheaside_requests_total{cache="users",group="",result="negative_hit"} %d
-cacheaside_requests_total{cache="users",group="",result="stale"} %d
-# HELP cacheaside_loads_total Loader calls by outcome: ok, not_found, error, panic.
-# TYPE cacheaside_loads_total counter
-cacheaside_loads_total{cache="users",group="",outcome="error"} %d
-cacheaside_loads_total{cache="users",group="",outcome="not_found"} %d
-cacheaside_loads_total{cache="users",group="",outcome="ok"} %d
-cacheaside_loads_total{cache="users",group="",outcome="panic"} %d
-# HELP cacheaside_store_errors_total Store operations that failed or timed out, by operation.
-# TYPE cacheaside_store_errors_total counter
-cacheaside_store_errors_total{cache="users",op="delete"} %d
-cacheaside_store_errors_total{cache="users",op="delete_pattern"} %d
-cacheaside_store_errors_total{cache="users",op="fill"} %d
-cacheaside_store_errors_total{cache="users",op="fill_many"} %d
-cacheaside_store_errors_total{cache="users",op="get_or_lease"} %d
-cacheaside_store_errors_total{cache="users",op="get_or_lease_many"} %d
-cacheaside_store_errors_total{cache="users",op="lease"} %d
-cacheaside_store_errors_total{cache="users",op="ping"} %d
-cacheaside_store_errors_total{cache="users",op="publish"} 0
-cacheaside_store_errors_total{cache="users",op="release"} %d
-# HELP cacheaside_lease_waits_total Waits for a lease held by another process.
-# TYPE cacheaside_lease_waits_total counter
-cacheaside_lease_waits_total{cache="users"} %d
-# HELP cacheaside_coalesced_total Calls that shared work in this process: joined a load or lease wait in flight (flight), or shared a store lookup (lookup).
-# TYPE cacheaside_coalesced_total counter
-cacheaside_coalesced_total{cache="users",kind="flight"} %d
-cacheaside_coalesced_total{cache="users",kind="lookup"} %d
-# HELP cacheaside_early_refreshes_total Refreshes started before expiry (early refresh).
-# TYPE cacheaside_early_refreshes_total counter
-cacheaside_early_refreshes_total{cache="users"} %d
-# HELP cacheaside_invalidations_total Invalidations: keys passed to Invalidate (key), InvalidatePattern calls (pattern).
-# TYPE cacheaside_invalidations_total counter
-cacheaside_invalidations_total{cache="users",kind="key"} %d
-cacheaside_invalidations_total{cache="users",kind="pattern"} %d
-# HELP cacheaside_l1_broadcast_drops_total Local cache entries dropped on another instance's invalidation broadcast.
-# TYPE cacheaside_l1_broadcast_drops_total counter
-cacheaside_l1_broadcast_drops_total{cache="users"} %d
-# HELP cacheaside_l1_flushes_total Times the whole local cache was dropped because an invalidation may have been missed.
-# TYPE cacheaside_l1_flushes_total counter
-cacheaside_l1_flushes_total{cache="users"} %d
-# HELP cacheaside_breaker_open Whether the circuit breaker skips the store: 1 open, 0 closed.
-# TYPE cacheaside_breaker_open gauge
-cacheaside_breaker_open{cache="users"} %d
-# HELP cacheaside_breaker_transitions_total Circuit breaker transitions, by the state entered.
-# TYPE cacheaside_breaker_transitions_total counter
-cacheaside_breaker_transitions_total{cache="users",state="closed"} %d
-cacheaside_breaker_transitions_total{cache="users",state="open"} %d
-# HELP cacheaside_undecodable_values_total Stored entries that did not decode, treated as misses and replaced.
-# TYPE cacheaside_undecodable_values_total counter
-cacheaside_undecodable_values_total{cache="users"} %d
-`, toAny(v)...)
-}
-
-func toAny(v []int) []any {
-	out := make([]any, len(v))
-	for i, x := range v {
-		out[i] = x
+	take := func(n int) []int {
+		out := append([]int(nil), v[:n]...)
+		v = v[n:]
+		return out
 	}
-	return out
+	return expo("cacheaside_requests_total", resultLabels, take(5)...) +
+		expo("cacheaside_loads_total", outcomeLabels, take(4)...) +
+		expo("cacheaside_store_errors_total", opLabels, append(append(take(8), 0), take(1)...)...) +
+		expo("cacheaside_lease_waits_total", noLabels, take(1)...) +
+		expo("cacheaside_coalesced_total", []string{`kind="flight"`, `kind="lookup"`}, take(2)...) +
+		expo("cacheaside_early_refreshes_total", noLabels, take(1)...) +
+		expo("cacheaside_stale_if_error_total", noLabels, take(1)...) +
+		expo("cacheaside_invalidations_total", []string{`kind="key"`, `kind="pattern"`}, take(2)...) +
+		expo("cacheaside_l1_broadcast_drops_total", noLabels, take(1)...) +
+		expo("cacheaside_l1_flushes_total", noLabels, take(1)...) +
+		expo("cacheaside_breaker_open", noLabels, take(1)...) +
+		expo("cacheaside_breaker_transitions_total", []string{`state="closed"`, `state="open"`}, take(2)...) +
+		expo("cacheaside_undecodable_values_total", noLabels, take(1)...)
 }
 
 var counterNames = []string{
 	"cacheaside_requests_total", "cacheaside_loads_total", "cacheaside_store_errors_total",
-	"cacheaside_lease_waits_total", "cacheaside_coalesced_total", "cacheaside_early_refreshes_total",
+	"cacheaside_lease_waits_total", "cacheaside_coalesced_total", "cacheaside_early_refreshes_total", "cacheaside_stale_if_error_total",
 	"cacheaside_invalidations_total", "cacheaside_l1_broadcast_drops_total", "cacheaside_l1_flushes_total",
 	"cacheaside_breaker_open", "cacheaside_breaker_transitions_total", "cacheaside_undecodable_values_total",
+}
+
+// gathered returns the metric family name gathered from g, or nil.
+func gathered(t *testing.T, g prometheus.Gatherer, name string) *dto.MetricFamily {
+	t.Helper()
+	mfs, err := g.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf
+		}
+	}
+	return nil
 }
 
 // histogramCounts returns the sample count of every series of the histogram name, by the
 // value of label.
 func histogramCounts(t *testing.T, g prometheus.Gatherer, name, label string) map[string]uint64 {
 	t.Helper()
-	mfs, err := g.Gather()
-	require.NoError(t, err)
 	out := map[string]uint64{}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		require.Equal(t, dto.MetricType_HISTOGRAM, mf.GetType())
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label {
-					out[lp.GetValue()] = m.GetHistogram().GetSampleCount()
-				}
+	mf := gathered(t, g, name)
+	if mf == nil {
+		return out
+	}
+	require.Equal(t, dto.MetricType_HISTOGRAM, mf.GetType())
+	for _, m := range mf.GetMetric() {
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == label {
+				out[lp.GetValue()] = m.GetHistogram().GetSampleCount()
 			}
 		}
 	}
@@ -131,9 +138,9 @@ func TestPrometheusMetrics(t *testing.T) {
 		require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(promCounters(v...)), counterNames...), step)
 	}
 
-	//       hit l1 miss neg stale | err nf ok panic | del delp fill fillm get getm lease ping rel | waits | flight lookup | early | key pattern | drops flushes | open | closed opened | undecodable
+	//       hit l1 miss neg stale | err nf ok panic | del delp fill fillm get getm lease ping rel | waits | flight lookup | early | sie | key pattern | drops flushes | open | closed opened | undecodable
 	compare("every series at zero from the start",
-		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 	_, err := c.GetOrLoad(ctx, "a", constLoad("A"))
 	require.NoError(t, err)
@@ -142,7 +149,7 @@ func TestPrometheusMetrics(t *testing.T) {
 	_, err = c.GetOrLoad(ctx, "a", constLoad("A"))
 	require.NoError(t, err)
 	compare("a miss and two hits",
-		2, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+		2, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 	notFound := func(context.Context) (string, error) { return "", fmt.Errorf("no row: %w", ErrNotFound) }
 	_, err = c.GetOrLoad(ctx, "nf", notFound)
@@ -156,7 +163,7 @@ func TestPrometheusMetrics(t *testing.T) {
 		_, _ = c.GetOrLoad(ctx, "p", func(context.Context) (string, error) { panic("bad") })
 	}()
 	compare("not found, negative hit, error, panic",
-		2, 0, 3, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+		2, 0, 3, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 	putGarbage(t, store, c.cfg.prefix+"g")
 	_, err = c.GetOrLoad(ctx, "g", constLoad("G"))
@@ -165,7 +172,7 @@ func TestPrometheusMetrics(t *testing.T) {
 	_, err = c.InvalidatePattern(ctx, "a*")
 	require.NoError(t, err)
 	compare("bad data, invalidations",
-		2, 0, 4, 1, 0, 1, 1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0, 1)
+		2, 0, 4, 1, 0, 1, 1, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0, 1)
 
 	store.fail.Store(true)
 	_, err = c.GetOrLoad(ctx, "k", constLoad("K"))
@@ -176,7 +183,7 @@ func TestPrometheusMetrics(t *testing.T) {
 	_, err = c.InvalidatePattern(ctx, "k*")
 	require.Error(t, err)
 	compare("store failures",
-		2, 0, 5, 1, 0, 1, 1, 3, 1, 1, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 4, 2, 0, 0, 0, 0, 0, 1)
+		2, 0, 5, 1, 0, 1, 1, 3, 1, 1, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 4, 2, 0, 0, 0, 0, 0, 1)
 	store.fail.Store(false)
 
 	// Durations: one sample per load, one per store operation.
@@ -252,6 +259,35 @@ cacheaside_requests_total{cache="shop",group="user",result="stale"} 0
 	problems, err := testutil.CollectAndLint(c.obs.prom)
 	require.NoError(t, err)
 	require.Empty(t, problems)
+}
+
+// A batch loader call counts once: under its keys' group when they share one, under other when
+// they do not; its keys' requests count each in its own group.
+func TestPrometheusBatchLoadGroups(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	c := newTestCache[string](t, NewMemoryStore(), WithPrometheus(reg, "shop"), WithKeyGroups(KeyGroupBefore(":"), 4))
+	load := func(_ context.Context, keys []string) (map[string]string, error) {
+		m := map[string]string{}
+		for _, k := range keys {
+			m[k] = "v"
+		}
+		return m, nil
+	}
+	for _, batch := range [][]string{{"user:1", "user:2"}, {"product:1", "user:3", "product:2"}, {"product:3"}} {
+		_, err := c.GetOrLoadMany(bg(), batch, load)
+		require.NoError(t, err)
+	}
+	loads := promSeries(t, reg, "cacheaside_loads_total")
+	require.Equal(t, 1.0, loads["group=user,outcome=ok"], "the batch of users")
+	require.Equal(t, 1.0, loads["group=product,outcome=ok"], "the batch of one product")
+	require.Equal(t, 1.0, loads["group=other,outcome=ok"], "the mixed batch")
+	require.Equal(t, map[string]uint64{"user": 1, "product": 1, "other": 1},
+		histogramCounts(t, reg, "cacheaside_load_duration_seconds", "group"))
+	requests := promSeries(t, reg, "cacheaside_requests_total")
+	require.Equal(t, 3.0, requests["group=user,result=miss"])
+	require.Equal(t, 3.0, requests["group=product,result=miss"])
+	require.Zero(t, requests["group=other,result=miss"])
+	require.EqualValues(t, 3, c.Stats().Loads, "the groups' loads add up to the loader calls")
 }
 
 // CollectAndLint finds nothing to say about any metric, with every kind of store.
@@ -355,4 +391,130 @@ func TestPrometheusConcurrentScrape(t *testing.T) {
 		}
 	}
 	require.EqualValues(t, s.Requests(), total, "Stats and Prometheus read the same counters")
+}
+
+// promSeries returns the value of every series of the counter or gauge name gathered from g,
+// keyed by its labels other than cache ("kind=flight"; "" for none).
+func promSeries(t *testing.T, g prometheus.Gatherer, name string) map[string]float64 {
+	t.Helper()
+	out := map[string]float64{}
+	mf := gathered(t, g, name)
+	for _, m := range mf.GetMetric() {
+		var labels []string
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() != "cache" {
+				labels = append(labels, lp.GetName()+"="+lp.GetValue())
+			}
+		}
+		v := m.GetCounter().GetValue()
+		if mf.GetType() == dto.MetricType_GAUGE {
+			v = m.GetGauge().GetValue()
+		}
+		out[strings.Join(labels, ",")] = v
+	}
+	return out
+}
+
+// L1 hits (single and batch), entries dropped on other instances' invalidations (those held
+// here, not the keys named), and flushes on subscription changes and unreadable messages, in
+// Stats and in Prometheus.
+func TestPrometheusLocalCache(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	ms := NewMemoryStore()
+	defer ms.Close()
+	bus := &manualBus{ready: make(chan struct{})}
+	c := newTestCache[string](t, manualStore{ms, bus}, l1Opts(WithPrometheus(reg, "users"))...)
+	<-bus.ready
+	compare := func(step string, l1Hits, drops, flushes int) {
+		t.Helper()
+		want := expo("cacheaside_requests_total", resultLabels, 0, l1Hits, 3, 0, 0) +
+			expo("cacheaside_l1_broadcast_drops_total", noLabels, drops) +
+			expo("cacheaside_l1_flushes_total", noLabels, flushes)
+		require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want),
+			"cacheaside_requests_total", "cacheaside_l1_broadcast_drops_total", "cacheaside_l1_flushes_total"), step)
+		s := c.Stats()
+		require.Equal(t, []uint64{uint64(l1Hits), uint64(drops), uint64(flushes)}, []uint64{s.L1Hits, s.L1BroadcastDrops, s.L1Flushes}, step)
+	}
+
+	bus.emit(subLive, nil) // the first subscription: nothing was cached to flush
+	for _, k := range []string{"a", "b", "c"} {
+		_, err := c.GetOrLoad(bg(), k, constLoad(k)) // misses: filled into L1
+		require.NoError(t, err)
+	}
+	compare("three misses", 0, 0, 0)
+	for range 2 {
+		_, err := c.GetOrLoad(bg(), "a", constLoad("other"))
+		require.NoError(t, err)
+	}
+	m, err := c.GetOrLoadMany(bg(), []string{"b", "c"}, func(context.Context, []string) (map[string]string, error) {
+		return nil, errors.New("must not load")
+	})
+	require.NoError(t, err)
+	require.Len(t, m, 2)
+	compare("two L1 hits and a batch of two", 4, 0, 0)
+
+	bus.emit(subMessage, encodeKeysMsg("another instance", []string{"a", "b", "not cached here"}))
+	compare("a message naming two held keys and one other", 4, 2, 0)
+	bus.emit(subMessage, encodeKeysMsg("another instance", []string{"a"}))
+	compare("a key dropped already", 4, 2, 0)
+	bus.emit(subMessage, encodeAllMsg("another instance", "*"))
+	compare("a pattern message: the one entry left", 4, 3, 0)
+
+	bus.emit(subLost, nil)
+	compare("subscription lost", 4, 3, 1)
+	bus.emit(subLive, nil)
+	compare("subscribed again", 4, 3, 2)
+	bus.emit(subMessage, []byte("not a message of ours"))
+	compare("an unreadable message", 4, 3, 3)
+}
+
+// Early refreshes, stale-while-revalidate and stale-if-error, in Prometheus: the requests
+// served stale (both kinds), those served for a failed load among them, and the refreshes
+// started before expiry.
+func TestPrometheusStale(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	clk := newFakeClock()
+	c := newTestCache[string](t, NewMemoryStore(), WithPrometheus(reg, "users"), WithTTL(time.Hour), WithTTLJitter(0),
+		WithEarlyRefresh(1), WithStaleWhileRevalidate(time.Minute), WithStaleIfError(time.Hour))
+	useClock(clk, c)
+	c.rand = func() float64 { return 0 } // no early refresh unless a step asks for one
+	compare := func(step string, hit, miss, stale, early, staleIfError, loadsOK, loadErrors int) {
+		t.Helper()
+		want := expo("cacheaside_requests_total", resultLabels, hit, 0, miss, 0, stale) +
+			expo("cacheaside_early_refreshes_total", noLabels, early) +
+			expo("cacheaside_stale_if_error_total", noLabels, staleIfError) +
+			expo("cacheaside_loads_total", outcomeLabels, loadErrors, 0, loadsOK, 0)
+		require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "cacheaside_requests_total",
+			"cacheaside_early_refreshes_total", "cacheaside_stale_if_error_total", "cacheaside_loads_total"), step)
+		s := c.Stats()
+		require.Equal(t, []uint64{uint64(stale), uint64(early), uint64(staleIfError)}, []uint64{s.Stale, s.EarlyRefreshes, s.StaleIfError}, step)
+	}
+	read := func(want string, load func(context.Context) (string, error)) {
+		t.Helper()
+		v, err := c.GetOrLoad(bg(), "k", load)
+		require.NoError(t, err)
+		require.Equal(t, want, v)
+		idle(t, c)
+	}
+
+	compare("every series at zero", 0, 0, 0, 0, 0, 0, 0)
+	read("v1", func(context.Context) (string, error) {
+		time.Sleep(2 * time.Millisecond) // delta: the early refresh draw scales with it
+		return "v1", nil
+	})
+	compare("a miss", 0, 1, 0, 0, 0, 1, 0)
+
+	clk.advance(time.Hour - time.Millisecond)
+	c.rand = func() float64 { return 0.99 } // 1 ms before expiry: refresh
+	read("v1", constLoad("v2"))
+	c.rand = func() float64 { return 0 }
+	compare("a hit refreshed early", 1, 1, 0, 1, 0, 2, 0)
+
+	clk.advance(time.Hour + 30*time.Second)
+	read("v2", constLoad("v3"))
+	compare("past expiry, within stale-while-revalidate: served stale, refreshed", 1, 1, 1, 1, 0, 3, 0)
+
+	clk.advance(time.Hour + 2*time.Minute)
+	read("v3", func(context.Context) (string, error) { return "", errors.New("database down") })
+	compare("past stale-while-revalidate, within stale-if-error: a failed load", 1, 1, 2, 1, 1, 3, 1)
 }

@@ -13,6 +13,7 @@ type Stats struct {
 	L1Hits       uint64 // a value from the local cache (WithLocalCache)
 	NegativeHits uint64 // a cached not-found
 	Stale        uint64 // a value past its TTL: served while it is refreshed, or instead of a failed load
+	StaleIfError uint64 // among Stale: served instead of a failed load (WithStaleIfError)
 	Misses       uint64 // answered by a load: the call's own, a shared one, or another process's
 
 	// Loader calls (a GetOrLoadMany load is one call) by outcome, and their total duration.
@@ -30,14 +31,15 @@ type Stats struct {
 	PatternInvalidations uint64 // InvalidatePattern calls
 	UndecodableValues    uint64 // stored entries that did not decode, treated as misses
 	UnopenedValues       uint64 // among them: encrypted entries that did not open (altered, moved, unknown key), unencrypted ones where encryption is on (WithEncryption)
-	L1BroadcastDrops     uint64 // local-cache entries dropped on another instance's invalidation
+	L1BroadcastDrops     uint64 // local-cache entries dropped on another instance's invalidation (held here, not keys named)
 	L1Flushes            uint64 // times the whole local cache was dropped
 
 	BreakerOpen  bool   // the store is being skipped now
 	BreakerOpens uint64 // times the circuit breaker opened
 }
 
-// Requests returns the number of requests, however they were answered.
+// Requests returns the number of requests, however they were answered (StaleIfError is among
+// Stale, not added).
 func (s Stats) Requests() uint64 {
 	return s.Hits + s.L1Hits + s.NegativeHits + s.Stale + s.Misses
 }
@@ -91,6 +93,7 @@ func (o *observer) stats() Stats {
 		s.Coalesced += o.coalescedN[k].Load()
 	}
 	s.LeaseWaits = o.leaseWaits.Load()
+	s.StaleIfError = o.staleOnError.Load()
 	s.EarlyRefreshes = o.earlyRefreshes.Load()
 	s.Invalidations = o.invalidations[invalidatedKey].Load()
 	s.PatternInvalidations = o.invalidations[invalidatedPattern].Load()

@@ -13,7 +13,7 @@ import (
 //	codec payload ─▶ compressed? (WithCompression: tag byte + S2 block)
 //	              ─▶ sealed?     (WithEncryption: key id + nonce + AES-GCM ciphertext + tag)
 //	              ─▶ framed      (internal/envelope: header with flags, expiry, load duration,
-//	                              schema fingerprint of codec and type)
+//	                              schema fingerprint of codec and type: schema.go)
 //
 // The Cache applies the transforms, not the codec, because sealing needs the store key and
 // the header (both authenticated) and because the header's flags must say what was applied to

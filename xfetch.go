@@ -126,7 +126,7 @@ func (c *Cache[T]) orStale(ctx context.Context, v T, err error, s *staleValue[T]
 	if err == nil || ctx.Err() != nil || errors.Is(err, ErrNotFound) || !c.staleOK(s) {
 		return v, err, false
 	}
-	c.onStaleServed()
+	c.obs.staleIfError()
 	if s.notFound {
 		var zero T
 		return zero, ErrNotFound, true
@@ -134,16 +134,11 @@ func (c *Cache[T]) orStale(ctx context.Context, v T, err error, s *staleValue[T]
 	return s.v, nil, true
 }
 
-// stats counts what the metrics (metrics.go) do not tell apart yet. The requests answered by
-// stale-if-error count as "stale" there, the background loads as loads, and the refreshes
-// started before expiry as early refreshes.
+// stats counts what the metrics (metrics.go) do not tell apart: the background loads count
+// there as loads, and those started before expiry as early refreshes.
 type stats struct {
-	refreshes    atomic.Uint64 // background refreshes that loaded (early or stale-while-revalidate)
-	staleOnError atomic.Uint64 // expired values served because a load failed
+	refreshes atomic.Uint64 // background refreshes that loaded (early or stale-while-revalidate)
 }
-
-// onStaleServed is called each time stale-if-error serves an expired value instead of an error.
-func (c *Cache[T]) onStaleServed() { c.stats.staleOnError.Add(1) }
 
 // refreshMarker is the flight token under which a refresh is registered from its start: no
 // lease token ever equals it, so no caller joins it, and a second refresh of the key in this

@@ -506,7 +506,7 @@ func TestStaleIfError(t *testing.T) {
 		require.Positive(t, failed.Load(), "the expired value is not served without trying the loader")
 		var served uint64
 		for _, c := range cs {
-			served += c.stats.staleOnError.Load()
+			served += c.Stats().StaleIfError
 		}
 		require.EqualValues(t, 30, served, "stale values served")
 		require.EqualValues(t, 30, sumStats(func(s Stats) uint64 { return s.Stale }, cs...), "stale requests")
@@ -618,7 +618,7 @@ func TestManyStale(t *testing.T) {
 		m, err = cs[0].GetOrLoadMany(bg(), keys, func(context.Context, []string) (map[string]string, error) { return nil, boom })
 		require.NoError(t, err)
 		require.Equal(t, map[string]string{"a": "a2", "b": "b2"}, m)
-		require.EqualValues(t, 3, cs[0].stats.staleOnError.Load())
+		require.EqualValues(t, 3, cs[0].Stats().StaleIfError)
 		require.EqualValues(t, 5*3+3, cs[0].Stats().Stale, "stale requests: 5 revalidating batches of 3 keys, then 3 stale-if-error")
 		// A key with nothing to stand in fails the call.
 		_, err = cs[0].GetOrLoadMany(bg(), []string{"a", "new"}, func(context.Context, []string) (map[string]string, error) { return nil, boom })

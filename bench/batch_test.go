@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"reflect"
 	"strconv"
 	"testing"
 	"time"
@@ -106,7 +107,7 @@ func BenchmarkBatch(b *testing.B) {
 		}
 		return nil
 	}
-	schema := envelope.Schema(cacheaside.JSONCodec{}.Name(), "bench.product")
+	schema := envelope.Schema(cacheaside.JSONCodec{}.Name(), envelope.DescribeType(reflect.TypeFor[product]())) // as New computes it
 	storeKeys := make([]string, batchSize)
 	for i, k := range keys {
 		storeKeys[i] = prefix + k

@@ -7,7 +7,7 @@
 //	2      flags (FlagNotFound, FlagCompressed, FlagEncrypted)
 //	3..10  logical expiry, Unix nanoseconds (int64)
 //	11..14 duration of the load that produced the value, microseconds (uint32, saturating)
-//	15..18 schema: a fingerprint of the codec and the Go type behind the payload
+//	15..18 schema: a fingerprint of the codec and the Go type behind the payload (schema.go)
 //	19..   payload
 //
 // The flags say what the payload is: FlagEncrypted, a sealed box (the key id, nonce, ciphertext
@@ -22,7 +22,6 @@ package envelope
 
 import (
 	"encoding/binary"
-	"hash/fnv"
 	"time"
 )
 
@@ -65,16 +64,6 @@ func (h Header) Compressed() bool { return h.Flags&FlagCompressed != 0 }
 
 // Encrypted reports whether the payload is sealed.
 func (h Header) Encrypted() bool { return h.Flags&FlagEncrypted != 0 }
-
-// Schema fingerprints a codec name and a type name, so that a change of either behind a prefix
-// makes old entries undecodable (a miss) instead of garbage.
-func Schema(codec, typeName string) uint32 {
-	h := fnv.New32a()
-	h.Write([]byte(codec))
-	h.Write([]byte{0})
-	h.Write([]byte(typeName))
-	return h.Sum32()
-}
 
 // AppendHeader appends the header for h to dst and returns the extended slice.
 func AppendHeader(dst []byte, h Header) []byte {
