@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -517,4 +519,37 @@ func TestPrometheusStale(t *testing.T) {
 	clk.advance(time.Hour + 2*time.Minute)
 	read("v3", func(context.Context) (string, error) { return "", errors.New("database down") })
 	compare("past stale-while-revalidate, within stale-if-error: a failed load", 1, 1, 2, 1, 1, 3, 1)
+}
+
+// The Grafana dashboard in examples/ queries only metrics the collector exports, so a rename
+// cannot leave a panel empty.
+func TestGrafanaDashboardMetricsExist(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	newTestCache[string](t, newFaultyStore(t), WithPrometheus(reg, "dash")) // a store with round trips: timed
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	exported := map[string]bool{}
+	for _, mf := range mfs {
+		exported[mf.GetName()] = true
+	}
+	dash, err := os.ReadFile("examples/grafana/cacheaside-dashboard.json")
+	require.NoError(t, err)
+	used := map[string]bool{}
+	for _, m := range regexp.MustCompile(`cacheaside_[a-z0-9_]+`).FindAllString(string(dash), -1) {
+		for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+			if base, ok := strings.CutSuffix(m, suffix); ok && exported[base] {
+				m = base
+			}
+		}
+		used[m] = true
+	}
+	require.NotEmpty(t, used)
+	for m := range used {
+		require.True(t, exported[m], "the dashboard queries %s, which the collector does not export", m)
+	}
+	for m := range exported {
+		if !used[m] {
+			t.Logf("not on the dashboard: %s", m)
+		}
+	}
 }
