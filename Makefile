@@ -84,12 +84,12 @@ demo:
 # Side-by-side benchmarks against the peers (bench/ is its own module), needing the Redis at
 # REDIS_ADDR; every Benchmark function of bench/ is in exactly one group (TestMakeBenchRunsAll
 # checks it): the micro-benchmarks (hits, L1, miss + fill, metrics, batch) BENCH_COUNT times of
-# BENCH_TIME each (benchstat gives a confidence interval from 6 samples); the codec and compression benchmarks CODEC_COUNT times of CODEC_TIME; the
-# hot-key expiry HOTKEY_READS reads per case (20,000 reads/s: 200000x is 10 s, five expiries);
-# the behaviour benchmarks (loader calls, stale entries) BENCH_RUNS runs each. Then a markdown
-# table through benchstat (pinned in bench/go.mod as a tool). About three and a half minutes on
-# 2 vCPUs.
-# Raw results: bench/bench.out.
+# BENCH_TIME each (benchstat gives a confidence interval from 6 samples); the codec and
+# compression benchmarks CODEC_COUNT times of CODEC_TIME; the hot-key expiry HOTKEY_READS reads
+# per case (20,000 reads/s: 200000x is 10 s, five expiries); the behaviour benchmarks (loader
+# calls, stale entries) BENCH_RUNS runs each. Then a markdown table through benchstat (pinned in
+# bench/go.mod as a tool). About three and a half minutes on 2 vCPUs. Raw results:
+# bench/bench.out.
 BENCH_COUNT ?= 6
 BENCH_TIME ?= 200ms
 CODEC_COUNT ?= 1
