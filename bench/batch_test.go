@@ -13,6 +13,7 @@ import (
 	"github.com/cacheaside/cacheaside"
 	"github.com/cacheaside/cacheaside/internal/envelope"
 	"github.com/redis/go-redis/v9"
+	"github.com/viccon/sturdyc"
 )
 
 // product is a typical cached row: a few scalar fields and a short list.
@@ -42,20 +43,23 @@ const batchSize = 100
 // GetOrLoad calls, and with the floor: one raw pipeline of HGET (the field the store keeps the
 // value envelope in) plus the same decoding. The client is built with ContextTimeoutEnabled, as
 // RedisStore recommends; GetOrLoadManyDefaultClient shows the batch on a default client.
+// GetOrLoadManyL1 (every key in the local cache) and sturdyc read the batch from process memory.
 func BenchmarkBatch(b *testing.B) {
 	client := realRedis(b)
 	ctx := context.Background()
 	prefix := "cacheaside-bench:batch:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
 	// A generous store timeout: on a loaded machine a hit must not fail open to the loader.
-	c, err := cacheaside.New[product](cacheaside.NewRedisStore(client), cacheaside.WithPrefix(prefix),
-		cacheaside.WithTTL(10*time.Minute), cacheaside.WithStoreTimeout(time.Second))
-	if err != nil {
-		b.Fatal(err)
+	open := func(client *redis.Client, opts ...cacheaside.Option) *cacheaside.Cache[product] {
+		c, err := cacheaside.New[product](cacheaside.NewRedisStore(client), append([]cacheaside.Option{cacheaside.WithPrefix(prefix),
+			cacheaside.WithTTL(10 * time.Minute), cacheaside.WithStoreTimeout(time.Second)}, opts...)...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		return c
 	}
-	b.Cleanup(func() {
-		_, _ = c.InvalidatePattern(context.Background(), "*")
-		c.Close()
-	})
+	c := open(client)
+	b.Cleanup(func() { _, _ = c.InvalidatePattern(context.Background(), "*") }) // runs before c.Close
 	keys := make([]string, batchSize)
 	for i := range keys {
 		keys[i] = "product:" + strconv.Itoa(i)
@@ -75,30 +79,23 @@ func BenchmarkBatch(b *testing.B) {
 	}
 	noLoadOne := func(context.Context) (product, error) { return product{}, fmt.Errorf("bench: unexpected load") }
 
-	many := func() error {
-		m, err := c.GetOrLoadMany(ctx, keys, noLoad)
-		if err == nil && len(m) != batchSize {
-			err = fmt.Errorf("got %d values", len(m))
+	// batch returns a read of the whole batch by read, which must find every key.
+	batch := func(read func() (map[string]product, error)) func() error {
+		return func() error {
+			m, err := read()
+			if err == nil && len(m) != batchSize {
+				err = fmt.Errorf("got %d values", len(m))
+			}
+			return err
 		}
-		return err
 	}
+	many := batch(func() (map[string]product, error) { return c.GetOrLoadMany(ctx, keys, noLoad) })
 	// The same batch through a client built with the go-redis defaults (no
 	// ContextTimeoutEnabled): the store then bounds each call on a goroutine of its own.
 	plain := redis.NewClient(&redis.Options{Addr: redisAddr()})
 	b.Cleanup(func() { plain.Close() })
-	cPlain, err := cacheaside.New[product](cacheaside.NewRedisStore(plain), cacheaside.WithPrefix(prefix),
-		cacheaside.WithTTL(10*time.Minute), cacheaside.WithStoreTimeout(time.Second))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cPlain.Close() })
-	manyPlain := func() error {
-		m, err := cPlain.GetOrLoadMany(ctx, keys, noLoad)
-		if err == nil && len(m) != batchSize {
-			err = fmt.Errorf("got %d values", len(m))
-		}
-		return err
-	}
+	cPlain := open(plain)
+	manyPlain := batch(func() (map[string]product, error) { return cPlain.GetOrLoadMany(ctx, keys, noLoad) })
 	sequential := func() error {
 		for _, k := range keys {
 			if _, err := c.GetOrLoad(ctx, k, noLoadOne); err != nil {
@@ -107,6 +104,22 @@ func BenchmarkBatch(b *testing.B) {
 		}
 		return nil
 	}
+	// The same batch through a cache with an L1 (WithLocalCache): every key an L1 hit, no round
+	// trip; the in-process counterpart of sturdyc's batch below.
+	cL1 := open(client, cacheaside.WithLocalCache(10_000, time.Minute))
+	manyL1 := batch(func() (map[string]product, error) { return cL1.GetOrLoadMany(ctx, keys, noLoad) })
+	warmL1(b, manyL1, func() uint64 { return cL1.Stats().L1Hits })
+	// sturdyc's batch read (GetOrFetchBatch), all hits in its process memory (its distributed
+	// storage is an interface the user implements, left out): compare it with the L1 row. The
+	// key function is the identity (the ids are the keys already), cheaper than its BatchKeyFn's
+	// Sprintf.
+	sc := sturdyc.New[product](10_000, 16, 10*time.Minute, 10)
+	identity := func(id string) string { return id }
+	if _, err := sc.GetOrFetchBatch(ctx, keys, identity, load); err != nil {
+		b.Fatal(err)
+	}
+	sturdycBatch := batch(func() (map[string]product, error) { return sc.GetOrFetchBatch(ctx, keys, identity, noLoad) })
+	// go-redis/cache has no batch read (Get, Once and Set take one key each), so it has no row.
 	schema := envelope.Schema(cacheaside.JSONCodec{}.Name(), envelope.DescribeType(reflect.TypeFor[product]())) // as New computes it
 	storeKeys := make([]string, batchSize)
 	for i, k := range keys {
@@ -174,6 +187,8 @@ func BenchmarkBatch(b *testing.B) {
 		{"GetOrLoadManyDefaultClient", manyPlain},
 		{"SequentialGetOrLoad", sequential},
 		{"FloorPipelinedHGET", floor},
+		{"GetOrLoadManyL1", manyL1},
+		{"sturdyc", sturdycBatch},
 	} {
 		if err := bc.fn(); err != nil {
 			b.Fatalf("%s: %v", bc.name, err)
@@ -197,5 +212,25 @@ func BenchmarkBatch(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// warmL1 reads the batch until read reports it was served from the L1: the first reads fill it
+// from the store, and on Redis the L1 serves only once its invalidation subscription is live.
+func warmL1(b *testing.B, read func() error, l1Hits func() uint64) {
+	b.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		before := l1Hits()
+		if err := read(); err != nil {
+			b.Fatal(err)
+		}
+		if l1Hits()-before == batchSize {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("the L1 did not serve the batch within 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cacheaside/cacheaside"
 	gocache "github.com/go-redis/cache/v9"
+	"github.com/viccon/sturdyc"
 )
 
 // A cache under behaviour test: several instances, each on a Redis client of its own, as
@@ -103,6 +104,44 @@ var impls = []impl{
 		}
 		return out
 	}},
+	// sturdyc keeps values in process memory (its optional distributed storage is an interface
+	// the user implements, with no lock across processes), so its instances share nothing: the
+	// cold key is loaded once per instance (its in-flight deduplication is per process). It has
+	// no invalidation across instances either; here invalidate deletes the key from every
+	// instance at once, a perfect broadcast the user would have to build, so that what is left
+	// stale is the race alone: a fetch that read the database before the write lands its value
+	// after the delete. peek reports the oldest value any instance holds (versions only grow),
+	// so a key counts as stale if any instance would serve an old value.
+	{"sturdyc", func(_ testing.TB, n int, _ ...cacheaside.Option) []instance {
+		caches := make([]*sturdyc.Client[int64], n)
+		for i := range caches {
+			caches[i] = sturdyc.New[int64](10_000, 4, time.Minute, 10)
+		}
+		out := make([]instance, n)
+		for i, c := range caches {
+			out[i] = instance{
+				get: func(ctx context.Context, key string, load func(context.Context) (int64, error)) (int64, error) {
+					return c.GetOrFetch(ctx, key, load)
+				},
+				invalidate: func(_ context.Context, key string) error {
+					for _, c := range caches {
+						c.Delete(key)
+					}
+					return nil
+				},
+				peek: func(_ context.Context, key string) (int64, bool, error) {
+					oldest, cached := int64(0), false
+					for _, c := range caches {
+						if v, ok := c.Get(key); ok && (!cached || v < oldest) {
+							oldest, cached = v, true
+						}
+					}
+					return oldest, cached, nil
+				},
+			}
+		}
+		return out
+	}},
 }
 
 // behaviourOpts are ours in the behaviour benchmarks: store timeouts as patient as the peer,
@@ -146,7 +185,8 @@ func coldKey(tb testing.TB, insts []instance, key string, goroutines int, loadTi
 
 // BenchmarkColdKeyInstances: 8 instances on separate clients, 200 goroutines, one cold key,
 // a 20 ms loader. Reports loader calls per cold key (ours: 1, the lease in Redis; a per-process
-// singleflight: up to one per instance, more when a load finishes before others look).
+// singleflight, go-redis/cache's or sturdyc's: up to one per instance, more when a load
+// finishes before others look).
 func BenchmarkColdKeyInstances(b *testing.B) {
 	for _, im := range impls {
 		b.Run(im.name, func(b *testing.B) {
@@ -223,7 +263,8 @@ func staleRace(tb testing.TB, insts []instance, keys int, d time.Duration) (stal
 
 // BenchmarkStaleSetRace: slow loaders race writers that write then invalidate (delete), on 50
 // keys for 300 ms. Reports the entries left stale at rest, which a plain delete-after-write
-// cache keeps until their TTL (ours: 0, the invalidation voids the loads that began before it).
+// cache keeps until their TTL (ours: 0, the invalidation voids the loads that began before it;
+// sturdyc: in process memory, with invalidations delivered to every instance at once).
 func BenchmarkStaleSetRace(b *testing.B) {
 	for _, im := range impls {
 		b.Run(im.name, func(b *testing.B) {

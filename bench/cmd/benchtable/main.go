@@ -108,14 +108,16 @@ func heading(unit string) string {
 	return unit
 }
 
-// format prints a value in its unit's natural scale: 1.23µs, 640 B, 15.
+// format prints a value in its unit's natural scale: 1.23µs, 640 B, 15, 10334. Benchstat
+// turns the custom units in ns (p99-ns, encode-ns/op) into seconds (p99-sec, encode-sec/op):
+// they are times too.
 func format(v, unit string) string {
 	f, err := strconv.ParseFloat(v, 64)
 	if err != nil {
 		return v
 	}
-	switch unit {
-	case "sec/op":
+	switch {
+	case unit == "sec/op" || strings.HasSuffix(unit, "-sec") || strings.HasSuffix(unit, "-sec/op"):
 		switch {
 		case f >= 1:
 			return strconv.FormatFloat(f, 'f', 2, 64) + "s"
@@ -126,8 +128,10 @@ func format(v, unit string) string {
 		default:
 			return strconv.FormatFloat(f*1e9, 'f', 1, 64) + "ns"
 		}
-	case "B/op":
+	case unit == "B/op":
 		return strconv.FormatFloat(f, 'f', 0, 64) + " B"
+	case f >= 1e4 || f <= -1e4:
+		return strconv.FormatFloat(f, 'f', 0, 64) // sizes and counts: every digit, no exponent
 	default:
 		return strconv.FormatFloat(f, 'g', 4, 64)
 	}

@@ -25,6 +25,14 @@ geomean,1700,
 ,bench.out,
 ,loader-calls/op,CI
 ColdKeyInstances/ours-2,1,∞
+
+,bench.out,
+,p99-sec,CI
+ColdKeyInstances/ours-2,0.0215,∞
+
+,bench.out,
+,bytes/value,CI
+ColdKeyInstances/ours-2,1398115,∞
 `
 	tables, err := parse(strings.NewReader(in))
 	if err != nil {
@@ -44,9 +52,9 @@ ColdKeyInstances/ours-2,1,∞
 
 **ColdKeyInstances**
 
-| case | time/op | loader-calls/op |
-|---|---:|---:|
-| ours | 48.00ms | 1 |
+| case | time/op | loader-calls/op | p99-sec | bytes/value |
+|---|---:|---:|---:|---:|
+| ours | 48.00ms | 1 | 21.50ms | 1398115 |
 `
 	if out.String() != want {
 		t.Fatalf("got:\n%s\nwant:\n%s", out.String(), want)
