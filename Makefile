@@ -1,3 +1,7 @@
+# bash with pipefail: a failing step piped into tee (make bench) fails the target.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
 GO ?= go
 REDIS_ADDR ?= 127.0.0.1:6379
 CLUSTER_ADDRS ?= 127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002
