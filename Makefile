@@ -46,10 +46,10 @@ fuzz-short:
 fuzz:
 	$(MAKE) fuzz-short FUZZTIME=60s
 
-# verify runs the linearizability scenarios (and the broken-build check) five times larger
-# than CI does, and the soak for VERIFY_SOAK, under -race: about six minutes. Each scenario
+# verify runs the linearizability scenarios (and the broken-build check) six times larger
+# than CI does, and the soak for VERIFY_SOAK, under -race: about five minutes. Each scenario
 # prints its line.
-VERIFY_SCALE ?= 5
+VERIFY_SCALE ?= 6
 VERIFY_SOAK ?= 30s
 verify: cluster
 	$(TEST_ENV) CACHEASIDE_VERIFY_SCALE=$(VERIFY_SCALE) CACHEASIDE_SOAK=$(VERIFY_SOAK) $(GO) test -race -count=1 -timeout 30m \

@@ -626,7 +626,7 @@ var faultOpts = []Option{
 	WithCircuitBreaker(3, 20*time.Millisecond),
 }
 
-// l1Opts of the scenarios: a local TTL far longer than a round, so that an invalidation an
+// linzL1 is the local cache of the L1 scenarios: a local TTL far longer than a round, so that an invalidation an
 // instance missed would show as a stale read, never hidden by the entry's expiry.
 var linzL1 = []Option{WithLocalCache(1000, time.Minute)}
 

@@ -481,7 +481,7 @@ func newSlotMover(t testing.TB, tg *linzTarget) *slotMover {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.settled(st.owner) && st.keys[st.owner] == 0 {
+		if st.owner >= 0 && st.settled(st.owner) && st.keys[st.owner] == 0 {
 			m.home, m.owner = st.owner, st.owner
 			break
 		}
@@ -629,7 +629,7 @@ func (m *slotMover) restore(t testing.TB) {
 func faultMigrate(ctx context.Context, t testing.TB, tg *linzTarget) string {
 	m := tg.mover
 	pause := func() { time.Sleep(between(2*time.Millisecond, 10*time.Millisecond)) }
-	bg := context.WithoutCancel(ctx)
+	cmdCtx := context.WithoutCancel(ctx) // a move under way is finished whatever ctx does
 	moves, keys := 0, 0
 	for i := 0; sleepCtx(ctx, between(10*time.Millisecond, 40*time.Millisecond)) || m.owner != m.home; i++ {
 		src := m.owner
@@ -637,7 +637,7 @@ func faultMigrate(ctx context.Context, t testing.TB, tg *linzTarget) string {
 		if src == m.home {
 			dst = (m.home + 1 + i%2) % len(m.nodes)
 		}
-		n, err := m.migrate(bg, src, dst, pause)
+		n, err := m.migrate(cmdCtx, src, dst, pause)
 		keys += n
 		if err != nil {
 			t.Errorf("slot migration: %v", err)
