@@ -23,7 +23,11 @@ test: redis cluster
 		echo "$$unformatted"; \
 		exit 1; \
 	fi
-	$(TEST_ENV) $(GO) test -race -count=1 -timeout 8m ./...
+	@summary=$$(mktemp); status=0; \
+	echo "$(TEST_ENV) CACHEASIDE_SOAK=$(TEST_SOAK) $(GO) test -race -count=1 -timeout 8m ./..."; \
+	$(TEST_ENV) CACHEASIDE_SOAK=$(TEST_SOAK) CACHEASIDE_LINZ_SUMMARY=$$summary $(GO) test -race -count=1 -timeout 8m ./... || status=$$?; \
+	echo "Linearizability checks, one line per scenario and store (README: How we test):"; \
+	cat $$summary; rm -f $$summary; exit $$status
 	@if [ -f bench/go.mod ]; then \
 		echo "cd bench && $(GO) vet ./... && $(GO) test -count=1 ./..."; \
 		cd bench && $(GO) vet ./... && $(TEST_ENV) $(GO) test -count=1 ./...; \
@@ -46,16 +50,19 @@ fuzz-short:
 fuzz:
 	$(MAKE) fuzz-short FUZZTIME=60s
 
-# verify runs the linearizability scenarios (and the broken-build check) about six times
-# larger than CI does, under -race: about five minutes. Each scenario prints its line.
+# verify runs the linearizability scenarios (and the broken-build check) six times larger
+# than CI does, and the soak for VERIFY_SOAK, under -race: about five minutes. Each scenario
+# prints its line.
 VERIFY_SCALE ?= 6
+VERIFY_SOAK ?= 30s
 verify: cluster
-	$(TEST_ENV) CACHEASIDE_VERIFY_SCALE=$(VERIFY_SCALE) $(GO) test -race -count=1 -timeout 30m \
-		-run 'TestLinearizability|TestFailOpenLateLease|TestFailOpenNoJoin' -v .
+	$(TEST_ENV) CACHEASIDE_VERIFY_SCALE=$(VERIFY_SCALE) CACHEASIDE_SOAK=$(VERIFY_SOAK) $(GO) test -race -count=1 -timeout 30m \
+		-run 'TestLinearizability|TestFailOpenLateLease|TestFailOpenNoJoin|TestSoak' -v .
 
 # soak runs mixed reads, writes and faults at full speed on every store at once for
-# SOAK_FOR: no violation, heap and goroutines flat.
+# SOAK_FOR: no violation, heap and goroutines flat. make test runs it for TEST_SOAK.
 SOAK_FOR ?= 60s
+TEST_SOAK ?= 3s
 soak: cluster
 	$(TEST_ENV) CACHEASIDE_SOAK=$(SOAK_FOR) $(GO) test -count=1 -timeout 10m -run 'TestSoak' -v .
 

@@ -127,6 +127,7 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 		filled = append(filled, f)
 	}
 	if len(unstorable) > 0 {
+		c.stats.storeless.Add(1)
 		held, rerr := c.releaseMany(ctx, tok, pick(sks, unstorable))
 		for j, i := range unstorable {
 			fs[i].retry = rerr != nil || !held[j]
@@ -143,6 +144,8 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 		if !f.retry {
 			c.l1FillStored(entries[i].Key, f.gen, f.val, entries[i].Value)
 			c.backoff.succeeded(entries[i].Key) // as settle: a fresh value's refreshes need not wait
+		} else {
+			c.stats.storeless.Add(1)
 		}
 	}
 }
@@ -237,6 +240,7 @@ func (c *Cache[T]) abandonMany(ctx context.Context, tok string, sks []string, lk
 // was granted, and before an Invalidate that the lease, granted after it, did not see.
 func (c *Cache[T]) loadManyWithoutStore(ctx context.Context, keys, sks []string, tok string, b *batch[T]) error {
 	fs := c.launchMany(ctx, nil, make([]uint64, len(keys)), 0, func(lctx context.Context, fs []*flight[T]) {
+		c.stats.storeless.Add(1)
 		c.runChunks(lctx, fs, keys, b.load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
 			setOutcome(fs[lo:hi], keys[lo:hi], m, err, pe)
 			if tok == "" {

@@ -107,6 +107,7 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 		idx = held
 		if len(idx) > 0 && time.Now().After(giveUp) {
 			rfs, rkeys := pick(fs, idx), pick(keys, idx)
+			c.stats.storeless.Add(1)
 			c.runChunks(ctx, rfs, rkeys, load, func(_ context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, _ time.Duration) {
 				setOutcome(rfs[lo:hi], rkeys[lo:hi], m, err, pe)
 			})

@@ -318,6 +318,7 @@ func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uin
 		}
 	}
 	return c.launch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+		c.stats.storeless.Add(1)
 		lctx, obs := c.obs.loadStart(lctx, sk)
 		defer obs.end()
 		f.val, f.err, f.panicked = callLoader(lctx, load)

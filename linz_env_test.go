@@ -1,9 +1,10 @@
 package cacheaside
 
 // The stores the linearizability scenarios run on, and the faults they inject into them:
-// connections killed with CLIENT KILL (only this test's own clients, found by client name),
-// a redis-server of the test's own killed and restarted, and latency, blackholes and dropped
-// connections through internal/faultproxy.
+// connections killed with CLIENT KILL (data and pub/sub, only this test's own clients, found
+// by client name), a redis-server of the test's own killed and restarted, latency, blackholes
+// and dropped connections through internal/faultproxy, and a hash slot of the Cluster
+// migrated between masters and back.
 
 import (
 	"context"
@@ -14,14 +15,15 @@ import (
 	"net"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cacheaside/cacheaside/internal/faultproxy"
+	"github.com/cacheaside/cacheaside/internal/slot"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -36,9 +38,15 @@ type linzTarget struct {
 	proxies  map[string]*faultproxy.Proxy // by real address, when the scenario proxies
 	clientID string                       // CLIENT SETNAME of every instance's client
 
+	// mute makes the instances' stores send no invalidation message (the broken-L1 check).
+	mute bool
+	// mover migrates a hash slot of the cluster back and forth (the slot-migration fault);
+	// keyTag is a hash tag of that slot, put in every key of the scenario.
+	mover  *slotMover
+	keyTag string
+
 	adminOnce sync.Once
 	admins    []*redis.Client
-	storeErrs atomic.Int64 // errors the instances' stores returned to their caches
 }
 
 // linzStores are the stores every scenario may run on: memory, the shared standalone Redis,
@@ -103,6 +111,9 @@ func (tg *linzTarget) dial(ctx context.Context, network, addr string) (net.Conn,
 func (tg *linzTarget) newStore(t testing.TB) Store {
 	t.Helper()
 	if tg.memory != nil {
+		if tg.mute {
+			return mutedMemory{tg.memory}
+		}
 		return tg.memory
 	}
 	var c redis.UniversalClient
@@ -112,8 +123,27 @@ func (tg *linzTarget) newStore(t testing.TB) Store {
 		c = redis.NewClient(&redis.Options{Addr: tg.addrs[0], ClientName: tg.clientID, Dialer: tg.dial})
 	}
 	t.Cleanup(func() { c.Close() })
-	return erringStore{Store: NewRedisStore(c), errs: &tg.storeErrs}
+	if tg.mute {
+		return mutedRedis{NewRedisStore(c)}
+	}
+	// The store as users build it: every optional interface of RedisStore (broadcast,
+	// pipelined delete and publish, batch release) is what the caches see.
+	return NewRedisStore(c)
 }
+
+// mutedRedis and mutedMemory are stores that deliver no invalidation message to the other
+// instances' local caches: a broken L1, to show the checker catches the stale reads it
+// serves.
+type mutedRedis struct{ *RedisStore }
+
+func (mutedRedis) Publish(context.Context, string, []byte) error { return nil }
+func (mutedRedis) deleteAndPublish(context.Context, []string, string, []byte) (bool, error) {
+	return false, nil
+}
+
+type mutedMemory struct{ *MemoryStore }
+
+func (mutedMemory) Publish(context.Context, string, []byte) error { return nil }
 
 // admin returns a direct client to each server, for faults and checks. Its connections are
 // not named like the instances', so CLIENT KILL never reaches them.
@@ -132,34 +162,35 @@ func (tg *linzTarget) admin(t testing.TB) []*redis.Client {
 
 // killClients kills every connection of this target's instances (data and pub/sub alike) on
 // every server, by id, found by client name: never another user's client on a shared server.
-func killClients(ctx context.Context, admins []*redis.Client, name string) (int, error) {
-	n := 0
+// It returns how many of each kind it killed.
+func killClients(ctx context.Context, admins []*redis.Client, name string) (data, pubsub int, err error) {
 	for _, a := range admins {
 		list, err := a.ClientList(ctx).Result()
 		if err != nil {
-			return n, err
+			return data, pubsub, err
 		}
 		for _, line := range strings.Split(list, "\n") {
-			var id string
-			mine := false
-			for _, f := range strings.Fields(line) {
-				k, v, _ := strings.Cut(f, "=")
-				switch k {
-				case "id":
-					id = v
-				case "name":
-					mine = v == name
+			f := map[string]string{}
+			for _, kv := range strings.Fields(line) {
+				if k, v, ok := strings.Cut(kv, "="); ok {
+					f[k] = v
 				}
 			}
-			if !mine || id == "" {
+			if f["name"] != name || f["id"] == "" {
 				continue
 			}
-			if err := a.Do(ctx, "CLIENT", "KILL", "ID", id).Err(); err == nil {
-				n++
+			sub := strings.Contains(f["flags"], "P") || (f["sub"] != "" && f["sub"] != "0")
+			if a.Do(ctx, "CLIENT", "KILL", "ID", f["id"]).Err() != nil {
+				continue
+			}
+			if sub {
+				pubsub++
+			} else {
+				data++
 			}
 		}
 	}
-	return n, nil
+	return data, pubsub, nil
 }
 
 // ownRedis is a redis-server this test runs on its own free port, without persistence, so
@@ -261,21 +292,26 @@ func between(lo, hi time.Duration) time.Duration {
 	return lo + rand.N(hi-lo)
 }
 
-// faultKill kills the instances' connections every few tens of milliseconds.
+// faultKill kills the instances' connections every few tens of milliseconds: data
+// connections, and the pub/sub connections of the local caches' subscriptions.
 func faultKill(ctx context.Context, t testing.TB, tg *linzTarget) string {
 	admins := tg.admin(t)
-	kills, rounds := 0, 0
+	data, pubsub, rounds := 0, 0, 0
 	for sleepCtx(ctx, between(20*time.Millisecond, 60*time.Millisecond)) {
 		kctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		n, err := killClients(kctx, admins, tg.clientID)
+		d, p, err := killClients(kctx, admins, tg.clientID)
 		cancel()
 		if err != nil {
 			t.Logf("kill: %v", err)
 		}
-		kills += n
+		data += d
+		pubsub += p
 		rounds++
 	}
-	return fmt.Sprintf("%d connections killed in %d rounds", kills, rounds)
+	if pubsub > 0 {
+		return fmt.Sprintf("%d data and %d pub/sub connections killed in %d rounds", data, pubsub, rounds)
+	}
+	return fmt.Sprintf("%d connections killed in %d rounds", data, rounds)
 }
 
 // faultRestart kills the test's own redis-server and starts it again, every few hundred
@@ -294,11 +330,11 @@ func faultRestart(ctx context.Context, t testing.TB, tg *linzTarget) string {
 	return fmt.Sprintf("%d restarts", n)
 }
 
-// faultLatency changes the proxies' latency every few tens of milliseconds: none, well under
-// the store timeout, around it, or beyond it, on every connection or on half of them (a
-// client's pool then holds slow and fast connections, and a request that timed out on a slow
-// one may land after later requests sent on fast ones). Some store calls fail open, others
-// land late.
+// faultLatency changes the proxies' latency every few tens of milliseconds (each way, so a
+// round trip takes twice as long): none, well under the store timeout (100 ms a call in the
+// fault scenarios), around it, or beyond it on half of the connections (a client's pool then
+// holds slow and fast connections, and a request that timed out on a slow one may land after
+// later requests sent on fast ones). Most store calls succeed; some fail open, and land late.
 func faultLatency(ctx context.Context, t testing.TB, tg *linzTarget) string {
 	phases := 0
 	defer func() {
@@ -307,20 +343,21 @@ func faultLatency(ctx context.Context, t testing.TB, tg *linzTarget) string {
 		}
 	}()
 	for {
+		phase := rand.N(5) // the same on every server: a slow node slows a whole Cluster's calls
 		for _, p := range tg.proxies {
 			p.SetSlowShare(1)
-			switch rand.N(5) {
+			switch phase {
 			case 0:
 				p.SetLatency(0, 0)
 			case 1:
-				p.SetLatency(time.Millisecond, 5*time.Millisecond)
+				p.SetLatency(time.Millisecond, 4*time.Millisecond)
 			case 2:
-				p.SetLatency(20*time.Millisecond, 80*time.Millisecond)
+				p.SetLatency(5*time.Millisecond, 20*time.Millisecond)
 			case 3:
-				p.SetLatency(60*time.Millisecond, 150*time.Millisecond)
+				p.SetLatency(30*time.Millisecond, 30*time.Millisecond)
 			default:
 				p.SetSlowShare(0.5)
-				p.SetLatency(100*time.Millisecond, 150*time.Millisecond)
+				p.SetLatency(60*time.Millisecond, 60*time.Millisecond)
 			}
 		}
 		phases++
@@ -380,51 +417,233 @@ func faultMixed(ctx context.Context, t testing.TB, tg *linzTarget) string {
 	return strings.Join(acc, "; ")
 }
 
-// erringStore counts the errors a store returns to its cache: a strict scenario whose store
-// erred (a call timed out on a busy machine, so callers failed open) is checked as a fault
-// scenario instead.
-type erringStore struct {
-	Store
-	errs *atomic.Int64
+// slotMover moves one hash slot of the repo's 3-master cluster (scripts/cluster.sh) from its
+// owner to another master and back, as a resharding does: IMPORTING on the target, MIGRATING
+// on the source, MIGRATE of every key of the slot, then SETSLOT NODE on every master. While a
+// slot migrates, commands on its keys are redirected (ASK) to the target once a key has moved,
+// and a script on two keys of which one has moved fails with TRYAGAIN (go-redis retries it).
+//
+// The slot is chosen empty, so other users of the shared cluster are unlikely to have keys in
+// it while it moves (theirs would move too, and stay reachable through the redirections). The
+// slot goes back to its owner at the end of the fault, and at cleanup whatever happened.
+type slotMover struct {
+	slot  int
+	tag   string // keys with {tag} hash to slot
+	nodes []clusterNode
+	home  int // index of the slot's owner when chosen
+
+	mu     sync.Mutex
+	owner  int // index of the owner as this mover left it
+	target int // index of the target of a migration under way, or -1
 }
 
-func (s erringStore) count(err error) error {
-	if err != nil {
-		s.errs.Add(1)
+type clusterNode struct {
+	id, host, port string
+	c              *redis.Client
+}
+
+// newSlotMover prepares the slot-migration fault on tg, a cluster target: it skips unless the
+// cluster is the 3-master, replica-less one of scripts/cluster.sh, and picks an empty slot.
+func newSlotMover(t testing.TB, tg *linzTarget) *slotMover {
+	t.Helper()
+	if !slices.Equal(tg.addrs, []string{"127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"}) {
+		t.Skipf("slot migration runs only on the cluster of scripts/cluster.sh (127.0.0.1:7000-7002), not %v", tg.addrs)
 	}
-	return err
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m := &slotMover{target: -1}
+	for i, a := range tg.admin(t) {
+		id, err := a.Do(ctx, "CLUSTER", "MYID").Text()
+		if err != nil {
+			t.Fatalf("CLUSTER MYID on %s: %v", tg.addrs[i], err)
+		}
+		host, port, _ := net.SplitHostPort(tg.addrs[i])
+		m.nodes = append(m.nodes, clusterNode{id: id, host: host, port: port, c: a})
+	}
+	for _, n := range m.nodes {
+		view, err := n.c.ClusterNodes(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lines := strings.Split(strings.TrimSpace(view), "\n"); len(lines) != 3 || strings.Count(view, "master") != 3 || strings.Contains(view, "slave") {
+			t.Skipf("slot migration needs the 3 masters without replicas of scripts/cluster.sh; %s sees:\n%s", n.port, view)
+		}
+	}
+	var b [4]byte
+	_, _ = crand.Read(b[:])
+	for i := 0; ; i++ {
+		if i == 100 {
+			t.Fatal("found no empty, stable hash slot in 100 tries")
+		}
+		m.tag = fmt.Sprintf("linz-%x-%d", b, i)
+		m.slot = slot.Of("{" + m.tag + "}")
+		st, err := m.state(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.owner >= 0 && st.settled(st.owner) && st.keys[st.owner] == 0 {
+			m.home, m.owner = st.owner, st.owner
+			break
+		}
+	}
+	t.Cleanup(func() { m.restore(t) })
+	return m
 }
 
-func (s erringStore) GetOrLease(ctx context.Context, key, token string, ttl time.Duration) (Lookup, error) {
-	lk, err := s.Store.GetOrLease(ctx, key, token, ttl)
-	return lk, s.count(err)
+// slotState is what every master says of the slot.
+type slotState struct {
+	owner int    // the owner in the first master's view, -1 if none
+	views []int  // the owner in each master's view
+	open  []bool // each master has the slot importing or migrating
+	keys  []int  // keys of the slot on each master
 }
 
-func (s erringStore) GetOrLeaseMany(ctx context.Context, keys []string, token string, ttl time.Duration) ([]Lookup, error) {
-	lks, err := s.Store.GetOrLeaseMany(ctx, keys, token, ttl)
-	return lks, s.count(err)
+// settled reports whether every master sees owner as the owner, none has the slot open, and
+// no other master holds keys of it.
+func (s slotState) settled(owner int) bool {
+	for i := range s.views {
+		if s.views[i] != owner || s.open[i] || (i != owner && s.keys[i] > 0) {
+			return false
+		}
+	}
+	return true
 }
 
-func (s erringStore) Lease(ctx context.Context, key, token string, ttl time.Duration) (Lookup, error) {
-	lk, err := s.Store.Lease(ctx, key, token, ttl)
-	return lk, s.count(err)
+func (m *slotMover) state(ctx context.Context) (slotState, error) {
+	st := slotState{views: make([]int, len(m.nodes)), open: make([]bool, len(m.nodes)), keys: make([]int, len(m.nodes))}
+	for i, n := range m.nodes {
+		view, err := n.c.ClusterNodes(ctx).Result()
+		if err != nil {
+			return st, err
+		}
+		st.views[i] = -1
+		for _, line := range strings.Split(strings.TrimSpace(view), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 8 {
+				continue
+			}
+			for _, r := range f[8:] {
+				if strings.HasPrefix(r, "[") {
+					if strings.HasPrefix(r, fmt.Sprintf("[%d-", m.slot)) && strings.Contains(f[2], "myself") {
+						st.open[i] = true
+					}
+					continue
+				}
+				lo, hi, _ := strings.Cut(r, "-")
+				if hi == "" {
+					hi = lo
+				}
+				l, _ := strconv.Atoi(lo)
+				h, _ := strconv.Atoi(hi)
+				if m.slot >= l && m.slot <= h {
+					st.views[i] = slices.IndexFunc(m.nodes, func(c clusterNode) bool { return c.id == f[0] })
+				}
+			}
+		}
+		k, err := n.c.ClusterCountKeysInSlot(ctx, m.slot).Result()
+		if err != nil {
+			return st, err
+		}
+		st.keys[i] = int(k)
+	}
+	st.owner = st.views[0]
+	return st, nil
 }
 
-func (s erringStore) Fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error) {
-	ok, err := s.Store.Fill(ctx, key, token, value, ttl)
-	return ok, s.count(err)
+// migrate moves the slot from master src to master dst; pause is called once the slot is
+// open on both, and between keys, to let traffic run against the half-moved slot.
+func (m *slotMover) migrate(ctx context.Context, src, dst int, pause func()) (moved int, err error) {
+	s, d := m.nodes[src], m.nodes[dst]
+	m.mu.Lock()
+	m.target = dst
+	m.mu.Unlock()
+	do := func(n clusterNode, args ...any) error {
+		if err := n.c.Do(ctx, args...).Err(); err != nil {
+			return fmt.Errorf("%v on %s: %w", args, n.port, err)
+		}
+		return nil
+	}
+	if err := do(d, "CLUSTER", "SETSLOT", m.slot, "IMPORTING", s.id); err != nil {
+		return moved, err
+	}
+	if err := do(s, "CLUSTER", "SETSLOT", m.slot, "MIGRATING", d.id); err != nil {
+		return moved, err
+	}
+	pause()
+	for {
+		keys, err := s.c.ClusterGetKeysInSlot(ctx, m.slot, 10).Result()
+		if err != nil {
+			return moved, err
+		}
+		if len(keys) == 0 {
+			break
+		}
+		for _, k := range keys {
+			// No REPLACE: a key never exists on both sides (a key missing from the source is
+			// created on the target only), so BUSYKEY would be a bug worth seeing.
+			if err := do(s, "MIGRATE", d.host, d.port, k, 0, 5000); err != nil {
+				return moved, err
+			}
+			moved++
+			pause()
+		}
+	}
+	// The target first, then the source, then the third master: each then redirects to the
+	// new owner at once, with no wait for gossip.
+	for _, i := range []int{dst, src, 3 - src - dst} {
+		if err := do(m.nodes[i], "CLUSTER", "SETSLOT", m.slot, "NODE", d.id); err != nil {
+			return moved, err
+		}
+	}
+	m.mu.Lock()
+	m.owner, m.target = dst, -1
+	m.mu.Unlock()
+	return moved, nil
 }
 
-func (s erringStore) FillMany(ctx context.Context, token string, entries []FillEntry) ([]bool, error) {
-	ok, err := s.Store.FillMany(ctx, token, entries)
-	return ok, s.count(err)
+// restore puts the slot back on its home master, finishing a migration left half done, and
+// fails the test if the cluster does not end as it was.
+func (m *slotMover) restore(t testing.TB) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m.mu.Lock()
+	owner, target := m.owner, m.target
+	m.mu.Unlock()
+	var err error
+	if target >= 0 {
+		_, err = m.migrate(ctx, owner, target, func() {})
+		owner = target
+	}
+	if err == nil && owner != m.home {
+		_, err = m.migrate(ctx, owner, m.home, func() {})
+	}
+	st, serr := m.state(ctx)
+	if err == nil && serr == nil && st.settled(m.home) {
+		return
+	}
+	t.Errorf("slot %d was not restored to %s (%v, %v; state %+v): run make cluster-stop cluster", m.slot, m.nodes[m.home].port, err, serr, st)
 }
 
-func (s erringStore) Release(ctx context.Context, key, token string) (bool, error) {
-	ok, err := s.Store.Release(ctx, key, token)
-	return ok, s.count(err)
-}
-
-func (s erringStore) Delete(ctx context.Context, keys ...string) error {
-	return s.count(s.Store.Delete(ctx, keys...))
+// faultMigrate moves the scenario's slot to another master and back, again and again, with
+// pauses while it is half moved, and leaves it home.
+func faultMigrate(ctx context.Context, t testing.TB, tg *linzTarget) string {
+	m := tg.mover
+	pause := func() { time.Sleep(between(2*time.Millisecond, 10*time.Millisecond)) }
+	cmdCtx := context.WithoutCancel(ctx) // a move under way is finished whatever ctx does
+	moves, keys := 0, 0
+	for i := 0; sleepCtx(ctx, between(10*time.Millisecond, 40*time.Millisecond)) || m.owner != m.home; i++ {
+		src := m.owner
+		dst := m.home
+		if src == m.home {
+			dst = (m.home + 1 + i%2) % len(m.nodes)
+		}
+		n, err := m.migrate(cmdCtx, src, dst, pause)
+		keys += n
+		if err != nil {
+			t.Errorf("slot migration: %v", err)
+			return "migration failed"
+		}
+		moves++
+	}
+	return fmt.Sprintf("%d slot moves, %d keys migrated", moves, keys)
 }

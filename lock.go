@@ -161,6 +161,7 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 	f.val, f.err, f.loaded = v, err, true
 	data, ttl, ok := c.encode(ctx, sk, v, err != nil, delta)
 	if !ok {
+		c.stats.storeless.Add(1)
 		held, rerr := c.release(ctx, sk, tok)
 		f.retry = !held || rerr != nil
 		return
@@ -172,10 +173,12 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 		return c.store.Fill(ctx, sk, tok, data, ttl)
 	})
 	f.retry = !stored || ferr != nil
-	if !f.retry {
-		c.l1FillStored(sk, f.gen, v, data)
-		c.backoff.succeeded(sk) // a fresh value: its refreshes need not wait for a past failure
+	if f.retry {
+		c.stats.storeless.Add(1) // the caller that loaded it still gets it
+		return
 	}
+	c.l1FillStored(sk, f.gen, v, data)
+	c.backoff.succeeded(sk) // a fresh value: its refreshes need not wait for a past failure
 }
 
 // takeLeaseUnsafely is the broken build's fill (see Cache.unsafeSkipLeaseCheck): like a cache
@@ -284,6 +287,7 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 		}
 		holderTTL = lk.HolderTTL
 		if time.Now().After(giveUp) {
+			c.stats.storeless.Add(1)
 			lctx, cancel := context.WithTimeout(ctx, c.cfg.loadTimeout)
 			defer cancel()
 			lctx, obs := c.obs.loadStart(lctx, sk)

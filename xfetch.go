@@ -138,6 +138,12 @@ func (c *Cache[T]) orStale(ctx context.Context, v T, err error, s *staleValue[T]
 // there as loads, and those started before expiry as early refreshes.
 type stats struct {
 	refreshes atomic.Uint64 // background refreshes that loaded (early or stale-while-revalidate)
+	// storeless counts loads whose values the store did not take, which their callers get all
+	// the same: loads of callers failing open (loadWithoutStore, loadManyWithoutStore), loads
+	// after waiting out another's lease, and loads whose fill was refused (the lease was lost
+	// to an Invalidate or its expiry), failed or was not tried (value not storable). The
+	// linearizability suite tells by it the reads that may have got such a value.
+	storeless atomic.Uint64
 }
 
 // refreshMarker is the flight token under which a refresh is registered from its start: no
