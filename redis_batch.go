@@ -88,8 +88,8 @@ for i = 1, #KEYS do
       live = tonumber(r[2]) > now
     end
     if live then
-      redis.call('DEL', k)
       redis.call('HSET', k, 'v', ARGV[2 * i])
+      redis.call('HDEL', k, 't', 'e')
       redis.call('PEXPIRE', k, ARGV[2 * i + 1])
       out[i] = 1
     end

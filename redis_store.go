@@ -115,7 +115,9 @@ if not r[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return {3}
 `)
 
-// A lease on a present value ends at "e" (server time); a bare lease ends with its key.
+// A lease on a present value ends at "e" (server time); a bare lease ends with its key. The
+// fill overwrites "v" and drops the lease fields rather than deleting the key first: a script
+// may not write a key it deleted while its slot migrates (Cluster).
 var fillScript = redis.NewScript(`
 local r = redis.pcall('HMGET', KEYS[1], 't', 'e')
 if r.err or r[1] ~= ARGV[1] then return 0 end
@@ -123,8 +125,8 @@ if r[2] then
   local now = redis.call('TIME')
   if tonumber(r[2]) <= tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then return 0 end
 end
-redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[2])
+redis.call('HDEL', KEYS[1], 't', 'e')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 `)
