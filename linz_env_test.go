@@ -449,7 +449,7 @@ func newSlotMover(t testing.TB, tg *linzTarget) *slotMover {
 	if !slices.Equal(tg.addrs, []string{"127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"}) {
 		t.Skipf("slot migration runs only on the cluster of scripts/cluster.sh (127.0.0.1:7000-7002), not %v", tg.addrs)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	m := &slotMover{target: -1}
 	for i, a := range tg.admin(t) {
@@ -471,9 +471,13 @@ func newSlotMover(t testing.TB, tg *linzTarget) *slotMover {
 	}
 	var b [4]byte
 	_, _ = crand.Read(b[:])
+	// The rest of the suite leaves tens of thousands of keys on the shared cluster until their
+	// TTLs pass, so few slots are empty: many candidates are tried. A slot an earlier round
+	// moved may take the masters a moment to agree on (gossip): a disagreement waits a little.
+	var last slotState
 	for i := 0; ; i++ {
-		if i == 100 {
-			t.Fatal("found no empty, stable hash slot in 100 tries")
+		if i == 5000 {
+			t.Fatalf("found no empty, stable hash slot in 5000 tries; the last, %d: %+v", m.slot, last)
 		}
 		m.tag = fmt.Sprintf("linz-%x-%d", b, i)
 		m.slot = slot.Of("{" + m.tag + "}")
@@ -485,6 +489,10 @@ func newSlotMover(t testing.TB, tg *linzTarget) *slotMover {
 			m.home, m.owner = st.owner, st.owner
 			break
 		}
+		if st.owner < 0 || !st.settled(st.owner) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		last = st
 	}
 	t.Cleanup(func() { m.restore(t) })
 	return m
