@@ -770,6 +770,8 @@ func TestRefreshDedupedInProcess(t *testing.T) {
 			}()
 		}
 		within(t, 10*time.Second, "stale reads", wg.Wait)
+		// The refresh runs on its own goroutine: it may not have asked for its lease yet.
+		stPoll(t, 10*time.Second, time.Millisecond, "the refresh's load", func() bool { return calls.Load() > 0 })
 		require.EqualValues(t, 1, s.leases.Load(), "lease attempts for one key in one process")
 		close(gate)
 		idle(t, c)
