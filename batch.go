@@ -3,7 +3,6 @@ package cacheaside
 import (
 	"context"
 	"errors"
-	"fmt"
 )
 
 // GetOrLoadMany returns the values of keys, reading every key in one store round trip (one per
@@ -99,10 +98,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 		// that left are released.
 		lks, err = storeCallN(c, context.WithoutCancel(ctx), opGetOrLeaseMany, len(sks), func(ctx context.Context) ([]Lookup, error) {
 			lks, err := c.store.GetOrLeaseMany(ctx, sks, tok, c.leaseTTL)
-			if err == nil && len(lks) != len(sks) {
-				err = fmt.Errorf("cacheaside: store answered %d lookups for %d keys", len(lks), len(sks))
-			}
-			return lks, err
+			return oneEach(lks, err, len(sks))
 		})
 	}
 	if ctx.Err() != nil {

@@ -168,11 +168,9 @@ func (c *Cache[T]) releaseMany(ctx context.Context, tok string, sks []string) ([
 		return held, errors.Join(errs...)
 	}
 	held, err := storeCallN(c, context.WithoutCancel(ctx), opRelease, len(sks), func(ctx context.Context) ([]bool, error) {
-		return rs.ReleaseMany(ctx, tok, sks)
+		held, err := rs.ReleaseMany(ctx, tok, sks)
+		return oneEach(held, err, len(sks))
 	})
-	if err == nil && len(held) != len(sks) {
-		return make([]bool, len(sks)), errors.New("cacheaside: store answered a release of the wrong length")
-	}
 	if err != nil {
 		held = make([]bool, len(sks))
 	}
@@ -190,10 +188,7 @@ func (c *Cache[T]) leaseOverMany(ctx context.Context, sks []string, tok string) 
 	if ls, ok := c.store.(LeaseManyStore); ok {
 		lks, err = storeCallN(c, dctx, opLease, len(sks), func(ctx context.Context) ([]Lookup, error) {
 			lks, err := ls.LeaseMany(ctx, sks, tok, c.leaseTTL)
-			if err == nil && len(lks) != len(sks) {
-				err = fmt.Errorf("cacheaside: store answered %d leases for %d keys", len(lks), len(sks))
-			}
-			return lks, err
+			return oneEach(lks, err, len(sks))
 		})
 	} else {
 		lks = make([]Lookup, len(sks))
@@ -268,4 +263,13 @@ func (c *Cache[T]) loadManyWithoutStore(ctx context.Context, keys, sks []string,
 		}
 	}
 	return nil
+}
+
+// oneEach checks that a batch store call answered one result per key: a store that answers
+// more or fewer failed the call.
+func oneEach[R any](rs []R, err error, n int) ([]R, error) {
+	if err == nil && len(rs) != n {
+		return nil, fmt.Errorf("cacheaside: store answered %d results for %d keys", len(rs), n)
+	}
+	return rs, err
 }

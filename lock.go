@@ -64,22 +64,13 @@ const (
 // storeCallN is storeCall for an operation on n keys.
 func storeCallN[T, R any](c *Cache[T], ctx context.Context, op storeOp, n int, call func(context.Context) (R, error)) (R, error) {
 	warm := c.warm.Load()
-	timeout := c.cfg.storeTimeout
-	if !warm {
-		timeout = max(timeout, c.cfg.connectTimeout)
-	}
-	if n > batchKeysPerTimeout {
-		timeout *= time.Duration(min(1+n/batchKeysPerTimeout, maxBatchTimeouts))
-	}
-	octx, cancel := ctx, context.CancelFunc(nil)
+	octx, cancel := ctx, func() {}
 	if c.mem == nil { // an in-process store neither blocks nor honours deadlines
-		octx, cancel = context.WithTimeout(ctx, timeout)
+		octx, cancel = context.WithTimeout(ctx, c.storeTimeout(warm, n))
 	}
 	octx, obs := c.obs.storeStart(octx, op)
 	r, err := call(octx)
-	if cancel != nil {
-		cancel()
-	}
+	cancel()
 	c.obs.storeEnd(obs, err, ctx.Err() != nil)
 	switch {
 	case err == nil:
@@ -95,6 +86,19 @@ func storeCallN[T, R any](c *Cache[T], ctx context.Context, op storeOp, n int, c
 		c.breaker.Failure()
 	}
 	return r, err
+}
+
+// storeTimeout is the bound of a store operation on n keys: the connect timeout until the
+// store has answered once (warm), then the store timeout, scaled up for large batches.
+func (c *Cache[T]) storeTimeout(warm bool, n int) time.Duration {
+	timeout := c.cfg.storeTimeout
+	if !warm {
+		timeout = max(timeout, c.cfg.connectTimeout)
+	}
+	if n > batchKeysPerTimeout {
+		timeout *= time.Duration(min(1+n/batchKeysPerTimeout, maxBatchTimeouts))
+	}
+	return timeout
 }
 
 // lookup is the read-or-lease every call starts with.

@@ -123,11 +123,7 @@ func (s *MemoryStore) GetOrLease(ctx context.Context, key, token string, leaseTT
 
 // GetOrLeaseMany implements Store.
 func (s *MemoryStore) GetOrLeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error) {
-	out := make([]Lookup, len(keys))
-	for i, k := range keys {
-		out[i], _ = s.GetOrLease(ctx, k, token, leaseTTL)
-	}
-	return out, nil
+	return each(keys, func(k string) (Lookup, error) { return s.GetOrLease(ctx, k, token, leaseTTL) })
 }
 
 // Lease implements Store.
@@ -174,11 +170,7 @@ func (s *MemoryStore) Fill(ctx context.Context, key, token string, value []byte,
 
 // FillMany implements Store.
 func (s *MemoryStore) FillMany(ctx context.Context, token string, entries []FillEntry) ([]bool, error) {
-	out := make([]bool, len(entries))
-	for i, e := range entries {
-		out[i], _ = s.Fill(ctx, e.Key, token, e.Value, e.TTL)
-	}
-	return out, nil
+	return each(entries, func(e FillEntry) (bool, error) { return s.Fill(ctx, e.Key, token, e.Value, e.TTL) })
 }
 
 // Release implements Store.
@@ -238,18 +230,20 @@ func (s *MemoryStore) Close() error {
 
 // ReleaseMany is Release for several keys under one token.
 func (s *MemoryStore) ReleaseMany(ctx context.Context, token string, keys []string) ([]bool, error) {
-	out := make([]bool, len(keys))
-	for i, k := range keys {
-		out[i], _ = s.Release(ctx, k, token)
-	}
-	return out, nil
+	return each(keys, func(k string) (bool, error) { return s.Release(ctx, k, token) })
 }
 
 // LeaseMany is Lease for several keys under one token.
 func (s *MemoryStore) LeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error) {
-	out := make([]Lookup, len(keys))
-	for i, k := range keys {
-		out[i], _ = s.Lease(ctx, k, token, leaseTTL)
+	return each(keys, func(k string) (Lookup, error) { return s.Lease(ctx, k, token, leaseTTL) })
+}
+
+// each runs op on every element of in, in order: the batch form of a single-key method. A
+// MemoryStore's single-key methods never fail, so neither does each.
+func each[E, R any](in []E, op func(E) (R, error)) ([]R, error) {
+	out := make([]R, len(in))
+	for i, e := range in {
+		out[i], _ = op(e)
 	}
 	return out, nil
 }

@@ -91,6 +91,14 @@ func (c *config) positive(name string, d time.Duration) bool {
 	return true
 }
 
+func (c *config) notNegative(name string, d time.Duration) bool {
+	if d < 0 {
+		c.invalid("%s must not be negative, got %v", name, d)
+		return false
+	}
+	return true
+}
+
 // WithTTL sets the lifetime of a cached value. Default: DefaultTTL (5 minutes). It must be
 // positive. The stored lifetime is shortened by up to the jitter fraction (WithTTLJitter).
 func WithTTL(d time.Duration) Option {
@@ -113,11 +121,9 @@ func WithPrefix(p string) Option {
 // Default: DefaultNegativeTTL (10 seconds). It must not be negative.
 func WithNegativeTTL(d time.Duration) Option {
 	return func(c *config) {
-		if d < 0 {
-			c.invalid("negative TTL must not be negative, got %v", d)
-			return
+		if c.notNegative("negative TTL", d) {
+			c.negativeTTL = d
 		}
-		c.negativeTTL = d
 	}
 }
 
@@ -150,11 +156,9 @@ func WithEarlyRefresh(beta float64) Option {
 // Not-found entries (WithNegativeTTL) follow the same rules.
 func WithStaleWhileRevalidate(d time.Duration) Option {
 	return func(c *config) {
-		if d < 0 {
-			c.invalid("stale-while-revalidate window must not be negative, got %v", d)
-			return
+		if c.notNegative("stale-while-revalidate window", d) {
+			c.staleRevalidate = d
 		}
-		c.staleRevalidate = d
 	}
 }
 
@@ -167,11 +171,9 @@ func WithStaleWhileRevalidate(d time.Duration) Option {
 // stale-while-revalidate window (WithStaleWhileRevalidate).
 func WithStaleIfError(d time.Duration) Option {
 	return func(c *config) {
-		if d < 0 {
-			c.invalid("stale-if-error window must not be negative, got %v", d)
-			return
+		if c.notNegative("stale-if-error window", d) {
+			c.staleIfError = d
 		}
-		c.staleIfError = d
 	}
 }
 

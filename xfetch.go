@@ -286,9 +286,10 @@ func (c *Cache[T]) refreshManyUnder(ctx context.Context, fs []*flight[T], reqs [
 	// removed since; it is left alone.
 	gsks := pick(sks, granted)
 	cur, err := storeCallN(c, context.WithoutCancel(ctx), opGetOrLeaseMany, len(gsks), func(ctx context.Context) ([]Lookup, error) {
-		return c.store.GetOrLeaseMany(ctx, gsks, tok, c.leaseTTL)
+		cur, err := c.store.GetOrLeaseMany(ctx, gsks, tok, c.leaseTTL)
+		return oneEach(cur, err, len(gsks))
 	})
-	if err != nil || len(cur) != len(gsks) {
+	if err != nil {
 		_, _ = c.releaseMany(ctx, tok, gsks)
 		return
 	}
