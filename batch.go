@@ -31,9 +31,10 @@ func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(c
 	if load == nil {
 		return nil, errNilLoader
 	}
-	if c.closed.Load() {
+	if !c.calls.enter() { // Close waits for the calls inside (gate.go)
 		return nil, ErrClosed
 	}
+	defer c.calls.exit()
 	if len(opts) > 0 {
 		var err error
 		if ctx, err = withCallOptions(ctx, opts); err != nil {
@@ -63,6 +64,9 @@ func (c *Cache[T]) resolveAll(ctx context.Context, keys []string, b *batch[T]) e
 	for len(pending) > 0 {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if c.closed.Load() {
+			return ErrClosed
 		}
 		again, err := c.resolveMany(ctx, pending, b)
 		if err != nil {
@@ -181,7 +185,8 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 	if len(won) > 0 {
 		wkeys := pick(keys, won)
 		fs := c.loadMany(ctx, wkeys, pick(sks, won), pick(gens, won), tok, b.load)
-		if fs == nil {
+		if fs == nil { // closed since the lookup: its leases are not used
+			c.abandonMany(ctx, tok, pick(sks, won), nil)
 			return nil, ErrClosed
 		}
 		for j, f := range fs {

@@ -139,6 +139,16 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 	stored, ferr := storeCallN(c, context.WithoutCancel(ctx), opFillMany, len(entries), func(ctx context.Context) ([]bool, error) {
 		return c.store.FillMany(ctx, tok, entries)
 	})
+	if ferr != nil {
+		// Some fills may not have reached the store (on Cluster, one node's may fail alone):
+		// free every lease, or every process waits for them until they expire. A fill that
+		// did land left no lease of tok's to release.
+		fsks := make([]string, len(entries))
+		for i, e := range entries {
+			fsks[i] = e.Key
+		}
+		c.abandonMany(ctx, tok, fsks, nil)
+	}
 	for i, f := range filled {
 		f.retry = ferr != nil || i >= len(stored) || !stored[i]
 		if !f.retry {
@@ -151,23 +161,38 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 }
 
 // releaseMany ends tok's leases on sks, in one round trip (per node) if the store implements
-// ReleaseManyStore, and reports per key whether tok held it.
+// ReleaseManyStore, and reports per key whether tok held it. If the store fails, the release
+// is retried in the background (freeLeases).
 func (c *Cache[T]) releaseMany(ctx context.Context, tok string, sks []string) ([]bool, error) {
-	if len(sks) == 0 {
-		return nil, nil
+	held, err := c.releaseManyOnce(ctx, tok, sks)
+	if err != nil {
+		c.freeLeases(ctx, tok, sks, releaseAttempts-1)
 	}
+	return held, err
+}
+
+// releaseManyOnce is one attempt of releaseMany.
+func (c *Cache[T]) releaseManyOnce(ctx context.Context, tok string, sks []string) ([]bool, error) {
+	return c.releaseManyWithin(ctx, tok, sks, c.storeTimeout(c.warm.Load(), len(sks)))
+}
+
+// releaseManyWithin is one attempt of releaseMany, its store calls bounded by timeout.
+func (c *Cache[T]) releaseManyWithin(ctx context.Context, tok string, sks []string, timeout time.Duration) ([]bool, error) {
+	ctx = context.WithoutCancel(ctx)
 	rs, ok := c.store.(ReleaseManyStore)
-	if !ok {
+	if !ok || len(sks) == 1 {
 		held := make([]bool, len(sks))
 		var errs []error
 		for i, sk := range sks {
 			var err error
-			held[i], err = c.release(ctx, sk, tok)
+			held[i], err = storeCallWithin(c, ctx, opRelease, c.warm.Load(), timeout, func(ctx context.Context) (bool, error) {
+				return c.store.Release(ctx, sk, tok)
+			})
 			errs = append(errs, err)
 		}
 		return held, errors.Join(errs...)
 	}
-	held, err := storeCallN(c, context.WithoutCancel(ctx), opRelease, len(sks), func(ctx context.Context) ([]bool, error) {
+	held, err := storeCallWithin(c, ctx, opRelease, c.warm.Load(), timeout, func(ctx context.Context) ([]bool, error) {
 		held, err := rs.ReleaseMany(ctx, tok, sks)
 		return oneEach(held, err, len(sks))
 	})
@@ -208,8 +233,9 @@ func (c *Cache[T]) leaseOverMany(ctx context.Context, sks []string, tok string) 
 	return lks, err
 }
 
-// abandonMany releases, in the background, the leases granted to tok by a lookup whose caller
-// left before using them: those of sks whose lookup says Granted, or all of sks if lks is nil.
+// abandonMany releases, in the background, the leases granted to tok that will not be
+// filled (a caller that left, a failed fill, Close): those of sks whose lookup says Granted,
+// or all of sks if lks is nil. See freeLeases.
 func (c *Cache[T]) abandonMany(ctx context.Context, tok string, sks []string, lks []Lookup) {
 	granted := sks
 	if lks != nil {
@@ -220,11 +246,7 @@ func (c *Cache[T]) abandonMany(ctx context.Context, tok string, sks []string, lk
 			}
 		}
 	}
-	if len(granted) == 0 {
-		return
-	}
-	ctx = context.WithoutCancel(ctx)
-	c.background(func() { _, _ = c.releaseMany(ctx, tok, granted) })
+	c.freeLeases(ctx, tok, granted, releaseAttempts)
 }
 
 // loadManyWithoutStore loads keys without waiting on the store, in chunks as loadMany does, on
@@ -241,8 +263,7 @@ func (c *Cache[T]) loadManyWithoutStore(ctx context.Context, keys, sks []string,
 			if tok == "" {
 				return
 			}
-			ctx = context.WithoutCancel(ctx)
-			c.background(func() { _, _ = c.releaseMany(ctx, tok, sks[lo:hi]) })
+			c.freeLeases(ctx, tok, sks[lo:hi], releaseAttempts)
 		})
 	})
 	if fs == nil {

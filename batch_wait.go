@@ -63,6 +63,7 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 			for _, i := range idx {
 				fs[i].retry = true // the store failed: callers read again, and go without it
 			}
+			c.abandonMany(ctx, tok, qs, nil) // it may have granted leases all the same
 			return
 		}
 		var settled []*flight[T]

@@ -27,8 +27,6 @@ package cacheaside
 import (
 	"context"
 	"encoding/binary"
-	"errors"
-	"fmt"
 	"time"
 )
 
@@ -171,49 +169,6 @@ func (c *Cache[T]) startLocal(bus broadcaster) {
 		defer c.wg.Done()
 		sub.Run(c.life, c.onBroadcast)
 	}()
-}
-
-// deletePublisher is implemented by a store that can delete keys and publish a message after
-// the delete in one round trip (RedisStore on a standalone or Sentinel client).
-type deletePublisher interface {
-	// deleteAndPublish is Delete then Publish in one round trip. ok is false, and nothing
-	// done, when the store cannot do that.
-	deleteAndPublish(ctx context.Context, keys []string, channel string, msg []byte) (ok bool, err error)
-}
-
-// deleteAndPublish removes sks from the store, then publishes msg to the other instances: in
-// one round trip when the store can, else as two store calls.
-func (c *Cache[T]) deleteAndPublish(ctx context.Context, sks []string, msg []byte) error {
-	if dp, can := c.store.(deletePublisher); can && c.bus != nil {
-		var done bool
-		_, err := storeCall(c, ctx, opDelete, func(ctx context.Context) (struct{}, error) {
-			ok, err := dp.deleteAndPublish(ctx, sks, c.channel, msg)
-			done = ok
-			return struct{}{}, err
-		})
-		if done || err != nil {
-			return err
-		}
-	}
-	_, err := storeCall(c, ctx, opDelete, func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, c.store.Delete(ctx, sks...)
-	})
-	return errors.Join(err, c.publish(ctx, msg))
-}
-
-// publish sends an invalidation message to the other instances, bounded by the store timeout.
-// Without a broadcasting store it does nothing.
-func (c *Cache[T]) publish(ctx context.Context, msg []byte) error {
-	if c.bus == nil {
-		return nil
-	}
-	_, err := storeCall(c, ctx, opPublish, func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, c.bus.Publish(ctx, c.channel, msg)
-	})
-	if err != nil {
-		return fmt.Errorf("publish to other instances: %w", err)
-	}
-	return nil
 }
 
 // Liveness of a Redis subscription (broadcast_redis.go): after pubsubIdle without traffic it

@@ -32,7 +32,6 @@ import (
 
 	"github.com/cacheaside/cacheaside/internal/breaker"
 	"github.com/cacheaside/cacheaside/internal/envelope"
-	"github.com/cacheaside/cacheaside/internal/glob"
 )
 
 // Cache is a cache-aside layer for values of type T over a Store. It is safe for concurrent
@@ -70,6 +69,7 @@ type Cache[T any] struct {
 	flights map[flightKey]*flight[T]
 	seq     atomic.Uint64 // numbers flights in launch order
 	closed  atomic.Bool
+	calls   *callGate // the calls running (gate.go): Close waits for them
 
 	life context.Context // cancelled by Close
 	stop context.CancelFunc
@@ -116,6 +116,7 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		schema:   schemaOf(cfg.codec, vc), // schema.go
 		leaseTTL: cfg.leaseTTL,
 		tokens:   newTokens(),
+		calls:    newCallGate(),
 		gens:     newGenerations(),
 		flights:  make(map[flightKey]*flight[T]),
 		vc:       vc,
@@ -209,10 +210,17 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 		c.obs.request(ctx, key, resultL1Hit)
 		return e.val, nil
 	}
+	if !c.calls.enter() {
+		return zero, ErrClosed
+	}
+	defer c.calls.exit()
 	sk := c.cfg.prefix + key
 	for {
 		if err := ctx.Err(); err != nil {
 			return zero, err
+		}
+		if c.closed.Load() {
+			return zero, ErrClosed
 		}
 		gen := c.gens.load(key)
 		var f *flight[T]
@@ -258,6 +266,8 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 		}
 		if f == nil && !c.closed.Load() {
 			f, owner = c.loadWithoutStore(ctx, sk, tok, gen, load)
+		} else if f == nil && tok != "" {
+			c.abandon(ctx, sk, tok) // closing: the failed lookup may have been granted it
 		}
 		if f == nil {
 			if err := ctx.Err(); err != nil {
@@ -330,12 +340,12 @@ func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uin
 }
 
 // background runs fn on a goroutine the Cache owns (Close waits for it), unless the Cache is
-// closed.
-func (c *Cache[T]) background(fn func()) {
+// closed. It reports whether it started fn.
+func (c *Cache[T]) background(fn func()) bool {
 	c.mu.Lock()
 	if c.closed.Load() {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	c.wg.Add(1)
 	c.mu.Unlock()
@@ -343,6 +353,7 @@ func (c *Cache[T]) background(fn func()) {
 		defer c.wg.Done()
 		fn()
 	}()
+	return true
 }
 
 // decode reads a stored entry at store key sk and its header (h.NotFound() for a cached
@@ -382,73 +393,19 @@ func (c *Cache[T]) encode(ctx context.Context, sk string, v T, notFound bool, de
 	return data, ttl, ok
 }
 
-// Invalidate removes keys from the cache and voids every outstanding lease on them, so no load
-// that began before it can store its value, and no call that begins after it returns is
-// served one. Call it after each write to the source of truth. It always tries the store,
-// even with the breaker open, and returns an error if the store could not be reached: the
-// entries then live until their TTL.
+// Close stops the cache: it refuses new calls, cancels the loads in flight (their loaders'
+// contexts end), and returns once every call that was running has returned and every
+// goroutine of the Cache (loads, waits, refreshes, the store prober, the L1 subscriber) has
+// ended. It leaves the store open.
 //
-// Then it publishes the keys on the store's invalidation channel of this cache's prefix
-// (RedisStore: Redis pub/sub; MemoryStore: in process), and every instance with a local cache
-// (WithLocalCache) drops them from it on receipt. It does so with or without a local cache of
-// its own, so instances that have one stay coherent with those that do not. If the publish
-// fails, Invalidate returns an error: this instance is up to date, but other instances' local
-// caches may serve the old value until their local TTL.
-func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
-	if c.closed.Load() {
-		return ErrClosed
-	}
-	if len(keys) == 0 {
-		return nil
-	}
-	c.obs.invalidated(invalidatedKey, len(keys))
-	sks := make([]string, len(keys))
-	for i, k := range keys {
-		sks[i] = c.cfg.prefix + k
-		c.gens.bump(k) // before the delete: stop local store-less joins and L1 fills early
-	}
-	err := c.deleteAndPublish(ctx, sks, encodeKeysMsg(c.tokens.id, keys)) // broadcast.go
-	for _, k := range keys {
-		c.gens.bump(k) // after the delete: a load or L1 fill that began in between is not used either
-	}
-	c.l1Forget(keys)
-	if err != nil {
-		return fmt.Errorf("cacheaside: invalidate: %w", err)
-	}
-	return nil
-}
-
-// InvalidatePattern removes every entry of this cache whose key matches the Redis glob
-// pattern, and voids their leases. It matches within this cache's prefix only (the prefix's
-// own glob characters are escaped), uses SCAN on every master, never KEYS, and returns the
-// number of cached entries removed. An empty pattern is refused. It runs on ctx without the
-// store timeout: give ctx a deadline.
+// No lease outlives Close: a lease this instance was granted and will not fill (a load that
+// Close ended, a read-or-lease that was on the wire when Close began) is released before Close
+// returns, so no other process waits for it. The wait is bounded by the loaders honouring
+// their context, plus a few store timeouts for the releases.
 //
-// Then it tells every instance to clear its local cache (WithLocalCache) of this prefix
-// entirely, as Invalidate does for keys (see Invalidate for a failed publish).
-func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, error) {
-	if c.closed.Load() {
-		return 0, ErrClosed
-	}
-	if pattern == "" {
-		return 0, errors.New("cacheaside: invalidate pattern: empty pattern")
-	}
-	c.obs.invalidated(invalidatedPattern, 1)
-	c.gens.bumpAll()
-	sctx, obs := c.obs.storeStart(ctx, opDeletePattern)
-	n, err := c.store.DeletePattern(sctx, glob.Escape(c.cfg.prefix)+pattern)
-	c.obs.storeEnd(obs, err, ctx.Err() != nil)
-	c.l1Flush() // bumps the epoch again
-	err = errors.Join(err, c.publish(ctx, encodeAllMsg(c.tokens.id, pattern)))
-	if err != nil {
-		return n, fmt.Errorf("cacheaside: invalidate pattern: %w", err)
-	}
-	return n, nil
-}
-
-// Close stops the cache's goroutines: the store prober, and the loads in flight, whose
-// contexts it cancels. It waits for them, and leaves the store open. Calls after Close return
-// ErrClosed. Close is idempotent.
+// Calls after Close return ErrClosed; so do the calls that were running, unless their own
+// context ended first (they get ctx.Err()) or they had their value already. Close is
+// idempotent and always returns nil.
 func (c *Cache[T]) Close() error {
 	c.mu.Lock()
 	if c.closed.Swap(true) {
@@ -457,6 +414,7 @@ func (c *Cache[T]) Close() error {
 	}
 	c.mu.Unlock()
 	c.stop()
+	<-c.calls.close() // running calls return: their flights end now
 	c.wg.Wait()
 	c.obs.unregister()
 	if c.l1 != nil {

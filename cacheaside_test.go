@@ -912,7 +912,8 @@ func TestNilLoader(t *testing.T) {
 	require.Error(t, err)
 }
 
-// Close cancels loads in flight, waits for the cache's goroutines, and makes later calls fail.
+// Close cancels loads in flight, waits for the cache's goroutines, and makes later calls fail;
+// a caller whose load Close ended gets ErrClosed, not context.Canceled.
 func TestClose(t *testing.T) {
 	c, err := New[int](NewMemoryStore())
 	require.NoError(t, err)
@@ -928,7 +929,7 @@ func TestClose(t *testing.T) {
 	}()
 	<-loading
 	within(t, 5*time.Second, "Close", func() { require.NoError(t, c.Close()) })
-	require.ErrorIs(t, <-result, context.Canceled)
+	require.ErrorIs(t, <-result, ErrClosed, "Close ended the load; the caller's own context is live")
 	require.NoError(t, c.Close(), "idempotent")
 	_, err = c.GetOrLoad(bg(), "k", func(context.Context) (int, error) { return 1, nil })
 	require.ErrorIs(t, err, ErrClosed)

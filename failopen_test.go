@@ -236,17 +236,21 @@ func checkFailsOpen(t *testing.T, c *Cache[string]) {
 
 	var invErr error
 	var invTook time.Duration
+	// Invalidate has its own budget (10 s by default, retrying): the caller's context bounds it
+	// sooner, and the error says the keys may be stale.
 	within(t, 10*time.Second, "Invalidate on an unusable store", func() {
+		ctx, cancel := context.WithTimeout(bg(), 1500*time.Millisecond)
+		defer cancel()
 		t0 := time.Now()
-		invErr = c.Invalidate(bg(), "key-1", "m1")
+		invErr = c.Invalidate(ctx, "key-1", "m1")
 		invTook = time.Since(t0)
 	})
 	t.Logf("Invalidate took %v and returned %v", invTook, invErr)
-	if invErr == nil {
-		t.Errorf("Invalidate on an unusable store returned nil, want an error")
+	if !errors.Is(invErr, ErrInvalidationFailed) || !errors.Is(invErr, context.DeadlineExceeded) {
+		t.Errorf("Invalidate on an unusable store returned %v, want ErrInvalidationFailed and the caller's deadline", invErr)
 	}
-	if invTook > 2*time.Second {
-		t.Errorf("Invalidate took %v, want < 2s (bounded by the store/connect timeout)", invTook)
+	if invTook > 4*time.Second {
+		t.Errorf("Invalidate took %v, want about 1.5s (bounded by the caller's context)", invTook)
 	}
 }
 

@@ -186,8 +186,12 @@ func (c *Cache[T]) finish(fs ...*flight[T]) {
 		}
 	}
 	c.mu.Unlock()
+	closing := c.life.Err() != nil
 	for _, f := range fs {
 		if !f.finished {
+			if closing && f.err != nil && errors.Is(f.err, context.Canceled) {
+				f.err = ErrClosed // Close ended it, not the callers' own contexts
+			}
 			f.finished = true
 			close(f.done)
 		}

@@ -581,6 +581,11 @@ type linzScenario struct {
 	feature string
 	// migrate moves the hash slot of the scenario's keys between masters (cluster only).
 	migrate bool
+	// wrap, if set, wraps every instance's store (fault injection at the Store boundary).
+	wrap func(Store) Store
+	// churn adds an instance that readers use for a few milliseconds before it is closed
+	// mid-flight and replaced, again and again, until the round's writes are done.
+	churn bool
 
 	// broken turns on Cache.unsafeSkipLeaseCheck in every instance; mute makes the stores
 	// send no invalidation message (a broken L1); vizDir is where a violation's
@@ -707,6 +712,14 @@ func linzScenarios() []linzScenario {
 		{name: "proxy-drop", stores: redisStores, opts: faultOpts, fault: faultDrop, proxy: true, strict: true, work: faultWork},
 		// A hash slot holding every key of the scenario moves between masters and back, with
 		// traffic on the half-moved slot (ASK redirections, TRYAGAIN on two-key scripts).
+		// Fills that fail: one in three, half of them after the store took the value (the
+		// reply was lost), half before. The lease is released in the background under the
+		// same token (a no-op if the value landed), and the reads whose fill failed are
+		// marked unstored.
+		{name: "fill-failures", stores: allStores, opts: healthyOpts, strict: true, work: baseWork, wrap: failingFills},
+		// An instance closed mid-flight, again and again, while readers use it: its calls end
+		// with ErrClosed (dropped) or a value, and the leases it held are released.
+		{name: "close-mid-flight", stores: allStores, opts: healthyOpts, strict: true, work: baseWork, churn: true},
 		{name: "slot-migration", stores: []string{storeCluster}, opts: healthyOpts, fault: faultMigrate, migrate: true, strict: true,
 			work: withWork(func(w *workload) { w.writes, w.writeGap = 30, 30*time.Millisecond })},
 	}
@@ -847,7 +860,11 @@ func runLinz(t *testing.T, sc linzScenario, store string, scale int) (linzResult
 	prefix := testPrefix(t)
 	caches := make([]*Cache[linzValue], w.instances)
 	for i := range caches {
-		caches[i] = newTestCache[linzValue](t, tg.newStore(t), concat([]Option{WithPrefix(prefix)}, sc.opts)...)
+		store := tg.newStore(t)
+		if sc.wrap != nil {
+			store = sc.wrap(store)
+		}
+		caches[i] = newTestCache[linzValue](t, store, concat([]Option{WithPrefix(prefix)}, sc.opts)...)
 		caches[i].unsafeSkipLeaseCheck = sc.broken
 	}
 	if sc.feature == "l1" {
@@ -1039,6 +1056,15 @@ func linzRound(t testing.TB, sc linzScenario, tg *linzTarget, caches []*Cache[li
 			}
 		}()
 	}
+	if sc.churn {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			churn(t, sc, tg, caches[0].cfg.prefix, stopReads, func(client int, c *Cache[linzValue], n int) {
+				read(w.writers+w.readers+len(caches)+client, c, n, "")
+			})
+		}()
+	}
 	writing.Wait()
 	close(stopReads)
 	wg.Wait()
@@ -1057,4 +1083,82 @@ func linzRound(t testing.TB, sc linzScenario, tg *linzTarget, caches []*Cache[li
 		}
 	}
 	return h, note
+}
+
+// churn builds an instance on tg with prefix, has three readers read through it (read) for 2
+// to 20 ms, closes it while they are at it, and starts over, until stop is closed.
+func churn(t testing.TB, sc linzScenario, tg *linzTarget, prefix string, stop <-chan struct{}, read func(client int, c *Cache[linzValue], n int)) {
+	for gen := 0; ; gen++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		c, err := New[linzValue](tg.newStore(t), concat([]Option{WithPrefix(prefix)}, sc.opts)...)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		var readers sync.WaitGroup
+		for r := range 3 {
+			readers.Add(1)
+			go func() {
+				defer readers.Done()
+				for n := 1; !c.closed.Load(); n++ {
+					read(gen%8*3+r, c, n)
+				}
+			}()
+		}
+		time.Sleep(2*time.Millisecond + rand.N(18*time.Millisecond))
+		_ = c.Close()
+		readers.Wait()
+	}
+}
+
+// failingFills wraps a store so that one Fill or FillMany in three fails: half of them after
+// the store took the values (a lost reply), half without reaching it.
+func failingFills(s Store) Store {
+	return &fillFaults{Store: s}
+}
+
+type fillFaults struct {
+	Store
+	n atomic.Int64
+}
+
+var errFillLost = errors.New("injected: fill reply lost")
+
+func (f *fillFaults) fault() (fail, land bool) {
+	n := f.n.Add(1)
+	return n%3 == 0, n%6 == 0
+}
+
+func (f *fillFaults) Fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error) {
+	fail, land := f.fault()
+	if !fail {
+		return f.Store.Fill(ctx, key, token, value, ttl)
+	}
+	if land {
+		_, _ = f.Store.Fill(ctx, key, token, value, ttl)
+	}
+	return false, errFillLost
+}
+
+func (f *fillFaults) FillMany(ctx context.Context, token string, entries []FillEntry) ([]bool, error) {
+	fail, land := f.fault()
+	if !fail {
+		return f.Store.FillMany(ctx, token, entries)
+	}
+	if land {
+		_, _ = f.Store.FillMany(ctx, token, entries)
+	}
+	return nil, errFillLost
+}
+
+func (f *fillFaults) ReleaseMany(ctx context.Context, token string, keys []string) ([]bool, error) {
+	return f.Store.(ReleaseManyStore).ReleaseMany(ctx, token, keys)
+}
+
+func (f *fillFaults) LeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error) {
+	return f.Store.(LeaseManyStore).LeaseMany(ctx, keys, token, leaseTTL)
 }

@@ -64,9 +64,16 @@ const (
 // storeCallN is storeCall for an operation on n keys.
 func storeCallN[T, R any](c *Cache[T], ctx context.Context, op storeOp, n int, call func(context.Context) (R, error)) (R, error) {
 	warm := c.warm.Load()
+	return storeCallWithin(c, ctx, op, warm, c.storeTimeout(warm, n), call)
+}
+
+// storeCallWithin is storeCall bounded by timeout instead of the store timeout (the write path
+// has its own budget: invalidate.go). warm is whether the store had answered when the call
+// began.
+func storeCallWithin[T, R any](c *Cache[T], ctx context.Context, op storeOp, warm bool, timeout time.Duration, call func(context.Context) (R, error)) (R, error) {
 	octx, cancel := ctx, func() {}
 	if c.mem == nil { // an in-process store neither blocks nor honours deadlines
-		octx, cancel = context.WithTimeout(ctx, c.storeTimeout(warm, n))
+		octx, cancel = context.WithTimeout(ctx, timeout)
 	}
 	octx, obs := c.obs.storeStart(octx, op)
 	r, err := call(octx)
@@ -134,18 +141,71 @@ func (c *Cache[T]) unlessLeft(ctx context.Context, sk, tok string, lk Lookup, er
 	return Lookup{}, ctx.Err()
 }
 
-// abandon releases, in the background, a lease whose caller left before using it.
+// abandon releases, in the background, a lease that will not be filled: its caller left
+// before using it, its fill failed, or the lookup that asked for it failed (the store may have
+// granted it anyway). See freeLeases.
 func (c *Cache[T]) abandon(ctx context.Context, sk, tok string) {
-	ctx = context.WithoutCancel(ctx)
-	c.background(func() { _, _ = c.release(ctx, sk, tok) })
+	c.freeLeases(ctx, tok, []string{sk}, releaseAttempts)
 }
 
 // release ends tok's lease at once (loader error or panic, value not storable) and reports
-// whether tok still held it. It runs on the flight's context, detached from callers.
+// whether tok still held it. It runs on the flight's context, detached from callers. If the
+// store fails, the release is retried in the background (freeLeases).
 func (c *Cache[T]) release(ctx context.Context, sk, tok string) (bool, error) {
+	held, err := c.releaseOnce(ctx, sk, tok)
+	if err != nil {
+		c.freeLeases(ctx, tok, []string{sk}, releaseAttempts-1)
+	}
+	return held, err
+}
+
+func (c *Cache[T]) releaseOnce(ctx context.Context, sk, tok string) (bool, error) {
 	return storeCall(c, context.WithoutCancel(ctx), opRelease, func(ctx context.Context) (bool, error) {
 		return c.store.Release(ctx, sk, tok)
 	})
+}
+
+// A release that fails is tried releaseAttempts times in all, releaseBackoff apart, doubling:
+// a lease this process will not fill must not make every process wait for it until it
+// expires (the lease TTL, seconds) because one round trip failed. The attempts of freeLeases
+// are bounded by the store timeout times 4, 16, 64..., at most releaseMaxTimeout: a burst of
+// releases (Close during a burst of cold reads) may wait for pool connections longer than
+// a read would, and must not fail for it.
+const (
+	releaseAttempts   = 4
+	releaseBackoff    = 5 * time.Millisecond
+	releaseMaxTimeout = time.Second
+)
+
+// freeLeases releases tok's leases on sks, trying up to tries times while the store fails. It
+// runs in the background, or at once on the calling goroutine when the Cache is closing:
+// every goroutine that can hold a lease is one Close waits for (a call inside the gate, or a
+// goroutine of the Cache), so the releases are sent before Close returns. A release only ends
+// tok's own lease, so releasing a lease that was filled, voided or never granted does
+// nothing.
+func (c *Cache[T]) freeLeases(ctx context.Context, tok string, sks []string, tries int) {
+	if tries <= 0 || len(sks) == 0 {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	run := func() {
+		backoff := releaseBackoff
+		timeout := c.storeTimeout(true, len(sks))
+		for i := range tries {
+			if i > 0 {
+				time.Sleep(backoff/2 + rand.N(backoff/2+1))
+				backoff *= 2
+			}
+			timeout = min(4*timeout, max(releaseMaxTimeout, timeout))
+			if _, err := c.releaseManyWithin(ctx, tok, sks, timeout); err == nil {
+				return
+			}
+		}
+		c.stats.unreleased.Add(uint64(len(sks))) // they expire with their lease TTL
+	}
+	if !c.background(run) {
+		run()
+	}
 }
 
 // settle decides what a finished load leaves in f and in the store, for a single key loaded
@@ -177,6 +237,11 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 		return c.store.Fill(ctx, sk, tok, data, ttl)
 	})
 	f.retry = !stored || ferr != nil
+	if ferr != nil {
+		// The fill may not have reached the store: free the lease, or every process waits for
+		// it until it expires. If the fill did land, the release finds no lease of tok's.
+		c.abandon(ctx, sk, tok)
+	}
 	if f.retry {
 		c.stats.storeless.Add(1) // the caller that loaded it still gets it
 		return
@@ -278,7 +343,8 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 		}
 		switch {
 		case err != nil:
-			f.retry = true // the store failed: callers read again, and go without it
+			f.retry = true          // the store failed: callers read again, and go without it
+			c.abandon(ctx, sk, tok) // it may have granted the lease all the same
 			return
 		case lk.Granted:
 			c.mu.Lock()

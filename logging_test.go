@@ -115,7 +115,8 @@ func TestLoggingRateLimited(t *testing.T) {
 func TestLoggingSuppressedCount(t *testing.T) {
 	b, logger := newLogBuffer()
 	store := newFaultyStore(t)
-	c := newTestCache[string](t, store, WithLogger(logger), withLogInterval(20*time.Millisecond), WithCircuitBreaker(1<<30, time.Hour))
+	c := newTestCache[string](t, store, WithLogger(logger), withLogInterval(20*time.Millisecond), WithCircuitBreaker(1<<30, time.Hour),
+		WithInvalidateTimeout(time.Nanosecond)) // one attempt: one failed store operation per Invalidate
 	_, err := c.GetOrLoad(bg(), "warm", constLoad("v"))
 	require.NoError(t, err)
 	store.fail.Store(true)

@@ -113,7 +113,12 @@ func (c *Cache[T]) readOwn(ctx context.Context, sk string, gen uint64, load func
 	if !lk.Granted {
 		return lk, nil, nil
 	}
-	return lk, c.startLoad(ctx, sk, tok, gen, load), nil
+	f := c.startLoad(ctx, sk, tok, gen, load)
+	if f == nil { // closed since the lookup was sent: the lease is not used
+		c.abandon(ctx, sk, tok)
+		return Lookup{}, nil, ErrClosed
+	}
+	return lk, f, nil
 }
 
 // handOver ends the lookup in flight for sk: if calls queued a next one, it is sent on a
@@ -130,18 +135,20 @@ func (c *Cache[T]) handOver(sh *lookupShard[T], sk string) {
 	slot.next = nil
 	sh.mu.Unlock()
 
-	if c.closed.Load() || !c.breaker.Allow() {
-		s.err = ErrClosed
-		if !c.closed.Load() {
-			s.err = errBreakerOpen // the sharers go to their loader without asking the store
-		}
+	if !c.breaker.Allow() {
+		s.err = errBreakerOpen // the sharers go to their loader without asking the store
 		close(s.done)
 		c.handOver(sh, sk)
 		return
 	}
-	c.background(func() {
+	sent := c.background(func() {
 		s.lk, s.f, s.err = c.readOwn(s.ctx, sk, s.gen, s.load)
 		close(s.done)
 		c.handOver(sh, sk)
 	})
+	if !sent { // closed: every sharer must still be answered
+		s.err = ErrClosed
+		close(s.done)
+		c.handOver(sh, sk)
+	}
 }

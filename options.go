@@ -22,6 +22,8 @@ const (
 	DefaultLeaseWaitMin    = 2 * time.Millisecond
 	DefaultLeaseWaitMax    = 100 * time.Millisecond
 
+	DefaultInvalidateTimeout = 10 * time.Second
+
 	DefaultBatchLoadSize        = 0 // no cap: one loader call per batch
 	DefaultBatchLoadConcurrency = 4
 )
@@ -43,6 +45,7 @@ type config struct {
 	leaseTTL        time.Duration // 0: loadTimeout
 	storeTimeout    time.Duration
 	connectTimeout  time.Duration
+	invalTimeout    time.Duration // WithInvalidateTimeout
 	maxValueSize    int
 	codec           Codec
 	wire            wireOptions // WithCompression, WithEncryption
@@ -65,6 +68,7 @@ func defaultConfig() config {
 		loadTimeout:     DefaultLoadTimeout,
 		storeTimeout:    DefaultStoreTimeout,
 		connectTimeout:  DefaultConnectTimeout,
+		invalTimeout:    DefaultInvalidateTimeout,
 		maxValueSize:    DefaultMaxValueSize,
 		codec:           JSONCodec{},
 		wire:            wireOptions{compressAt: DefaultCompressionThreshold},
@@ -247,6 +251,21 @@ func WithConnectTimeout(d time.Duration) Option {
 	return func(c *config) {
 		if c.positive("connect timeout", d) {
 			c.connectTimeout = d
+		}
+	}
+}
+
+// WithInvalidateTimeout bounds Invalidate and InvalidatePattern, retries included. They do
+// not share the read path's store timeout: a write must not leave a stale entry because the
+// store was busy for a moment. Each attempt of an Invalidate is bounded by one second (or what
+// is left of d); a failed attempt is retried with backoff (10 milliseconds doubling to one
+// second, jittered) until it succeeds, d has passed, or the caller's ctx ends. An attempt of
+// an InvalidatePattern (a SCAN of every master) may take all of d. Default:
+// DefaultInvalidateTimeout (10 seconds). It must be positive.
+func WithInvalidateTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if c.positive("invalidate timeout", d) {
+			c.invalTimeout = d
 		}
 	}
 }

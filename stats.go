@@ -29,6 +29,8 @@ type Stats struct {
 	EarlyRefreshes       uint64 // background refreshes that loaded before expiry (WithEarlyRefresh)
 	Invalidations        uint64 // keys passed to Invalidate
 	PatternInvalidations uint64 // InvalidatePattern calls
+	InvalidationFailures uint64 // Invalidate and InvalidatePattern calls that returned an *InvalidationError
+	UnreleasedLeases     uint64 // leases this process would not fill and could not release (the store refused every attempt): they expire with their TTL
 	UndecodableValues    uint64 // stored entries that did not decode, treated as misses
 	UnopenedValues       uint64 // among them: encrypted entries that did not open (altered, moved, unknown key), unencrypted ones where encryption is on (WithEncryption)
 	L1BroadcastDrops     uint64 // local-cache entries dropped on another instance's invalidation (held here, not keys named)
@@ -67,6 +69,8 @@ func (s Stats) MeanLoadTime() time.Duration {
 func (c *Cache[T]) Stats() Stats {
 	s := c.obs.stats()
 	s.UnopenedValues = c.wire.rejects[rejectSealed].Load() + c.wire.rejects[rejectPlain].Load()
+	s.InvalidationFailures = c.stats.invalFailed.Load()
+	s.UnreleasedLeases = c.stats.unreleased.Load()
 	return s
 }
 

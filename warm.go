@@ -86,9 +86,10 @@ func (c *Cache[T]) Warm(ctx context.Context, keys []string, load func(ctx contex
 	if load == nil {
 		return res, errNilLoader
 	}
-	if c.closed.Load() {
+	if !c.calls.enter() { // Close waits for the calls inside (gate.go)
 		return res, ErrClosed
 	}
+	defer c.calls.exit()
 	cfg := warmConfig{batchSize: DefaultWarmBatchSize, concurrency: DefaultWarmConcurrency}
 	for _, o := range opts {
 		if o != nil {

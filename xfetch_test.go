@@ -1051,7 +1051,7 @@ func TestRefreshBackoffBounds(t *testing.T) {
 func TestRefreshSkippedWithBreakerOpen(t *testing.T) {
 	clk := newFakeClock()
 	store := newFaultyStore(t)
-	c := newTestCache[string](t, store, l1Opts(WithEarlyRefresh(1), WithCircuitBreaker(1, time.Hour))...)
+	c := newTestCache[string](t, store, l1Opts(WithEarlyRefresh(1), WithCircuitBreaker(1, time.Hour), WithInvalidateTimeout(time.Nanosecond))...)
 	useClock(clk, c)
 	waitLive(t, c)
 	_, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) {

@@ -1,0 +1,219 @@
+package cacheaside
+
+// The write path: Invalidate and InvalidatePattern.
+//
+// An invalidation is what keeps a cache-aside cache fresh after a write, so it has its own
+// budget (WithInvalidateTimeout, seconds), not the read path's fail-fast store timeout, and it
+// ignores the circuit breaker: a store that is slow or briefly failing is retried with backoff
+// until it takes the delete, and only a store that stays unreachable for the whole budget (or
+// the caller's ctx) makes it fail, with an *InvalidationError naming what may be stale.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/cacheaside/cacheaside/internal/glob"
+)
+
+// Backoff between the attempts of an invalidation, and the bound of one attempt of an
+// Invalidate (an InvalidatePattern's attempt may take the whole budget: it scans).
+const (
+	invalidateBackoffMin = 10 * time.Millisecond
+	invalidateBackoffMax = time.Second
+	invalidateAttempt    = time.Second
+)
+
+// Invalidate removes keys from the cache and voids every outstanding lease on them, so no load
+// that began before it can store its value, and no call that begins after it returns is
+// served one. Call it after each write to the source of truth.
+//
+// It returns nil once the store has removed the keys and the other instances have been told
+// (below). It does not use the read path's store timeout, and it does not skip the store when
+// the circuit breaker is open: each attempt is bounded by one second, and a failed attempt is
+// retried with backoff for up to WithInvalidateTimeout (default 10 seconds), or until ctx
+// ends. On a store that answers, however busy, it returns nil.
+//
+// If it cannot complete, it returns an *InvalidationError, for which
+// errors.Is(err, ErrInvalidationFailed) holds (and errors.Is(err, ctx.Err()) when ctx ended
+// it): the keys it names may then be served with their old value — from the store until
+// their TTL, or, when only the broadcast failed (Removed), from other instances' local caches
+// until their local TTL. Retry it, or write the invalidation through an outbox (package
+// outbox) so that it is delivered once the store answers. Either way, this instance's local
+// cache has dropped the keys.
+//
+// Then it publishes the keys on the store's invalidation channel of this cache's prefix
+// (RedisStore: Redis pub/sub; MemoryStore: in process), and every instance with a local cache
+// (WithLocalCache) drops them from it on receipt. It does so with or without a local cache of
+// its own, so instances that have one stay coherent with those that do not.
+func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	c.obs.invalidated(invalidatedKey, len(keys))
+	sks := make([]string, len(keys))
+	for i, k := range keys {
+		sks[i] = c.cfg.prefix + k
+		c.gens.bump(k) // before the delete: stop local store-less joins and L1 fills early
+	}
+	removed, err := c.deleteAndPublish(ctx, sks, encodeKeysMsg(c.tokens.id, keys))
+	for _, k := range keys {
+		c.gens.bump(k) // after the delete: a load or L1 fill that began in between is not used either
+	}
+	c.l1Forget(keys)
+	if err != nil {
+		c.stats.invalFailed.Add(1)
+		return &InvalidationError{Keys: append([]string(nil), keys...), Removed: removed, Err: err}
+	}
+	return nil
+}
+
+// InvalidatePattern removes every entry of this cache whose key matches the Redis glob
+// pattern, and voids their leases. It matches within this cache's prefix only (the prefix's
+// own glob characters are escaped), uses SCAN on every master, never KEYS, and returns the
+// number of cached entries removed. An empty pattern is refused.
+//
+// Like Invalidate it has its own budget (WithInvalidateTimeout), retries a failed scan with
+// backoff within it, ignores the circuit breaker, and returns an *InvalidationError
+// (errors.Is(err, ErrInvalidationFailed)) if it cannot complete: entries matching pattern may
+// then still be served with their old value. A scan's cost grows with the whole keyspace of
+// the store, not with the entries removed: on a large Redis, raise the budget, or name the
+// keys (Invalidate).
+//
+// Then it tells every instance to clear its local cache (WithLocalCache) of this prefix
+// entirely, as Invalidate does for keys.
+func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, error) {
+	if c.closed.Load() {
+		return 0, ErrClosed
+	}
+	if pattern == "" {
+		return 0, errors.New("cacheaside: invalidate pattern: empty pattern")
+	}
+	c.obs.invalidated(invalidatedPattern, 1)
+	c.gens.bumpAll()
+	full := glob.Escape(c.cfg.prefix) + pattern
+	n, removed := 0, false
+	err := c.retryInvalidation(ctx, true, func(ctx context.Context, warm bool, timeout time.Duration) error {
+		if !removed {
+			m, err := storeCallWithin(c, ctx, opDeletePattern, warm, timeout, func(ctx context.Context) (int, error) {
+				return c.store.DeletePattern(ctx, full)
+			})
+			n += m // a failed scan removed some: they count, and are gone
+			if err != nil {
+				return err
+			}
+			removed = true
+		}
+		return c.publish(ctx, warm, timeout, encodeAllMsg(c.tokens.id, pattern))
+	})
+	c.l1Flush() // bumps the epoch again
+	if err != nil {
+		c.stats.invalFailed.Add(1)
+		return n, &InvalidationError{Pattern: pattern, Removed: removed, Err: err}
+	}
+	return n, nil
+}
+
+// retryInvalidation runs attempt until it succeeds, the invalidation budget has passed, or ctx
+// ends, with backoff between attempts. Each attempt gets the bound it must pass to its store
+// calls: one second, or what is left of the budget if that is less (all of it, if whole).
+func (c *Cache[T]) retryInvalidation(ctx context.Context, whole bool, attempt func(ctx context.Context, warm bool, timeout time.Duration) error) error {
+	deadline := time.Now().Add(c.cfg.invalTimeout)
+	backoff := invalidateBackoffMin
+	var timer *time.Timer
+	for {
+		left := time.Until(deadline)
+		timeout := left
+		if !whole {
+			timeout = min(left, invalidateAttempt)
+		}
+		err := attempt(ctx, c.warm.Load(), max(timeout, time.Millisecond))
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return errors.Join(err, context.Cause(ctx))
+		}
+		sleep := backoff/2 + rand.N(backoff/2+1)
+		if left = time.Until(deadline); sleep >= left {
+			return err
+		}
+		backoff = min(2*backoff, invalidateBackoffMax)
+		if timer == nil {
+			timer = time.NewTimer(sleep)
+			defer timer.Stop()
+		} else {
+			timer.Reset(sleep)
+		}
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return errors.Join(err, context.Cause(ctx))
+		}
+	}
+}
+
+// deletePublisher is implemented by a store that can delete keys and publish a message after
+// the delete in one round trip (RedisStore on a standalone or Sentinel client).
+type deletePublisher interface {
+	// deleteAndPublish is Delete then Publish in one round trip. ok is false, and nothing
+	// done, when the store cannot do that.
+	deleteAndPublish(ctx context.Context, keys []string, channel string, msg []byte) (ok bool, err error)
+}
+
+// deleteAndPublish removes sks from the store, then publishes msg to the other instances: in
+// one round trip when the store can, else as two store calls, with retries (retryInvalidation).
+// removed reports whether the delete succeeded, even if the publish did not.
+func (c *Cache[T]) deleteAndPublish(ctx context.Context, sks []string, msg []byte) (removed bool, err error) {
+	dp, both := c.store.(deletePublisher)
+	both = both && c.bus != nil
+	err = c.retryInvalidation(ctx, false, func(ctx context.Context, warm bool, timeout time.Duration) error {
+		if !removed && both {
+			var done bool
+			_, err := storeCallWithin(c, ctx, opDelete, warm, timeout, func(ctx context.Context) (struct{}, error) {
+				ok, err := dp.deleteAndPublish(ctx, sks, c.channel, msg)
+				done = ok
+				return struct{}{}, err
+			})
+			if err != nil {
+				return err
+			}
+			if done {
+				removed = true
+				return nil
+			}
+			both = false // the store cannot do both at once: from now on, two calls
+		}
+		if !removed {
+			_, err := storeCallWithin(c, ctx, opDelete, warm, timeout, func(ctx context.Context) (struct{}, error) {
+				return struct{}{}, c.store.Delete(ctx, sks...)
+			})
+			if err != nil {
+				return err
+			}
+			removed = true
+		}
+		return c.publish(ctx, warm, timeout, msg)
+	})
+	return removed, err
+}
+
+// publish sends an invalidation message to the other instances, bounded by timeout. Without
+// a broadcasting store it does nothing.
+func (c *Cache[T]) publish(ctx context.Context, warm bool, timeout time.Duration, msg []byte) error {
+	if c.bus == nil {
+		return nil
+	}
+	_, err := storeCallWithin(c, ctx, opPublish, warm, timeout, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, c.bus.Publish(ctx, c.channel, msg)
+	})
+	if err != nil {
+		return fmt.Errorf("publish to other instances: %w", err)
+	}
+	return nil
+}
