@@ -42,8 +42,8 @@ func Example() {
 		}
 	}
 
-	u, _ := users.GetOrLoad(ctx, "1", load("1")) // a miss: one query
-	u, _ = users.GetOrLoad(ctx, "1", load("1"))  // a hit
+	_, _ = users.GetOrLoad(ctx, "1", load("1"))  // a miss: one query
+	u, _ := users.GetOrLoad(ctx, "1", load("1")) // a hit
 	fmt.Println(u.Name, "queries:", queries)
 
 	db["1"] = User{ID: 1, Name: "Ada Lovelace"} // write the source of truth,
@@ -51,7 +51,7 @@ func Example() {
 	u, _ = users.GetOrLoad(ctx, "1", load("1"))
 	fmt.Println(u.Name, "queries:", queries)
 
-	_, err = users.GetOrLoad(ctx, "2", load("2"))
+	_, _ = users.GetOrLoad(ctx, "2", load("2"))
 	_, err = users.GetOrLoad(ctx, "2", load("2")) // the not-found is cached too
 	fmt.Println(errors.Is(err, cacheaside.ErrNotFound), "queries:", queries)
 	// Output:

@@ -151,7 +151,7 @@ func FuzzMatch(f *testing.F) {
 				t.Fatalf("Match(%q, %q) = %v, reference says %v", p, s, got, want)
 			}
 		} else {
-			Match(p, s)
+			_ = Match(p, s) // long inputs: only that it returns
 		}
 		if !Match(Escape(s), s) {
 			t.Fatalf("Escape(%q) does not match itself", s)

@@ -15,6 +15,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -70,7 +71,7 @@ func (p *printer) silentFor() time.Duration {
 
 func run(label string, argv []string, jsonMode bool) int {
 	pr := &printer{last: time.Now(), start: time.Now()}
-	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd := exec.Command(argv[0], argv[1:]...) //nolint:gosec // G204: running the given command is its job
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -124,7 +125,8 @@ func run(label string, argv []string, jsonMode bool) int {
 	code := 0
 	if err != nil {
 		code = 1
-		if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() > 0 {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() > 0 {
 			code = ee.ExitCode()
 		}
 	}
