@@ -237,9 +237,9 @@ func (s *state) handle(e event) {
 	case "output":
 		s.output[id] = append(s.output[id], e.Output)
 		// The linearizability summaries and the self-checks say what they found as they go.
-		if i := strings.Index(e.Output, "linz "); i >= 0 && strings.Contains(e.Output, "violations=") {
+		if i := strings.Index(e.Output, "self-check "); i >= 0 {
 			s.pr.println("    %s", strings.TrimSpace(e.Output[i:]))
-		} else if i := strings.Index(e.Output, "self-check: "); i >= 0 {
+		} else if i := strings.Index(e.Output, "linz "); i >= 0 && strings.Contains(e.Output, "violations=") {
 			s.pr.println("    %s", strings.TrimSpace(e.Output[i:]))
 		}
 	case "pass", "skip", "fail":
