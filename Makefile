@@ -8,15 +8,29 @@ CLUSTER_ADDRS ?= 127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002
 
 TEST_ENV = CACHEASIDE_REDIS_ADDR=$(REDIS_ADDR) CACHEASIDE_CLUSTER_ADDRS=$(CLUSTER_ADDRS)
 
-.PHONY: test vet fmt cover cluster cluster-stop redis demo bench verify soak fuzz fuzz-short
+.PHONY: test vet fmt cover cluster cluster-stop redis demo bench verify soak fuzz fuzz-short lint progress
 
 # Fuzz targets, as package:Target; each runs alone (go test takes one -fuzz target at a time).
-FUZZ_TARGETS = ./internal/envelope:FuzzEnvelope .:FuzzDecompress .:FuzzOpen .:FuzzDecodeJSON \
-	.:FuzzDecodeMsgpack .:FuzzDecodeProto .:FuzzDecodeRaw
+# make test runs their seed corpora as plain tests; make fuzz-short and make fuzz mutate.
+FUZZ_TARGETS = ./internal/envelope:FuzzEnvelope ./internal/glob:FuzzMatch .:FuzzDecompress \
+	.:FuzzOpen .:FuzzDecodeJSON .:FuzzDecodeMsgpack .:FuzzDecodeProto .:FuzzDecodeRaw
 FUZZTIME ?= 3s
 
-test: redis cluster
-	$(GO) vet ./...
+# progress (internal/cmd/progress) runs a step of make test and prints a line at least every
+# 20 s: each package as it ends, each test that took 2 s or more, each linearizability
+# scenario, and in silences what is compiling or running. A failing test prints all its output.
+TOOLS := $(CURDIR)/.tools
+PROGRESS := $(TOOLS)/progress
+
+progress:
+	@mkdir -p $(TOOLS)
+	@$(GO) build -o $(PROGRESS) ./internal/cmd/progress
+
+# make test: gofmt and the tests of the library (-race, -short: the CI sizes; make verify runs
+# the full sizes), of examples/ and of bench/ (go test runs its own subset of go vet; make
+# lint runs all of go vet and the linters). README: How we test, for the time it takes.
+test: redis cluster progress
+	@echo "== make test: gofmt, then go test -race -short ./... (each line below is progress; make lint runs go vet and the linters)"
 	@unformatted="$$(gofmt -l .)"; \
 	if [ -n "$$unformatted" ]; then \
 		echo "gofmt: these files are not formatted:"; \
@@ -24,21 +38,20 @@ test: redis cluster
 		exit 1; \
 	fi
 	@summary=$$(mktemp); status=0; \
-	echo "$(TEST_ENV) CACHEASIDE_SOAK=$(TEST_SOAK) $(GO) test -race -count=1 -timeout 8m ./..."; \
-	$(TEST_ENV) CACHEASIDE_SOAK=$(TEST_SOAK) CACHEASIDE_LINZ_SUMMARY=$$summary $(GO) test -race -count=1 -timeout 8m ./... || status=$$?; \
-	echo "Linearizability checks, one line per scenario and store (README: How we test):"; \
+	echo "== $(TEST_ENV) CACHEASIDE_SOAK=$(TEST_SOAK) $(GO) test -race -short -count=1 -timeout 8m ./..."; \
+	$(TEST_ENV) CACHEASIDE_SOAK=$(TEST_SOAK) CACHEASIDE_LINZ_SUMMARY=$$summary \
+		$(PROGRESS) -json "go test ./..." -- $(GO) test -race -short -count=1 -timeout 8m -json ./... || status=$$?; \
+	echo "== Linearizability checks, one line per scenario and store (README: How we test):"; \
 	cat $$summary; rm -f $$summary; exit $$status
-	@if [ -f bench/go.mod ]; then \
-		echo "cd bench && $(GO) vet ./... && $(GO) test -count=1 ./..."; \
-		cd bench && $(GO) vet ./... && $(TEST_ENV) $(GO) test -count=1 ./...; \
-	fi
-	@if [ -f examples/go.mod ]; then \
-		echo "cd examples && $(GO) vet ./... && $(GO) test -count=1 ./..."; \
-		cd examples && $(GO) vet ./... && $(TEST_ENV) $(GO) test -count=1 ./...; \
-	fi
-	$(MAKE) fuzz-short
+	@for m in examples bench; do \
+		[ -f $$m/go.mod ] || continue; \
+		echo "== cd $$m && $(GO) test -count=1 ./..."; \
+		(cd $$m && $(TEST_ENV) $(PROGRESS) -json "$$m: go test" -- $(GO) test -count=1 -json ./...) || exit 1; \
+	done
+	@echo "== make test passed"
 
-# A short run of every fuzz target (part of test); new failures land in testdata/fuzz.
+# A short run of every fuzz target, 3 s each after an instrumented build (the whole step took
+# 247 s on 2 vCPUs, hence not in make test); new failures land in testdata/fuzz.
 fuzz-short:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
@@ -51,13 +64,14 @@ fuzz:
 	$(MAKE) fuzz-short FUZZTIME=60s
 
 # verify runs the linearizability scenarios (and the broken-build check) six times larger
-# than CI does, and the soak for VERIFY_SOAK, under -race: about five minutes. Each scenario
+# than CI does, the soak for VERIFY_SOAK, and the tests make test shrinks with -short at
+# their full size (Warm of 100,000 keys), under -race: about six minutes. Each scenario
 # prints its line.
 VERIFY_SCALE ?= 6
 VERIFY_SOAK ?= 30s
 verify: cluster
 	$(TEST_ENV) CACHEASIDE_VERIFY_SCALE=$(VERIFY_SCALE) CACHEASIDE_SOAK=$(VERIFY_SOAK) $(GO) test -race -count=1 -timeout 30m \
-		-run 'TestLinearizability|TestFailOpenLateLease|TestFailOpenNoJoin|TestSoak' -v .
+		-run 'TestLinearizability|TestFailOpenLateLease|TestFailOpenNoJoin|TestSoak|TestWarmLarge|TestWarmCancel' -v .
 
 # soak runs mixed reads, writes and faults at full speed on every store at once for
 # SOAK_FOR: no violation, heap and goroutines flat. make test runs it for TEST_SOAK.
@@ -68,6 +82,27 @@ soak: cluster
 
 vet:
 	$(GO) vet ./...
+
+# lint: gofmt, then golangci-lint (.golangci.yml: govet with all its analyzers, staticcheck,
+# errcheck, revive, gosec, ...) on the library, examples/ and bench/. The pinned version is
+# installed into .tools/ with go install on first use (it compiles: minutes on 2 vCPUs).
+GOLANGCI_LINT_VERSION ?= v2.15.0
+GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+
+$(GOLANGCI_LINT):
+	@mkdir -p $(TOOLS)/install
+	@echo "installing golangci-lint $(GOLANGCI_LINT_VERSION) into .tools/ (go install compiles it: a few minutes, once)"
+	GOBIN=$(TOOLS)/install $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	@mv $(TOOLS)/install/golangci-lint $@
+
+lint: $(GOLANGCI_LINT) progress
+	@unformatted="$$(gofmt -l .)"; \
+	if [ -n "$$unformatted" ]; then echo "gofmt: these files are not formatted:"; echo "$$unformatted"; exit 1; fi
+	@for m in . examples bench; do \
+		[ -f $$m/go.mod ] || continue; \
+		echo "== cd $$m && golangci-lint run ./..."; \
+		(cd $$m && $(PROGRESS) "lint $$m" -- $(GOLANGCI_LINT) run --timeout 15m ./...) || exit 1; \
+	done
 
 fmt:
 	gofmt -w .
@@ -85,12 +120,17 @@ cluster-stop:
 redis:
 	bash scripts/redis.sh
 
-# The demo runs on embedded SQLite + miniredis with no setup; DATABASE_URL and REDIS_URL put it
-# on real servers. DEMO_FLAGS=-quick for a run of a few seconds (go run ./demo -h lists them).
+# The demo runs on embedded SQLite and, unless a Redis answers on 127.0.0.1:6379 (as make test
+# uses), an embedded miniredis, with no setup; DATABASE_URL and REDIS_URL put it on other
+# servers, -embedded-redis forces miniredis. DEMO_FLAGS=-quick for a run of a few seconds (go run ./demo -h lists them).
 DEMO_FLAGS ?=
 
-demo:
-	cd examples && $(GO) run ./demo $(DEMO_FLAGS)
+demo: progress
+	@echo "make demo: compiling examples/demo (the first build compiles the pure-Go SQLite: a minute or two on 2 vCPUs)..."
+	@mkdir -p $(TOOLS)
+	@cd examples && $(PROGRESS) "building the demo" -- $(GO) build -o $(TOOLS)/demo ./demo
+	@echo "make demo: running it (the Redis on $(REDIS_ADDR) if it answers, the embedded miniredis otherwise)"
+	cd examples && $(TOOLS)/demo $(DEMO_FLAGS)
 
 # Side-by-side benchmarks against the peers (bench/ is its own module), needing the Redis at
 # REDIS_ADDR; every Benchmark function of bench/ is in exactly one group (TestMakeBenchRunsAll

@@ -3,6 +3,7 @@ package cacheaside
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -349,7 +350,7 @@ func TestLocalCloseStopsTheSubscriber(t *testing.T) {
 		}
 		waitLive(t, c)
 		within(t, 5*time.Second, "Close", func() { c.Close() })
-		if _, err := c.GetOrLoad(bg(), "k", func(context.Context) (int, error) { return 1, nil }); err != ErrClosed {
+		if _, err := c.GetOrLoad(bg(), "k", func(context.Context) (int, error) { return 1, nil }); !errors.Is(err, ErrClosed) {
 			t.Fatalf("after Close: %v", err)
 		}
 	})

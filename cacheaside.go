@@ -1,23 +1,3 @@
-// Package cacheaside is a cache-aside layer for Go services over Redis (standalone, Sentinel,
-// Cluster) or process memory: wrap repository reads in GetOrLoad, call Invalidate after each
-// database write.
-//
-// With default options a Cache guarantees:
-//
-//  1. Stampede: any number of goroutines in any number of processes asking for one missing
-//     key cause one loader call, as long as the load finishes within its lease.
-//  2. No stale set: once Invalidate(k) has returned, a value that a loader began loading
-//     before that call is never stored for k, and a GetOrLoad(k) that starts after it
-//     returned never returns such a value.
-//  3. Fail open: when the store errors or is unreachable, GetOrLoad returns the loader's
-//     value with no error, and after a few failures stops waiting on the store at all until a
-//     background probe finds it answering again.
-//  4. Bad data: bytes at a cache key that do not decode are a miss, replaced by the next fill;
-//     so are values of another codec or type, or of another shape of the type (schema.go).
-//  5. Cancellation: a caller whose context ends gets ctx.Err() promptly; the shared load goes
-//     on for the other callers.
-//
-// The lease protocol behind 1 and 2 is described in lock.go.
 package cacheaside
 
 import (

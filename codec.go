@@ -78,7 +78,7 @@ func bindCodec[T any](codec Codec) (valueCodec[T], error) {
 		vc = anyCodec[T]{codec}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: codec %q cannot encode %v: %v", ErrInvalidOption, codec.Name(), reflect.TypeFor[T](), err)
+		return nil, fmt.Errorf("%w: codec %q cannot encode %v: %w", ErrInvalidOption, codec.Name(), reflect.TypeFor[T](), err)
 	}
 	return vc.(valueCodec[T]), nil
 }

@@ -768,13 +768,20 @@ func TestLinearizabilityCatchesBrokenBuild(t *testing.T) {
 			t.Run(sc.name+"/"+store, func(t *testing.T) {
 				sc.vizDir = t.TempDir() // a violation is expected: leave no file behind
 				res, note := runLinz(t, sc, store, 1)
-				report := linzLine(sc, store, res, note)
-				t.Log(report)
-				linzSummary(report)
+				// A self-check: violations are required here, and the line says so.
+				details := strings.TrimPrefix(linzLine(sc, store, res, note), "linz ")
+				line := fmt.Sprintf("self-check %s/%s: broken build caught: %d violations, as required (%s)",
+					sc.name, store, res.violations, details)
 				if res.violations == 0 {
-					t.Errorf("the checker found no violation in a broken build: %s", report)
+					line = fmt.Sprintf("self-check %s/%s: FAILED, the checker found no violation in a deliberately broken build (%s)",
+						sc.name, store, details)
+				}
+				t.Log(line)
+				linzSummary(line)
+				if res.violations == 0 {
+					t.Error(line)
 				} else {
-					t.Logf("as it must, the checker caught the broken build; first violation: %s", res.viz)
+					t.Logf("first violation (expected here): %s", res.viz)
 				}
 			})
 		}

@@ -241,7 +241,8 @@ func (c *Cache[T]) warmBatch(ctx context.Context, keys []string, load func(conte
 
 func containsErr(errs []error, err error) bool {
 	for _, e := range errs {
-		if e == err || e.Error() == err.Error() {
+		if e == err || e.Error() == err.Error() { //nolint:errorlint // the same error value or text, not its chain
+
 			return true
 		}
 	}

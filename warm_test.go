@@ -43,7 +43,10 @@ func TestWarmLarge(t *testing.T) {
 	for _, mk := range []func() backend{memoryBackend, redisBackend} {
 		b := mk()
 		t.Run(b.name, func(t *testing.T) {
-			const n = 100_000
+			n := 100_000 // the figure, in make verify; make test (-short) warms 20,000
+			if testing.Short() {
+				n = 20_000
+			}
 			c := backendCache[int](t, b, append(slowMachine, WithTTL(5*time.Minute), WithNegativeTTL(5*time.Minute))...)
 			t.Cleanup(func() { // the shared Redis does not keep 100,000 keys
 				ctx, cancel := context.WithTimeout(bg(), time.Minute)
@@ -89,8 +92,10 @@ func TestWarmLarge(t *testing.T) {
 // another instance then loads the rest, each key once.
 func TestWarmCancel(t *testing.T) {
 	forMemoryAndReal(t, func(t *testing.T, b backend) {
-		n := 100_000 // the figure; on a real server the second Warm would take minutes
-		if b.real {
+		// The figure; on a real server the second Warm would take minutes, and make test
+		// runs -short (make verify the full size).
+		n := 100_000
+		if b.real || testing.Short() {
 			n = 20_000
 		}
 		prefix := testPrefix(t)

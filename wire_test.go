@@ -335,7 +335,7 @@ func TestCompressRoundTrip(t *testing.T) {
 		require.Equal(t, p, d)
 		_, ok = decompress(c[4:], n-1)
 		require.False(t, ok, "over the limit")
-		require.Equal(t, byte(tagS2), c[4])
+		require.Equal(t, tagS2, c[4])
 		_, err := s2.Decode(nil, c[5:])
 		require.NoError(t, err, "an S2 block after the tag")
 	}
@@ -399,7 +399,7 @@ func TestKeysNeverPrinted(t *testing.T) {
 	out.WriteString(errText)
 	text := out.String()
 	for _, enc := range []string{string(key), hex.EncodeToString(key), strings.ToUpper(hex.EncodeToString(key)),
-		base64.StdEncoding.EncodeToString(key), fmt.Sprint(key), "abcdabcd", "171 205", "0xab"} {
+		base64.StdEncoding.EncodeToString(key), string(key), "abcdabcd", "171 205", "0xab"} {
 		require.NotContains(t, text, enc)
 	}
 	require.Contains(t, r.String(), "primary: 1")

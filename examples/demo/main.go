@@ -29,6 +29,8 @@ func main() {
 		os.Exit(2)
 	}
 	o.progress = os.Stderr
+	chooseRedis(&o)
+	fmt.Fprintln(os.Stderr, "cache store:", o.redisNote)
 	// The embedded miniredis allocates some 200 KB per Lua script call (a fresh interpreter
 	// each time); a lazier collector keeps its garbage from dominating the latencies.
 	if os.Getenv("GOGC") == "" {

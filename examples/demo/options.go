@@ -26,6 +26,8 @@ type options struct {
 	databaseURL     string        // PostgreSQL; empty: embedded SQLite
 	redisURL        string        // Redis; empty: embedded miniredis
 	memoryCache     bool          // the cache in process memory instead of Redis
+	embeddedRedis   bool          // miniredis even when a Redis answers on 127.0.0.1:6379
+	redisNote       string        // which Redis the cache is on, and why (the report says it)
 	storeTimeout    time.Duration // of the cache's store operations; 0: the service's default
 	progress        io.Writer     // the progress bar; nil: none
 }
@@ -100,6 +102,7 @@ func parseFlags(args []string, stderr io.Writer, o options) (options, bool, map[
 	fs.IntVar(&o.stampedeReaders, "stampede", o.stampedeReaders, "readers released at once on the hot key right after it is invalidated")
 	fs.IntVar(&o.stampedeRounds, "stampede-rounds", o.stampedeRounds, "synchronized expiries of the hot key per run")
 	fs.DurationVar(&o.dbLatency, "db-latency", o.dbLatency, "added to each database query, standing for a remote, loaded database (default 0 with DATABASE_URL)")
+	fs.BoolVar(&o.embeddedRedis, "embedded-redis", o.embeddedRedis, "use the embedded miniredis even when a Redis answers on "+localRedisAddr)
 	fs.BoolVar(&o.memoryCache, "memory-cache", o.memoryCache, "keep the cache in process memory (MemoryStore) instead of Redis or the embedded miniredis")
 	fs.StringVar(&o.chart, "chart", o.chart, "file for the chart of database load over time (.png or .svg)")
 	fs.Uint64Var(&o.seed, "seed", o.seed, "seed of the workload's random numbers")

@@ -82,7 +82,7 @@ func runPhase(ctx context.Context, o options, cached bool, bar *progressBar) (*p
 		return nil, err
 	}
 	srv := &http.Server{Handler: svc.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
+	go func() { _ = srv.Serve(ln) }() // http.ErrServerClosed once srv.Close runs
 	defer srv.Close()
 	conns := o.workers + o.stampedeReaders
 	client := &http.Client{
@@ -404,7 +404,7 @@ func (d *driver) warmConnections(ctx context.Context, n int) {
 		wg.Go(func() {
 			req, _ := http.NewRequestWithContext(ctx, "GET", d.base+"/healthz", nil)
 			if resp, err := d.client.Do(req); err == nil {
-				io.Copy(io.Discard, resp.Body)
+				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}
 		})

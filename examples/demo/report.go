@@ -35,6 +35,9 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(w, "; each database query takes %v more (-db-latency), as a remote database would", o.dbLatency)
 	}
 	fmt.Fprintln(w)
+	if o.redisNote != "" {
+		fmt.Fprintf(w, "cache store: %s\n", o.redisNote)
+	}
 	fmt.Fprintln(w)
 
 	row := func(name, without, with, note string) {

@@ -58,7 +58,7 @@ func main() {
 	u, _ = getUser("1")
 	fmt.Printf("read %q after the write (queries: %d)\n", u.Name, queries)
 
-	_, err = getUser("42")
-	_, err = getUser("42")
+	_, _ = getUser("42")   // not found: one query, and the answer is cached
+	_, err = getUser("42") // answered from the cache
 	fmt.Printf("user 42: not found=%v, twice, one query (queries: %d)\n", errors.Is(err, cacheaside.ErrNotFound), queries)
 }

@@ -18,7 +18,7 @@ type goldenNode struct {
 	Attrs    map[string][2]float64
 	Created  time.Time
 	goldenEmbedded
-	private int
+	private int //nolint:unused // an unexported field the schema must leave out
 	Any     any
 	Fn      func(int, ...string) (bool, error)
 	Ch      <-chan byte
@@ -28,7 +28,7 @@ type goldenNode struct {
 
 type goldenEmbedded struct {
 	Level  int8
-	hidden bool
+	hidden bool //nolint:unused // an unexported field the schema must leave out
 }
 
 type goldenStatus uint16

@@ -1,0 +1,57 @@
+// Package cacheaside is a cache-aside layer for Go services over Redis (standalone, Sentinel,
+// Cluster) or process memory: wrap repository reads in [Cache.GetOrLoad], call
+// [Cache.Invalidate] after each database write.
+//
+// With default options a [Cache] guarantees:
+//
+//  1. Stampede: any number of goroutines in any number of processes asking for one missing
+//     key cause one loader call, as long as the load finishes within its lease.
+//  2. No stale set: once Invalidate(k) has returned, a value that a loader began loading
+//     before that call is never stored for k, and a GetOrLoad(k) that starts after it
+//     returned never returns such a value.
+//  3. Fail open: when the store errors or is unreachable, GetOrLoad returns the loader's
+//     value with no error, and after a few failures stops waiting on the store at all until a
+//     background probe finds it answering again.
+//  4. Bad data: bytes at a cache key that do not decode are a miss, replaced by the next fill;
+//     so are values of another codec or type, or of another shape of the type (schema.go).
+//  5. Cancellation: a caller whose context ends gets ctx.Err() promptly; the shared load goes
+//     on for the other callers.
+//  6. Invalidation on a healthy store succeeds: [Cache.Invalidate] and
+//     [Cache.InvalidatePattern] have their own budget ([WithInvalidateTimeout], 10 s, with
+//     retries), not the read path's store timeout, and ignore the circuit breaker. When one
+//     fails, its error is an [*InvalidationError] ([ErrInvalidationFailed]) naming what may
+//     still be stale, and where.
+//  7. No lease outlives its load: a lease this process will not fill (a failed fill, a failed
+//     or abandoned lookup, a load ended by [Cache.Close]) is released, and Close returns only
+//     after every running call has returned (with [ErrClosed] unless its own context ended).
+//
+// The lease protocol behind 1 and 2 is described in lock.go.
+//
+// # Stores
+//
+// A [Cache] keeps its values in a [Store]: [NewRedisStore] over any go-redis
+// [github.com/redis/go-redis/v9.UniversalClient] (standalone, Sentinel, Cluster, Ring), or
+// [NewMemoryStore] for one process. A Store of your own must keep the lease semantics the
+// [Store] interface documents.
+//
+// # Reads, writes, batches
+//
+// [New] builds a cache for one value type. [Cache.GetOrLoad] reads one key through the
+// cache, [Cache.GetOrLoadMany] a batch with one loader call for the missing keys, and
+// [Cache.Warm] fills many keys ahead of traffic. [Cache.Invalidate] and
+// [Cache.InvalidatePattern] remove entries after a write; [ErrNotFound] from a loader caches
+// the absence (see [WithNegativeTTL]). [Cache.Close] stops the cache's goroutines.
+//
+// # Options
+//
+// Every option says its default. The common ones: [WithTTL], [WithPrefix],
+// [WithLocalCache] (an in-process L1 kept coherent by a broadcast), [WithEarlyRefresh],
+// [WithStaleWhileRevalidate], [WithCircuitBreaker], [WithCodec], [WithCompression],
+// [WithEncryption] (with a [KeyRing]). Per call: [TTL] and [NegativeTTL].
+//
+// # Observability
+//
+// [Cache.Stats] counts hits, misses, loads and store errors; [WithPrometheus] exports them to
+// a [github.com/prometheus/client_golang/prometheus.Registerer] you pass; [WithTracerProvider]
+// traces loads and store calls with OpenTelemetry; [WithLogger] logs through [log/slog].
+package cacheaside
