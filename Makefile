@@ -19,7 +19,8 @@ FUZZTIME ?= 3s
 # progress (internal/cmd/progress) runs a step of make test and prints a line at least every
 # 20 s: each package as it ends, each test that took 2 s or more, each linearizability
 # scenario, and in silences what is compiling or running. A failing test prints all its output.
-TOOLS := $(CURDIR)/.tools
+# Tools live outside the clone, so that every clone on a machine (CI clones afresh) shares them.
+TOOLS ?= $(HOME)/.cache/cacheaside-tools
 PROGRESS := $(TOOLS)/progress
 
 progress:
@@ -85,13 +86,13 @@ vet:
 
 # lint: gofmt, then golangci-lint (.golangci.yml: govet with all its analyzers, staticcheck,
 # errcheck, revive, gosec, ...) on the library, examples/ and bench/. The pinned version is
-# installed into .tools/ with go install on first use (it compiles: minutes on 2 vCPUs).
+# installed into $(TOOLS) (~/.cache/cacheaside-tools, shared by every clone) with go install on first use (it compiles: minutes on 2 vCPUs).
 GOLANGCI_LINT_VERSION ?= v2.15.0
 GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 $(GOLANGCI_LINT):
 	@mkdir -p $(TOOLS)/install
-	@echo "installing golangci-lint $(GOLANGCI_LINT_VERSION) into .tools/ (go install compiles it: a few minutes, once)"
+	@echo "installing golangci-lint $(GOLANGCI_LINT_VERSION) into $(TOOLS) (go install compiles it: a few minutes, once)"
 	GOBIN=$(TOOLS)/install $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	@mv $(TOOLS)/install/golangci-lint $@
 
