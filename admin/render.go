@@ -101,9 +101,9 @@ func statRows(s cacheaside.Stats) []row {
 		{"Lease waits", count(s.LeaseWaits), "waits for another process's load", false},
 		{"Coalesced", count(s.Coalesced), "calls that shared work in this process", false},
 		{"Early refreshes", count(s.EarlyRefreshes), "", false},
-		{"Invalidations", count(s.Invalidations), "keys invalidated", false},
-		{"Pattern invalidations", count(s.PatternInvalidations), "", false},
-		{"Undecodable values", count(s.UndecodableValues), "stored entries read as misses", s.UndecodableValues > 0},
+		{"Invalidated keys", count(s.Invalidations), "keys passed to Invalidate", false},
+		{"Invalidated patterns", count(s.PatternInvalidations), "InvalidatePattern calls", false},
+		{"Undecodable", count(s.UndecodableValues), "stored entries read as misses", s.UndecodableValues > 0},
 		{"L1 flushes", count(s.L1Flushes), "", false},
 		{"Breaker opens", count(s.BreakerOpens), "times the store was skipped after failures", s.BreakerOpens > 0},
 	}
@@ -240,22 +240,22 @@ const pageTemplates = `
   main { padding: 20px 24px; max-width: 1200px; }
   h1 { font-size: 20px; margin: 0 0 16px; }
   h2 { font-size: 17px; margin: 0; }
-  .card { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 16px 18px; margin-bottom: 18px; }
+  .card { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 14px 16px; margin-bottom: 16px; }
   .cardhead { display: flex; align-items: center; gap: 12px; flex-wrap: wrap; margin-bottom: 6px; }
-  .meta { color: var(--muted); font-size: 13px; margin-bottom: 12px; }
+  .meta { color: var(--muted); font-size: 13px; margin-bottom: 10px; }
   .meta code { color: var(--fg); }
   .badge { font-size: 12px; font-weight: 600; padding: 2px 8px; border-radius: 10px; }
   .closed { background: #e3f4e8; color: var(--ok); }
   .open { background: #fde7e5; color: var(--bad); }
-  .stats { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 8px; margin: 0 0 14px; }
-  .stat { border: 1px solid var(--line); border-radius: 6px; padding: 6px 10px; }
+  .stats { display: grid; grid-template-columns: repeat(auto-fill, minmax(122px, 1fr)); gap: 6px; margin: 0 0 12px; }
+  .stat { border: 1px solid var(--line); border-radius: 6px; padding: 4px 8px; }
   .stat dt { font-size: 12px; color: var(--muted); }
-  .stat dd { margin: 0; font-size: 17px; font-variant-numeric: tabular-nums; }
+  .stat dd { margin: 0; font-size: 16px; font-variant-numeric: tabular-nums; }
   .stat.warn dd { color: var(--warn); font-weight: 600; }
-  .forms { display: flex; gap: 10px; flex-wrap: wrap; }
+  .forms { display: flex; gap: 8px; flex-wrap: wrap; }
   form.inline { display: flex; gap: 6px; align-items: center; border: 1px solid var(--line); border-radius: 6px; padding: 6px 8px; background: var(--bg); }
   form.inline label { font-size: 13px; color: var(--muted); }
-  input[type=text] { font: 14px ui-monospace, "DejaVu Sans Mono", monospace; padding: 4px 6px; border: 1px solid #b8c0c8; border-radius: 4px; width: 13em; }
+  input[type=text] { font: 14px ui-monospace, "DejaVu Sans Mono", monospace; padding: 4px 6px; border: 1px solid #b8c0c8; border-radius: 4px; width: 10em; }
   button { font: inherit; font-size: 14px; padding: 4px 12px; border-radius: 4px; border: 1px solid var(--accent); background: var(--accent); color: #fff; cursor: pointer; }
   button.danger { border-color: var(--bad); background: var(--bad); }
   a.button { display: inline-block; padding: 4px 12px; border: 1px solid var(--line); border-radius: 4px; color: var(--fg); text-decoration: none; background: #fff; }
