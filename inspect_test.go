@@ -190,3 +190,35 @@ func TestInfo(t *testing.T) {
 		t.Fatalf("Inspect after Close: %v", err)
 	}
 }
+
+// TestInspectL1: a key held in this instance's local cache is reported, and no longer once
+// invalidated.
+func TestInspectL1(t *testing.T) {
+	store := NewMemoryStore()
+	defer store.Close()
+	c := newTestCache[string](t, store, WithLocalCache(100, time.Minute))
+	ld := func(context.Context) (string, error) { return "v", nil }
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := c.GetOrLoad(bg(), "k", ld); err != nil {
+			t.Fatal(err)
+		}
+		info, err := c.Inspect(bg(), "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.L1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the key never showed in the local cache (subscription never live?)")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := c.Invalidate(bg(), "k"); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := c.Inspect(bg(), "k"); err != nil || info.L1 || info.Hit() {
+		t.Fatalf("after Invalidate: %+v %v", info, err)
+	}
+}

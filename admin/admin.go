@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -229,6 +230,16 @@ func checkInput(what, s string) string {
 	return ""
 }
 
+// query returns the request's query parameters, or answers 400 for a malformed query.
+func (h *Handler) query(w http.ResponseWriter, r *http.Request) (url.Values, bool) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		h.fail(w, http.StatusBadRequest, "The query string is malformed (bad %-escape or separator).")
+		return nil, false
+	}
+	return q, true
+}
+
 // cacheParam returns the cache named by the request's "cache" parameter, or answers 400/404.
 func (h *Handler) cacheParam(w http.ResponseWriter, name string) (Cache, bool) {
 	if name == "" {
@@ -258,7 +269,10 @@ func (h *Handler) serveIndex(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) serveKey(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
+	q, ok := h.query(w, r)
+	if !ok {
+		return
+	}
 	name, key := q.Get("cache"), q.Get("key")
 	c, ok := h.cacheParam(w, name)
 	if !ok {
@@ -347,7 +361,11 @@ func splitTags(s string) []string {
 
 // serveConfirm shows the confirmation form of an invalidation; it changes nothing.
 func (h *Handler) serveConfirm(w http.ResponseWriter, r *http.Request) {
-	inv, _, ok := h.parseInvalidation(w, r.URL.Query().Get)
+	q, ok := h.query(w, r)
+	if !ok {
+		return
+	}
+	inv, _, ok := h.parseInvalidation(w, q.Get)
 	if !ok {
 		return
 	}

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -408,7 +409,8 @@ func TestBadInput(t *testing.T) {
 		{p + "key?cache=users", http.StatusBadRequest, "The key is empty."},
 		{p + "key?cache=users&key=" + long, http.StatusBadRequest, "longer than 4096 bytes"},
 		{p + "key?cache=nope&key=k", http.StatusNotFound, "No cache is registered as &#34;nope&#34;."},
-		{p + "key?cache=users&key=%zz", http.StatusBadRequest, ""}, // a malformed query: no parameters
+		{p + "key?cache=users&key=%zz", http.StatusBadRequest, "The query string is malformed"},
+		{p + "invalidate?cache=users&kind=key&target=%", http.StatusBadRequest, "The query string is malformed"},
 		{p + "invalidate?cache=users&kind=key", http.StatusBadRequest, "The key is empty."},
 		{p + "invalidate?cache=users&kind=pattern&target=", http.StatusBadRequest, "The pattern is empty."},
 		{p + "invalidate?cache=users&kind=drop&target=x", http.StatusBadRequest, "Unknown kind of invalidation"},
@@ -572,4 +574,37 @@ func TestRegister(t *testing.T) {
 		t.Fatalf("an unregistered cache answered %d", r.status)
 	}
 	register(t, h, "users", c)
+}
+
+// TestConcurrentRegistration: caches come and go while the page is served (run with -race).
+func TestConcurrentRegistration(t *testing.T) {
+	store := memStore(t)
+	c := newCache[user](t, store)
+	load(t, c, "u1", user{Name: "Ada"})
+	h := admin.New()
+	register(t, h, "users", c)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			name := "extra-" + strconv.Itoa(g)
+			for range 50 {
+				if err := h.Register(name, c); err != nil {
+					t.Error(err)
+					return
+				}
+				h.Unregister(name)
+			}
+		})
+		wg.Go(func() {
+			for range 20 {
+				if r := get(t, h, admin.DefaultPath); r.status != http.StatusOK {
+					t.Errorf("index: %d", r.status)
+				}
+				if r := get(t, h, admin.DefaultPath+"key?cache=users&key=u1"); r.status != http.StatusOK {
+					t.Errorf("key: %d", r.status)
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
