@@ -342,7 +342,7 @@ const pageTemplates = `
   {{end}}
   <p class="forms">
     <a class="button" href="./">Back</a>
-    <a class="button" href="key?cache={{.Cache}}&amp;key={{.Key}}">Refresh</a>
+    <a class="button" href="key?cache={{.Cache}}&amp;key={{.Key}}">Reload</a>
     <a class="button" href="invalidate?cache={{.Cache}}&amp;kind=key&amp;target={{.Key}}">Invalidate…</a>
   </p>
 </section>
