@@ -88,7 +88,8 @@ type KeyInfo struct {
 	LeaseTTL time.Duration // the lease's time left
 	Foreign  bool          // data that is not an entry (see StoreEntry.Foreign)
 
-	// What this cache makes of the value.
+	// What this cache makes of the value. The fields from NotFound to LoadTime are read from
+	// the value's header, and are zero when it is not a frame of this cache's format and type.
 	Decoded     bool          // the value decodes for this cache (format, codec, type, key ring)
 	Undecodable string        // why not, when Value && !Decoded; a read treats it as a miss
 	NotFound    bool          // a cached not-found (negative entry)
