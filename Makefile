@@ -8,7 +8,7 @@ CLUSTER_ADDRS ?= 127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002
 
 TEST_ENV = CACHEASIDE_REDIS_ADDR=$(REDIS_ADDR) CACHEASIDE_CLUSTER_ADDRS=$(CLUSTER_ADDRS)
 
-.PHONY: test vet fmt cover cluster cluster-stop redis demo bench verify soak fuzz fuzz-short lint progress
+.PHONY: test vet fmt cover cluster cluster-stop redis demo bench verify soak fuzz fuzz-short lint progress admin-browser admin-screenshot
 
 # Fuzz targets, as package:Target; each runs alone (go test takes one -fuzz target at a time).
 # make test runs their seed corpora as plain tests; make fuzz-short and make fuzz mutate.
@@ -72,7 +72,22 @@ VERIFY_SCALE ?= 6
 VERIFY_SOAK ?= 30s
 verify: cluster
 	$(TEST_ENV) CACHEASIDE_VERIFY_SCALE=$(VERIFY_SCALE) CACHEASIDE_SOAK=$(VERIFY_SOAK) $(GO) test -race -count=1 -timeout 30m \
-		-run 'TestLinearizability|TestFailOpenLateLease|TestFailOpenNoJoin|TestSoak|TestWarmLarge|TestWarmCancel' -v .
+		-run 'TestLinearizability|TestFailOpenLateLease|TestFailOpenNoJoin|TestSoak|TestWarmLarge|TestWarmCancel|TestCloseRacesCallers|TestInvalidateBusyStore' -v .
+	$(MAKE) admin-browser
+
+# admin-browser renders the operator page (admin/) in headless Chromium, installed by
+# scripts/chromium.sh (Debian's chromium package) if missing: a screenshot and DOM dumps,
+# checked by TestBrowser (part of verify). admin-screenshot also writes the screenshot to
+# docs/admin.png, the README's picture.
+ADMIN_SCREENSHOT ?=
+admin-browser: redis
+	@chromium="$$(bash scripts/chromium.sh)"; \
+	echo "CACHEASIDE_CHROMIUM=$$chromium $(GO) test -count=1 -run '^TestBrowser$$' -v ./admin"; \
+	$(TEST_ENV) CACHEASIDE_CHROMIUM="$$chromium" CACHEASIDE_SCREENSHOT="$(ADMIN_SCREENSHOT)" \
+		$(GO) test -count=1 -run '^TestBrowser$$' -v ./admin
+
+admin-screenshot:
+	$(MAKE) admin-browser ADMIN_SCREENSHOT=$(CURDIR)/docs/admin.png
 
 # soak runs mixed reads, writes and faults at full speed on every store at once for
 # SOAK_FOR: no violation, heap and goroutines flat. make test runs it for TEST_SOAK.
