@@ -252,7 +252,7 @@ func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 // rowCount counts the table's rows: pending and parked.
 func rowCount(t testing.TB, db *sql.DB, table string) (pending, parked int) {
 	t.Helper()
-	err := db.QueryRow(`SELECT count(*) FILTER (WHERE parked_at IS NULL), count(*) FILTER (WHERE parked_at IS NOT NULL) FROM ` + table).Scan(&pending, &parked)
+	err := db.QueryRow(`SELECT count(*) FILTER (WHERE parked_at IS NULL), count(*) FILTER (WHERE parked_at IS NOT NULL) FROM `+table).Scan(&pending, &parked)
 	if err != nil {
 		t.Fatal(err)
 	}
