@@ -43,9 +43,10 @@ type Outbox struct {
 	mu  sync.Mutex
 	own map[*sql.Tx]*[]row // transactions run by Do: the rows they wrote
 
-	// down holds the caches whose last delivery failed: Do leaves their rows to the relay
-	// instead of waiting on a store that is likely still unreachable. A success clears it.
-	down map[string]*atomic.Bool
+	// down holds, per cache, until when (Unix nanoseconds) Do leaves its rows to the relay
+	// instead of waiting on a store that is likely still unreachable: one poll interval after
+	// each failed delivery. A success clears it.
+	down map[string]*atomic.Int64
 
 	closed atomic.Bool
 	stop   context.CancelFunc
@@ -107,9 +108,9 @@ func New(db *sql.DB, opts ...Option) (*Outbox, error) {
 	}
 	b := &Outbox{db: db, cfg: cfg, own: make(map[*sql.Tx]*[]row), wake: make(chan struct{}, 1)}
 	b.q = newQueries(cfg.table, slices.Sorted(mapKeys(cfg.caches)))
-	b.down = make(map[string]*atomic.Bool, len(cfg.caches))
+	b.down = make(map[string]*atomic.Int64, len(cfg.caches))
 	for name := range cfg.caches {
-		b.down[name] = new(atomic.Bool)
+		b.down[name] = new(atomic.Int64)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -222,7 +223,7 @@ func (b *Outbox) Invalidate(ctx context.Context, tx *sql.Tx, cache string, keys 
 	b.mu.Lock()
 	ids := b.own[tx]
 	b.mu.Unlock()
-	if ids == nil || b.down[cache].Load() {
+	if ids == nil || time.Now().UnixNano() < b.down[cache].Load() {
 		// Due now: the relay takes it after the commit (and Do wakes it).
 		if _, err := tx.ExecContext(ctx, b.q.insert, cache, string(payload), 0.0); err != nil {
 			return fmt.Errorf("cacheaside: outbox: insert: %w", err)
@@ -253,9 +254,10 @@ func (b *Outbox) Invalidate(ctx context.Context, tx *sql.Tx, cache string, keys 
 // plain Invalidate after commit. If that delivery fails (the store is unreachable), Do still
 // returns nil: the commit stands, and the relay delivers the rows when the store answers. The
 // delivery is bounded by half the lease (WithLease) and runs even if ctx ends after the
-// commit. While the last delivery to a cache failed (its store is likely still down), Do does
-// not wait on it again: it leaves that cache's rows to the relay, whose next success resumes
-// delivery in Do. opts are as for sql.DB.BeginTx.
+// commit. For one poll interval (WithPollInterval) after a delivery to a cache failed (its
+// store is likely still down), Do does not wait on that store again: it leaves the cache's
+// rows to the relay, so that writes do not slow down during an outage. opts are as for
+// sql.DB.BeginTx.
 func (b *Outbox) Do(ctx context.Context, opts *sql.TxOptions, fn func(tx *sql.Tx) error) (err error) {
 	if b.closed.Load() {
 		return ErrClosed
@@ -421,7 +423,11 @@ func (b *Outbox) deliver(ctx context.Context, rows []row) int {
 		g := groups[name]
 		inv := b.cfg.caches[name]
 		err := invalidate(ctx, inv, g.keys)
-		b.down[name].Store(err != nil)
+		if err != nil {
+			b.down[name].Store(time.Now().Add(b.cfg.poll).UnixNano())
+		} else {
+			b.down[name].Store(0)
+		}
 		if err == nil {
 			// Delivered: delete. If the delete fails the rows come back after their lease and
 			// are delivered again, which at-least-once allows.

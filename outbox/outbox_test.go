@@ -618,3 +618,54 @@ cacheaside_outbox_retries_total{table=%[1]q} 0
 		t.Fatalf("%d series left after Close", n)
 	}
 }
+
+// For a poll interval after a failed delivery, Do does not wait on the store again: it leaves
+// the rows to the relay (due at once); then it tries again.
+func TestDoSkipsAStoreThatIsDown(t *testing.T) {
+	db := openDB(t)
+	table := testTable(t, db)
+	var calls atomic.Int64
+	var down atomic.Bool
+	down.Store(true)
+	inv := Func(func(context.Context, ...string) error {
+		calls.Add(1)
+		if down.Load() {
+			return errors.New("store unreachable")
+		}
+		return nil
+	})
+	box := newBox(t, db, WithTable(table), WithCache("c", inv), WithPollInterval(time.Hour), noRelay())
+	ctx := context.Background()
+	do := func() {
+		t.Helper()
+		if err := box.Do(ctx, nil, func(tx *sql.Tx) error { return box.Invalidate(ctx, tx, "c", "k") }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 5 {
+		do()
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d delivery attempts by 5 Do calls on a down store, want 1 (the first)", n)
+	}
+	var due int
+	if err := db.QueryRow(`SELECT count(*) FROM ` + table + ` WHERE next_attempt_at <= now()`).Scan(&due); err != nil {
+		t.Fatal(err)
+	}
+	if due != 4 {
+		t.Fatalf("%d rows due for the relay, want the 4 Do left to it", due)
+	}
+	down.Store(false)
+	relay := newBox(t, db, WithTable(table), WithCache("c", inv), WithPollInterval(10*time.Millisecond), WithRetryBackoff(10*time.Millisecond, 20*time.Millisecond))
+	waitFor(t, 30*time.Second, "the relay to deliver every row", func() bool { p, _ := rowCount(t, db, table); return p == 0 })
+	n := calls.Load()
+	box.down["c"].Store(time.Now().UnixNano()) // the hour is up
+	do()
+	do()
+	if got := calls.Load() - n; got != 2 || relay.Stats().Deliveries != 5 {
+		t.Fatalf("after the store came back: %d attempts by 2 Do calls, want 2; relay deliveries %d, want 5 (every row)", got, relay.Stats().Deliveries)
+	}
+	if s := box.Stats(); s.Deliveries != 2 {
+		t.Fatalf("Do deliveries after the store came back = %d, want 2", s.Deliveries)
+	}
+}
