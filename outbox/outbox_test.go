@@ -303,7 +303,7 @@ func TestRedisOutageNoLostInvalidation(t *testing.T) {
 		t.FailNow()
 	}
 	if pending == 0 {
-		t.Fatal("no row pending at the end of the outage: was Redis cut at all?")
+		t.Error("no row pending at the end of the outage: was Redis cut at all?")
 	}
 	// A hang guard, not a timing assertion: a write that waited on Redis for the outage would
 	// take seconds; the store timeout is 100ms.
