@@ -34,6 +34,7 @@ type config struct {
 	lagWarn            time.Duration
 	logger             *slog.Logger
 	reg                prometheus.Registerer
+	notify             bool
 	errs               []string
 
 	// Test knobs: no relay goroutine; Do does not deliver after its commit (a crash).
@@ -177,4 +178,13 @@ func WithPrometheus(reg prometheus.Registerer) Option {
 		}
 		c.reg = reg
 	}
+}
+
+// WithNotify makes every Invalidate also send a NOTIFY on the channel named like the table
+// (Table), which PostgreSQL delivers at commit: a relay listening on it (package pgxoutbox)
+// then delivers the rows of a transaction of your own at once instead of at its next poll. It
+// costs one more statement per Invalidate, and PostgreSQL serializes the commits of
+// transactions that sent a NOTIFY. Do needs none of it. Default: off.
+func WithNotify() Option {
+	return func(c *config) { c.notify = true }
 }

@@ -183,6 +183,49 @@ func (b *Outbox) Close() error {
 	return nil
 }
 
+// Table is the outbox table's name, which is also the channel of WithNotify's NOTIFY.
+func (b *Outbox) Table() string { return b.cfg.table }
+
+// Statements returns the statements Invalidate runs in a transaction of your own (not Do's),
+// with their arguments, for a transaction of another API than database/sql (package pgxoutbox
+// runs them on a pgx.Tx): an INSERT of the row, due at once, and, with WithNotify, the
+// NOTIFY. It returns the errors Invalidate returns for bad input.
+func (b *Outbox) Statements(cache string, keys ...string) ([]Statement, error) {
+	payload, err := b.encode(cache, keys)
+	if err != nil {
+		return nil, err
+	}
+	out := []Statement{{SQL: b.q.insert, Args: []any{cache, string(payload), 0.0}}}
+	if b.cfg.notify {
+		out = append(out, Statement{SQL: b.q.notify})
+	}
+	return out, nil
+}
+
+// encode checks Invalidate's input and returns the row's keys column.
+func (b *Outbox) encode(cache string, keys []string) ([]byte, error) {
+	if b.closed.Load() {
+		return nil, ErrClosed
+	}
+	if len(keys) == 0 || slices.Contains(keys, "") {
+		return nil, ErrNoKeys
+	}
+	if b.cfg.caches[cache] == nil {
+		return nil, fmt.Errorf("%w %q: register it with WithCache", ErrUnknownCache, cache)
+	}
+	payload, err := json.Marshal(keys)
+	if err != nil {
+		return nil, fmt.Errorf("cacheaside: outbox: encoding keys: %w", err)
+	}
+	return payload, nil
+}
+
+// Statement is one SQL statement and its arguments ($1, $2, ... placeholders).
+type Statement struct {
+	SQL  string
+	Args []any
+}
+
 // Wake makes the relay look for due rows now instead of at its next poll. It never blocks.
 // Call it after committing a transaction of your own in which you called Invalidate, to have
 // the row delivered without waiting for the poll interval (Do needs no such call).
@@ -204,21 +247,12 @@ func (b *Outbox) Wake() {
 // name no WithCache registered, ErrClosed after Close, and the database's error otherwise (tx
 // is then in a failed state, as after any failed statement).
 func (b *Outbox) Invalidate(ctx context.Context, tx *sql.Tx, cache string, keys ...string) error {
-	if b.closed.Load() {
-		return ErrClosed
-	}
-	if len(keys) == 0 || slices.Contains(keys, "") {
-		return ErrNoKeys
-	}
-	if b.cfg.caches[cache] == nil {
-		return fmt.Errorf("%w %q: register it with WithCache", ErrUnknownCache, cache)
+	payload, err := b.encode(cache, keys)
+	if err != nil {
+		return err
 	}
 	if tx == nil {
 		return errors.New("cacheaside: outbox: nil transaction")
-	}
-	payload, err := json.Marshal(keys)
-	if err != nil {
-		return fmt.Errorf("cacheaside: outbox: encoding keys: %w", err)
 	}
 	b.mu.Lock()
 	ids := b.own[tx]
@@ -227,6 +261,11 @@ func (b *Outbox) Invalidate(ctx context.Context, tx *sql.Tx, cache string, keys 
 		// Due now: the relay takes it after the commit (and Do wakes it).
 		if _, err := tx.ExecContext(ctx, b.q.insert, cache, string(payload), 0.0); err != nil {
 			return fmt.Errorf("cacheaside: outbox: insert: %w", err)
+		}
+		if b.cfg.notify && ids == nil {
+			if _, err := tx.ExecContext(ctx, b.q.notify); err != nil {
+				return fmt.Errorf("cacheaside: outbox: notify: %w", err)
+			}
 		}
 		if ids != nil {
 			b.mu.Lock()
@@ -318,6 +357,7 @@ type row struct {
 // queries are the outbox's SQL statements for one table and set of caches.
 type queries struct {
 	insert, insertReturning string
+	notify                  string
 	claim, del, retry, park string
 	stats                   string
 	nCaches                 int
@@ -330,6 +370,7 @@ func newQueries(t string, caches []string) queries {
 	}
 	return queries{
 		insert:          `INSERT INTO ` + t + ` (cache, keys, next_attempt_at) VALUES ($1, $2, now() + make_interval(secs => $3))`,
+		notify:          `SELECT pg_notify('` + t + `', '')`,
 		insertReturning: `INSERT INTO ` + t + ` (cache, keys, next_attempt_at) VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING id`,
 		// Claim due rows of this process's caches: push their next attempt one lease away, so
 		// that no other relay takes them while this one delivers.
