@@ -263,3 +263,6 @@ func rowCount(t testing.TB, db *sql.DB, table string) (pending, parked int) {
 // deliver after its commit (a process that dies right after committing).
 func noRelay() Option   { return func(c *config) { c.noRelay = true } }
 func noDeliver() Option { return func(c *config) { c.noDeliver = true } }
+
+// A Cache is an Invalidator.
+var _ Invalidator = (*cacheaside.Cache[int64])(nil)
