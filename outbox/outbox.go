@@ -369,9 +369,10 @@ func newQueries(t string, caches []string) queries {
 		ph[i] = "$" + strconv.Itoa(i+3)
 	}
 	return queries{
-		insert:          `INSERT INTO ` + t + ` (cache, keys, next_attempt_at) VALUES ($1, $2, now() + make_interval(secs => $3))`,
+		// clock_timestamp, not now() (the transaction's start): a claim counts from the insert.
+		insert:          `INSERT INTO ` + t + ` (cache, keys, next_attempt_at) VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3))`,
 		notify:          `SELECT pg_notify('` + t + `', '')`,
-		insertReturning: `INSERT INTO ` + t + ` (cache, keys, next_attempt_at) VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING id`,
+		insertReturning: `INSERT INTO ` + t + ` (cache, keys, next_attempt_at) VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3)) RETURNING id`,
 		// Claim due rows of this process's caches: push their next attempt one lease away, so
 		// that no other relay takes them while this one delivers.
 		claim: `UPDATE ` + t + ` SET next_attempt_at = now() + make_interval(secs => $1), attempts = attempts + 1
