@@ -185,10 +185,10 @@ func (tg *redisTarget) dial(ctx context.Context, network, addr string) (net.Conn
 // blackhole holds all traffic to every server (on) or lets it flow again.
 func (tg *redisTarget) blackhole(on bool) {
 	for _, p := range tg.proxies {
-		p.Blackhole(on)
 		if !on {
-			p.DropAll() // connections that timed out mid-request are useless anyway
+			p.DropAll() // first: what the outage held is lost, not delivered late
 		}
+		p.Blackhole(on)
 	}
 }
 
