@@ -60,7 +60,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 			return nil, err
 		}
 	}
-	if s.users != nil && s.db.kind == "PostgreSQL" {
+	if s.users != nil && s.db.kind == "PostgreSQL" && !cfg.NoOutbox {
 		// The transactional outbox: a few lines, and no invalidation is lost to a crash after
 		// commit or to a Redis outage (the outbox is PostgreSQL-only; SQLite keeps the plain
 		// Invalidate after commit).
