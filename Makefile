@@ -154,7 +154,8 @@ demo: progress
 # BENCH_TIME each (benchstat gives a confidence interval from 6 samples); the codec and
 # compression benchmarks CODEC_COUNT times of CODEC_TIME; the hot-key expiry HOTKEY_READS reads
 # per case (20,000 reads/s: 200000x is 10 s, five expiries); the behaviour benchmarks (loader
-# calls, stale entries) BENCH_RUNS runs each. Then a markdown table through benchstat (pinned in
+# calls, stale entries) BENCH_RUNS runs each; the outbox (needs the PostgreSQL at
+# CACHEASIDE_PG_DSN, default 127.0.0.1:5432 database test) for OUTBOX_TIME per case. Then a markdown table through benchstat (pinned in
 # bench/go.mod as a tool). About three and a half minutes on 2 vCPUs. Raw results:
 # bench/bench.out.
 BENCH_COUNT ?= 6
@@ -163,6 +164,7 @@ CODEC_COUNT ?= 1
 CODEC_TIME ?= 100ms
 HOTKEY_READS ?= 200000
 BENCH_RUNS ?= 5
+OUTBOX_TIME ?= 1s
 BENCH_GO_TEST = cd bench && $(TEST_ENV) $(GO) test -run '^$$' -timeout 20m
 
 bench: redis
@@ -171,6 +173,7 @@ bench: redis
 	$(BENCH_GO_TEST) -bench '^Benchmark(Codec|CodecHit|CodecHitParallel|Compression)$$' -benchmem -count $(CODEC_COUNT) -benchtime $(CODEC_TIME) . | tee -a bench.out
 	$(BENCH_GO_TEST) -bench '^BenchmarkHotKeyExpiry$$' -benchmem -count 1 -benchtime $(HOTKEY_READS)x . | tee -a bench.out
 	$(BENCH_GO_TEST) -bench '^Benchmark(ColdKeyInstances|StaleSetRace)$$' -count 1 -benchtime $(BENCH_RUNS)x . | tee -a bench.out
+	$(BENCH_GO_TEST) -bench '^BenchmarkOutbox$$' -benchmem -count 1 -benchtime $(OUTBOX_TIME) . | tee -a bench.out
 	@echo "Load average at end: $$(cut -d' ' -f1-3 /proc/loadavg)"
 	@echo
 	@echo "Machine: $$(nproc) CPUs, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $$($(GO) env GOVERSION), Redis $$(redis-cli -h $$(echo $(REDIS_ADDR) | cut -d: -f1) -p $$(echo $(REDIS_ADDR) | cut -d: -f2) info server 2>/dev/null | grep -m1 redis_version | cut -d: -f2 | tr -d '\r') on loopback"

@@ -53,4 +53,7 @@
 //	                                              and decompress 10KiB-json, 1MiB-json,
 //	                                              1MiB-blob-json; encode-ns/op, decode-ns/op,
 //	                                              bytes/value
+//	BenchmarkOutbox/write/{plain,outbox}          update one PostgreSQL row and commit, then
+//	                                              Invalidate; the same through outbox.Do
+//	BenchmarkOutbox/relay                         rows/s one outbox relay delivers
 package bench

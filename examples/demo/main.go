@@ -44,6 +44,12 @@ func main() {
 		os.Exit(1)
 	}
 	r.print(os.Stdout)
+	if o.outage > 0 {
+		if err := runOutage(ctx, o, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "demo: outage phase:", err)
+			os.Exit(1)
+		}
+	}
 }
 
 // run drives the workload without then with the cache and draws the chart.

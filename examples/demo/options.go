@@ -30,6 +30,7 @@ type options struct {
 	redisNote       string        // which Redis the cache is on, and why (the report says it)
 	storeTimeout    time.Duration // of the cache's store operations; 0: the service's default
 	progress        io.Writer     // the progress bar; nil: none
+	outage          time.Duration // Redis cut in the outage phase (outage.go); 0: no such phase
 }
 
 func defaultOptions() options {
@@ -106,6 +107,7 @@ func parseFlags(args []string, stderr io.Writer, o options) (options, bool, map[
 	fs.BoolVar(&o.memoryCache, "memory-cache", o.memoryCache, "keep the cache in process memory (MemoryStore) instead of Redis or the embedded miniredis")
 	fs.StringVar(&o.chart, "chart", o.chart, "file for the chart of database load over time (.png or .svg)")
 	fs.Uint64Var(&o.seed, "seed", o.seed, "seed of the workload's random numbers")
+	fs.DurationVar(&o.outage, "outage", o.outage, "then cut Redis for this long while users are updated, with and without the transactional outbox, and count stale reads after (needs DATABASE_URL)")
 	if err := fs.Parse(args); err != nil {
 		return o, false, nil, err
 	}

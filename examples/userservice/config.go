@@ -37,6 +37,9 @@ type Config struct {
 	CacheTTL time.Duration
 	// NoCache makes every read go to the database: the baseline the demo compares with.
 	NoCache bool
+	// NoOutbox makes writes on PostgreSQL invalidate after commit, as on SQLite, instead of
+	// through the transactional outbox: the baseline the demo's outage phase compares with.
+	NoOutbox bool
 	// DBLatency is added to every database query: it stands for a database across a network
 	// and under load, for the demo's embedded SQLite, which answers in microseconds.
 	// Default: 0.

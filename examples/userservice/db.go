@@ -160,8 +160,17 @@ func (d *database) getMany(ctx context.Context, ids []int64) (map[int64]User, er
 	return out, nil
 }
 
-// put creates or updates a user and returns it with its new version.
-func (d *database) put(ctx context.Context, u User) (User, error) {
+// querier is what put and delete run on: the database, or a transaction (the outbox's).
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// put creates or updates a user on q (nil: the database) and returns it with its new version.
+func (d *database) put(ctx context.Context, q querier, u User) (User, error) {
+	if q == nil {
+		q = d.db
+	}
 	d.stats.dbWrites.Add(1)
 	if err := d.wait(ctx); err != nil {
 		return User{}, err
@@ -170,7 +179,7 @@ func (d *database) put(ctx context.Context, u User) (User, error) {
 		d.writeMu.Lock()
 		defer d.writeMu.Unlock()
 	}
-	err := d.db.QueryRowContext(ctx, `INSERT INTO `+d.table+` (id, name, email, version) VALUES ($1, $2, $3, 1)
+	err := q.QueryRowContext(ctx, `INSERT INTO `+d.table+` (id, name, email, version) VALUES ($1, $2, $3, 1)
 		ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email, version = `+d.table+`.version + 1
 		RETURNING version`, u.ID, u.Name, u.Email).Scan(&u.Version)
 	if err != nil {
@@ -179,8 +188,12 @@ func (d *database) put(ctx context.Context, u User) (User, error) {
 	return u, nil
 }
 
-// delete removes a user; a missing one is an error wrapping cacheaside.ErrNotFound.
-func (d *database) delete(ctx context.Context, id int64) error {
+// delete removes a user on q (nil: the database); a missing one is an error wrapping
+// cacheaside.ErrNotFound.
+func (d *database) delete(ctx context.Context, q querier, id int64) error {
+	if q == nil {
+		q = d.db
+	}
 	d.stats.dbWrites.Add(1)
 	if err := d.wait(ctx); err != nil {
 		return err
@@ -190,7 +203,7 @@ func (d *database) delete(ctx context.Context, id int64) error {
 		defer d.writeMu.Unlock()
 	}
 	// G202: d.table is the service's configured table name, never request input.
-	res, err := d.db.ExecContext(ctx, `DELETE FROM `+d.table+` WHERE id = $1`, id) //nolint:gosec
+	res, err := q.ExecContext(ctx, `DELETE FROM `+d.table+` WHERE id = $1`, id) //nolint:gosec
 	if err != nil {
 		return fmt.Errorf("userservice: delete user %d: %w", id, err)
 	}
@@ -236,13 +249,15 @@ func (d *database) seed(ctx context.Context, users []User) error {
 }
 
 // close closes the database; drop drops the table first.
-func (d *database) close(drop bool) error {
+func (d *database) close(drop bool, also ...string) error {
 	var errs []error
 	if drop {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := d.db.ExecContext(ctx, `DROP TABLE IF EXISTS `+d.table)
+		for _, t := range append([]string{d.table}, also...) {
+			_, err := d.db.ExecContext(ctx, `DROP TABLE IF EXISTS `+t)
+			errs = append(errs, err)
+		}
 		cancel()
-		errs = append(errs, err)
 	}
 	errs = append(errs, d.db.Close())
 	if d.tempDir != "" {

@@ -2,11 +2,13 @@ package userservice
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"log/slog"
 	"strconv"
 
 	"github.com/cacheaside/cacheaside"
+	"github.com/cacheaside/cacheaside/outbox"
 )
 
 // Repository reads users through the cache and writes them to the database, invalidating the
@@ -15,10 +17,17 @@ import (
 //	read:  cache.GetOrLoad(key, load from the database)
 //	write: write the database, then cache.Invalidate(key)
 //
+// On PostgreSQL the invalidation goes through the transactional outbox instead: written in
+// the write's own transaction, delivered right after its commit, and redelivered by a relay
+// if this process dies first or Redis is down (package outbox):
+//
+//	write: box.Do(tx: write the database; box.Invalidate(tx, "users", key))
+//
 // With a nil cache (Config.NoCache) every read goes to the database.
 type Repository struct {
 	db    *database
 	users *cacheaside.Cache[User] // nil: no cache
+	box   *outbox.Outbox          // nil: Invalidate after commit (SQLite, or no cache)
 	stats *counters
 	log   *slog.Logger
 }
@@ -81,7 +90,17 @@ func (r *Repository) GetMany(ctx context.Context, ids []int64) (map[int64]User, 
 // Put creates or updates a user in the database, then invalidates its cache entry, and
 // returns it with its new version. Once Put returns, no read sees an older version.
 func (r *Repository) Put(ctx context.Context, u User) (User, error) {
-	u, err := r.db.put(ctx, u)
+	if r.box != nil {
+		err := r.box.Do(ctx, nil, func(tx *sql.Tx) error {
+			var err error
+			if u, err = r.db.put(ctx, tx, u); err != nil {
+				return err
+			}
+			return r.box.Invalidate(ctx, tx, "users", userKey(u.ID))
+		})
+		return u, err
+	}
+	u, err := r.db.put(ctx, nil, u)
 	if err != nil {
 		return User{}, err
 	}
@@ -92,7 +111,15 @@ func (r *Repository) Put(ctx context.Context, u User) (User, error) {
 // Delete removes a user from the database, then invalidates its cache entry. A missing user
 // is an error wrapping cacheaside.ErrNotFound.
 func (r *Repository) Delete(ctx context.Context, id int64) error {
-	err := r.db.delete(ctx, id)
+	if r.box != nil {
+		return r.box.Do(ctx, nil, func(tx *sql.Tx) error {
+			if err := r.db.delete(ctx, tx, id); err != nil {
+				return err // not found included: nothing to invalidate, nothing committed
+			}
+			return r.box.Invalidate(ctx, tx, "users", userKey(id))
+		})
+	}
+	err := r.db.delete(ctx, nil, id)
 	if err != nil && !errors.Is(err, cacheaside.ErrNotFound) {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/cacheaside/cacheaside"
+	"github.com/cacheaside/cacheaside/outbox"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
@@ -35,6 +36,7 @@ type Service struct {
 	mini    *miniredis.Miniredis    // the embedded Redis, when no RedisURL is set
 	memory  *cacheaside.MemoryStore // with Config.MemoryCache
 	users   *cacheaside.Cache[User]
+	box     *outbox.Outbox // on PostgreSQL with a cache: invalidations in the write's transaction
 	repo    *Repository
 	stats   *counters
 	http    *httpMetrics
@@ -58,7 +60,18 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 			return nil, err
 		}
 	}
-	s.repo = &Repository{db: s.db, users: s.users, stats: s.stats, log: s.log}
+	if s.users != nil && s.db.kind == "PostgreSQL" && !cfg.NoOutbox {
+		// The transactional outbox: a few lines, and no invalidation is lost to a crash after
+		// commit or to a Redis outage (the outbox is PostgreSQL-only; SQLite keeps the plain
+		// Invalidate after commit).
+		s.box, err = outbox.New(s.db.db, outbox.WithTable(s.outboxTable()), outbox.WithCache("users", s.users),
+			outbox.WithPrometheus(reg), outbox.WithLogger(s.log))
+		if err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	s.repo = &Repository{db: s.db, users: s.users, box: s.box, stats: s.stats, log: s.log}
 	s.http = hm
 	s.handler = s.routes(reg)
 	return s, nil
@@ -118,6 +131,11 @@ func (s *Service) openCache(ctx context.Context, reg *prometheus.Registry) error
 	return nil
 }
 
+func (s *Service) outboxTable() string { return s.cfg.Table + "_cache_outbox" }
+
+// Outbox is the service's transactional outbox, nil unless it runs on PostgreSQL with a cache.
+func (s *Service) Outbox() *outbox.Outbox { return s.box }
+
 // Handler serves the service's HTTP API and /metrics.
 func (s *Service) Handler() http.Handler { return s.handler }
 
@@ -132,6 +150,9 @@ func (s *Service) Describe() string {
 	c := "no cache"
 	if s.users != nil {
 		c = s.cacheWhere()
+	}
+	if s.box != nil {
+		c += ", invalidations through the transactional outbox"
 	}
 	return fmt.Sprintf("database %s, cache %s", s.db, c)
 }
@@ -177,6 +198,9 @@ func (s *Service) Seed(ctx context.Context, n int) error {
 // table and deletes the service's cache keys.
 func (s *Service) Close() error {
 	var errs []error
+	if s.box != nil {
+		errs = append(errs, s.box.Close()) // before the cache it delivers to
+	}
 	if s.users != nil {
 		if s.cfg.Ephemeral {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -196,7 +220,7 @@ func (s *Service) Close() error {
 		s.mini.Close()
 	}
 	if s.db != nil {
-		errs = append(errs, s.db.close(s.cfg.Ephemeral))
+		errs = append(errs, s.db.close(s.cfg.Ephemeral, s.outboxTable()))
 	}
 	return errors.Join(errs...)
 }

@@ -374,3 +374,26 @@ func TestURLsAreNotLeaked(t *testing.T) {
 		t.Fatalf("bad DATABASE_URL: err %v", err)
 	}
 }
+
+// On PostgreSQL the repository's writes go through the transactional outbox: each write's
+// invalidation is delivered right after its commit (Do), and no row is left behind.
+func TestWritesGoThroughTheOutboxOnPostgres(t *testing.T) {
+	needServer(t, "PostgreSQL", postgresURL())
+	needServer(t, "Redis", redisURL())
+	c := start(t, userservice.Config{DatabaseURL: postgresURL(), RedisURL: redisURL()})
+	box := c.svc.Outbox()
+	if box == nil {
+		t.Fatal("no outbox on PostgreSQL")
+	}
+	c.user("PUT", "/users/7", userservice.UserInput{Name: "a"}, http.StatusCreated)
+	c.user("GET", "/users/7", nil, http.StatusOK) // cached
+	u := c.user("PUT", "/users/7", userservice.UserInput{Name: "b"}, http.StatusOK)
+	if got := c.user("GET", "/users/7", nil, http.StatusOK); got.Version != u.Version || got.Name != "b" {
+		t.Fatalf("read after write: %+v, want %+v", got, u)
+	}
+	c.do("DELETE", "/users/7", nil)
+	c.user("GET", "/users/7", nil, http.StatusNotFound)
+	if s := box.Stats(); s.Deliveries != 3 {
+		t.Fatalf("outbox deliveries = %d, want 3 (two PUTs and a DELETE)", s.Deliveries)
+	}
+}
