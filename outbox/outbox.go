@@ -292,7 +292,7 @@ func (b *Outbox) Invalidate(ctx context.Context, tx *sql.Tx, cache string, keys 
 // that when Do returns nil a read that starts then does not see the old values, as with a
 // plain Invalidate after commit. If that delivery fails (the store is unreachable), Do still
 // returns nil: the commit stands, and the relay delivers the rows when the store answers. The
-// delivery is bounded by half the lease (WithLease) and runs even if ctx ends after the
+// delivery is bounded by one second or half the lease (WithLease), whichever is less, and runs even if ctx ends after the
 // commit. For one poll interval (WithPollInterval) after a delivery to a cache failed (its
 // store is likely still down), Do does not wait on that store again: it leaves the cache's
 // rows to the relay, so that writes do not slow down during an outage. opts are as for
@@ -340,11 +340,16 @@ func (b *Outbox) Do(ctx context.Context, opts *sql.TxOptions, fn func(tx *sql.Tx
 	if len(rows) == 0 {
 		return nil
 	}
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.lease/2)
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(b.cfg.lease/2, inlineDelivery))
 	defer cancel()
 	b.deliver(dctx, rows)
 	return nil
 }
+
+// inlineDelivery bounds the delivery Do makes after its commit: a write must not wait long on
+// a sick store (cacheaside's Invalidate retries for up to 10 s); the relay delivers what it
+// could not.
+const inlineDelivery = time.Second
 
 // row is an outbox row claimed for delivery.
 type row struct {
