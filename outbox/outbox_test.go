@@ -548,7 +548,7 @@ func TestBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tx.Rollback()
+	defer func() { _ = tx.Rollback() }()
 	if err := box.Invalidate(ctx, tx, "c", "k"); !errors.Is(err, ErrClosed) {
 		t.Errorf("Invalidate after Close: %v", err)
 	}

@@ -54,7 +54,7 @@ func setup(t *testing.T) (*sql.DB, string) {
 	_, _ = crand.Read(b)
 	table := "cacheaside_outbox_pgx_" + hex.EncodeToString(b)
 	t.Cleanup(func() {
-		db.Exec(`DROP TABLE IF EXISTS ` + table)
+		_, _ = db.Exec(`DROP TABLE IF EXISTS ` + table)
 		db.Close()
 	})
 	return db, table
@@ -122,7 +122,7 @@ func TestListenerDeliversAtCommit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tx.Rollback(ctx)
+	defer func() { _ = tx.Rollback(ctx) }()
 	if err := pgxoutbox.Invalidate(ctx, box, tx, "nope", "k"); !errors.Is(err, outbox.ErrUnknownCache) {
 		t.Fatalf("unknown cache: %v", err)
 	}
