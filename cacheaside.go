@@ -102,7 +102,7 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	if err := cfg.err(); err != nil {
 		return nil, err
 	}
-	vc, err := bindCodec[T](cfg.codec)
+	vc, schema, err := bindCodec[T](cfg.codec)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +113,7 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	c := &Cache[T]{
 		store:    store,
 		cfg:      cfg,
-		schema:   schemaOf(cfg.codec, vc), // schema.go
+		schema:   schemaOf(cfg.codec, schema), // schema.go
 		leaseTTL: cfg.leaseTTL,
 		tokens:   newTokens(),
 		gens:     newGenerations(),
