@@ -25,7 +25,6 @@ import (
 
 	"github.com/cacheaside/cacheaside/internal/breaker"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // result is how a request for one key was answered.
@@ -182,7 +181,7 @@ type observeConfig struct {
 	groupMax   int
 	logger     *slog.Logger // nil: no logging
 	logEvery   time.Duration
-	tracer     trace.TracerProvider // nil: no tracing
+	tracer     Tracer // nil: no tracing
 	hitSpans   bool
 	spanKeys   bool
 }
@@ -303,7 +302,7 @@ func (o *observer) count(key string, r result) { o.counters(key).requests[r].Add
 type loadObs struct {
 	start time.Time
 	c     *groupCounters
-	span  trace.Span // nil without tracing
+	span  Span // nil without tracing
 }
 
 // loadStart begins observing the loader call for the store key sk. The returned context
@@ -367,8 +366,8 @@ func (l loadObs) end() {
 // storeObs is a store operation being observed.
 type storeObs struct {
 	op    storeOp
-	start time.Time  // zero unless timed
-	span  trace.Span // nil unless tracing a write
+	start time.Time // zero unless timed
+	span  Span      // nil unless tracing a write
 }
 
 // storeStart begins observing op. It takes the time only for stores with round trips, and
@@ -420,7 +419,7 @@ func (o *observer) coalesced(ctx context.Context, k coalesceKind) {
 }
 
 // leaseWaitStart counts a wait for another process's lease and starts its span.
-func (o *observer) leaseWaitStart(ctx context.Context, sk string) (context.Context, trace.Span) {
+func (o *observer) leaseWaitStart(ctx context.Context, sk string) (context.Context, Span) {
 	o.leaseWaits.Add(1)
 	if o.tr == nil {
 		return ctx, nil

@@ -91,7 +91,8 @@ type LeaseManyStore interface {
 // InProcessStore is an optional interface of a Store that lives in this process, as
 // MemoryStore does: its calls neither wait on a network nor honour deadlines. A Cache over one
 // calls it without store timeouts, without coalescing concurrent lookups of a key (each is as
-// cheap as sharing one), and answers hits with Peek alone: no token, no lease, no breaker.
+// cheap as sharing one), and answers hits with Peek alone: no token, no lease, no breaker. A
+// wrapper that embeds *MemoryStore to intercept its calls must hide Peek too, or hits bypass it.
 type InProcessStore interface {
 	Store
 	// Peek returns the live value at key, or nil if the key holds none (no value, or only a
