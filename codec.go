@@ -109,20 +109,26 @@ func (p boundCodec[T]) appendEncode(dst []byte, v *T) ([]byte, error) {
 	return append(dst, b...), err
 }
 
-func (p boundCodec[T]) decode(data []byte, _ ownership) (v T, err error) {
+func (p boundCodec[T]) decode(data []byte, _ ownership) (T, error) {
 	if p.b.Decode == nil {
-		err = p.c.Unmarshal(data, &v)
-		return v, err
+		return p.unmarshal(data)
 	}
 	x, err := p.b.Decode(data)
 	if err != nil {
-		return v, err
+		var zero T
+		return zero, err
 	}
 	v, ok := x.(T)
 	if !ok {
 		return v, fmt.Errorf("cacheaside: codec %q decoded a %T, want %v", p.c.Name(), x, reflect.TypeFor[T]())
 	}
 	return v, nil
+}
+
+// unmarshal is decode through Unmarshal, apart so that only this path moves a T to the heap.
+func (p boundCodec[T]) unmarshal(data []byte) (v T, err error) {
+	err = p.c.Unmarshal(data, &v)
+	return v, err
 }
 
 // anyCodec is the path of a Codec that knows nothing of T: through Marshal and Unmarshal.
