@@ -30,31 +30,48 @@ import (
 	"time"
 )
 
-// broadcaster is implemented by a Store that can carry messages between the Caches using it.
-// RedisStore and MemoryStore implement it; WithLocalCache requires it.
-type broadcaster interface {
-	// Publish sends msg to every current subscriber of channel.
+// Broadcaster is an optional interface of a Store that can carry messages between the Caches
+// using it, in this process and others: WithLocalCache requires it, and Invalidate and
+// InvalidatePattern publish on it (see the top of this file for the messages). RedisStore
+// (Redis pub/sub) and MemoryStore (in process) implement it; a Store of your own that does can
+// serve local caches too.
+//
+// The guarantee a Cache builds on: a message published after a subscription reported
+// SubscriptionLive, and before it reports SubscriptionLost, reaches that subscription. Delivery
+// at most once is enough; order between publishers need not be kept.
+type Broadcaster interface {
+	// Publish sends msg to every current subscriber of channel, this process's included. It
+	// returns once the message is handed to the transport (MemoryStore: once delivered).
 	Publish(ctx context.Context, channel string, msg []byte) error
 	// Subscribe returns a subscription to channel. Nothing is received before its Run.
-	Subscribe(channel string) subscription
+	Subscribe(channel string) Subscription
 }
 
-// subscription is one subscriber's view of a channel.
-type subscription interface {
+// Subscription is one subscriber's view of a channel (Broadcaster).
+type Subscription interface {
 	// Run subscribes and delivers events to on until ctx ends, then releases what it holds and
-	// returns. subLive: from now on every message published on the channel is delivered, until
-	// subLost. subLost: messages may have been missed since subLive. subMessage carries one
-	// message. Run keeps resubscribing after a loss. on may be called concurrently (the
-	// memory transport delivers on the publishers' goroutines).
-	Run(ctx context.Context, on func(ev subEvent, msg []byte))
+	// returns. It reports SubscriptionLive once subscribed, SubscriptionMessage for each
+	// message, and SubscriptionLost whenever messages may have been missed (a broken
+	// connection), then keeps resubscribing and reports SubscriptionLive again once it is
+	// back. A Cache drops its whole local cache at each Live and Lost, and uses no local cache
+	// between a Lost and the next Live. on may be called concurrently (the memory transport
+	// delivers on the publishers' goroutines) and must not block for long.
+	Run(ctx context.Context, on func(ev SubscriptionEvent, msg []byte))
 }
 
-type subEvent uint8
+// SubscriptionEvent is what a Subscription reports to its Run callback.
+type SubscriptionEvent uint8
 
 const (
-	subLive subEvent = iota + 1
-	subLost
-	subMessage
+	// SubscriptionLive: from now on every message published on the channel is delivered, until
+	// SubscriptionLost. The msg argument is nil.
+	SubscriptionLive SubscriptionEvent = iota + 1
+	// SubscriptionLost: messages may have been missed since SubscriptionLive. The msg argument
+	// is nil.
+	SubscriptionLost
+	// SubscriptionMessage carries one message, in msg, which the callback must not keep or
+	// modify after it returns.
+	SubscriptionMessage
 )
 
 // invalidationChannel is the channel of a cache prefix.
@@ -125,20 +142,20 @@ func decodeMsg(b []byte) (sender string, all bool, keys []string, ok bool) {
 }
 
 // onBroadcast applies a subscription event to the L1.
-func (c *Cache[T]) onBroadcast(ev subEvent, msg []byte) {
+func (c *Cache[T]) onBroadcast(ev SubscriptionEvent, msg []byte) {
 	l := c.l1
 	switch ev {
-	case subLive:
+	case SubscriptionLive:
 		c.l1Flush() // messages sent while unsubscribed were missed
 		if l.subscribed.Swap(true) {
 			c.obs.l1Flushed() // not the first subscription
 		}
 		l.live.Store(true)
-	case subLost:
+	case SubscriptionLost:
 		l.live.Store(false)
 		c.l1Flush()
 		c.obs.l1Flushed()
-	case subMessage:
+	case SubscriptionMessage:
 		sender, all, keys, ok := decodeMsg(msg)
 		switch {
 		case ok && sender == c.tokens.id:
@@ -161,7 +178,7 @@ func (c *Cache[T]) onBroadcast(ev subEvent, msg []byte) {
 }
 
 // startLocal builds the L1 and starts its subscriber, on a goroutine Close stops.
-func (c *Cache[T]) startLocal(bus broadcaster) {
+func (c *Cache[T]) startLocal(bus Broadcaster) {
 	c.l1 = newLocal[T](c.cfg.localMax, c.cfg.localTTL, c.cfg.beta > 0)
 	sub := bus.Subscribe(c.channel)
 	c.wg.Add(1)

@@ -10,7 +10,7 @@ import (
 	"sync"
 )
 
-var _ broadcaster = (*MemoryStore)(nil)
+var _ Broadcaster = (*MemoryStore)(nil)
 
 // memBus is a MemoryStore's set of subscribers, per channel.
 type memBus struct {
@@ -21,7 +21,7 @@ type memBus struct {
 type memSubscription struct {
 	bus     *memBus
 	channel string
-	on      func(subEvent, []byte) // set by Run, under bus.mu
+	on      func(SubscriptionEvent, []byte) // set by Run, under bus.mu
 }
 
 // Publish implements broadcaster.
@@ -29,18 +29,18 @@ func (s *MemoryStore) Publish(ctx context.Context, channel string, msg []byte) e
 	s.bus.mu.RLock()
 	defer s.bus.mu.RUnlock()
 	for sub := range s.bus.subs[channel] {
-		sub.on(subMessage, msg)
+		sub.on(SubscriptionMessage, msg)
 	}
 	return nil
 }
 
 // Subscribe implements broadcaster.
-func (s *MemoryStore) Subscribe(channel string) subscription {
+func (s *MemoryStore) Subscribe(channel string) Subscription {
 	return &memSubscription{bus: &s.bus, channel: channel}
 }
 
 // Run implements subscription: live at once, until ctx ends.
-func (m *memSubscription) Run(ctx context.Context, on func(subEvent, []byte)) {
+func (m *memSubscription) Run(ctx context.Context, on func(SubscriptionEvent, []byte)) {
 	m.bus.mu.Lock()
 	if m.bus.subs == nil {
 		m.bus.subs = make(map[string]map[*memSubscription]struct{})
@@ -52,7 +52,7 @@ func (m *memSubscription) Run(ctx context.Context, on func(subEvent, []byte)) {
 	m.bus.subs[m.channel][m] = struct{}{}
 	m.bus.mu.Unlock()
 
-	on(subLive, nil)
+	on(SubscriptionLive, nil)
 	<-ctx.Done()
 
 	m.bus.mu.Lock()

@@ -27,7 +27,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-var _ broadcaster = (*RedisStore)(nil)
+var _ Broadcaster = (*RedisStore)(nil)
 
 // pubsubTiming overrides the liveness constants of broadcast.go (tests); zero fields keep them.
 type pubsubTiming struct {
@@ -85,7 +85,7 @@ func (s *RedisStore) deleteAndPublish(ctx context.Context, keys []string, channe
 }
 
 // Subscribe implements broadcaster.
-func (s *RedisStore) Subscribe(channel string) subscription {
+func (s *RedisStore) Subscribe(channel string) Subscription {
 	return &redisSubscription{client: s.client, channel: channel, timing: s.pubsub}
 }
 
@@ -96,7 +96,7 @@ type redisSubscription struct {
 }
 
 // Run implements subscription.
-func (r *redisSubscription) Run(ctx context.Context, on func(subEvent, []byte)) {
+func (r *redisSubscription) Run(ctx context.Context, on func(SubscriptionEvent, []byte)) {
 	minBackoff := r.timing.or(r.timing.backoffMin, pubsubBackoffMin)
 	backoff := minBackoff
 	timer := time.NewTimer(time.Hour)
@@ -104,7 +104,7 @@ func (r *redisSubscription) Run(ctx context.Context, on func(subEvent, []byte)) 
 	for ctx.Err() == nil {
 		if r.session(ctx, on) {
 			if ctx.Err() == nil {
-				on(subLost, nil)
+				on(SubscriptionLost, nil)
 			}
 			backoff = minBackoff
 		}
@@ -136,7 +136,7 @@ func (r *redisSubscription) open(ctx context.Context) (ps *redis.PubSub, err err
 
 // session runs one pub/sub connection until it fails or ctx ends, and reports whether it had
 // become live.
-func (r *redisSubscription) session(ctx context.Context, on func(subEvent, []byte)) (live bool) {
+func (r *redisSubscription) session(ctx context.Context, on func(SubscriptionEvent, []byte)) (live bool) {
 	idle := r.timing.or(r.timing.idle, pubsubIdle)
 	pongWait := r.timing.or(r.timing.pongWait, pubsubPongWait)
 	ps, err := r.open(ctx)
@@ -180,11 +180,11 @@ func (r *redisSubscription) session(ctx context.Context, on func(subEvent, []byt
 			}
 			if !live {
 				live = true
-				on(subLive, nil)
+				on(SubscriptionLive, nil)
 			}
 		case *redis.Message:
 			if live && m.Channel == r.channel {
-				on(subMessage, []byte(m.Payload))
+				on(SubscriptionMessage, []byte(m.Payload))
 			}
 		}
 	}

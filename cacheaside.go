@@ -27,14 +27,14 @@ type Cache[T any] struct {
 	breaker  *breaker.Breaker
 	warm     atomic.Bool      // the store has answered once
 	lookups  *lookupShards[T] // nil for a store without round trips (MemoryStore)
-	mem      *MemoryStore     // the store, when it is in this process: no timeouts, hits peeked
+	mem      InProcessStore   // the store, when it is in this process: no timeouts, hits peeked
 	obs      *observer        // metrics, logs and traces: metrics.go
 	vc       valueCodec[T]    // the codec, bound to T (codec.go)
 	wire     wire             // compression, encryption, limits (wire.go)
 
 	// Local cache and invalidation broadcast (local.go, broadcast.go).
 	l1      *local[T]   // nil without WithLocalCache
-	bus     broadcaster // nil if the store cannot broadcast: Invalidate then publishes nothing
+	bus     Broadcaster // nil if the store cannot broadcast: Invalidate then publishes nothing
 	channel string      // this prefix's invalidation channel
 
 	// Early refresh and stale windows (xfetch.go). Hits read the clock only when timed.
@@ -82,18 +82,18 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	if err := cfg.err(); err != nil {
 		return nil, err
 	}
-	vc, err := bindCodec[T](cfg.codec)
+	vc, schema, err := bindCodec[T](cfg.codec)
 	if err != nil {
 		return nil, err
 	}
-	bus, _ := store.(broadcaster)
+	bus, _ := store.(Broadcaster)
 	if cfg.localMax > 0 && bus == nil {
-		return nil, fmt.Errorf("%w: WithLocalCache needs a store that broadcasts invalidations (RedisStore, MemoryStore); %T does not", ErrInvalidOption, store)
+		return nil, fmt.Errorf("%w: WithLocalCache needs a store that broadcasts invalidations (a Broadcaster, as RedisStore and MemoryStore are); %T is not", ErrInvalidOption, store)
 	}
 	c := &Cache[T]{
 		store:    store,
 		cfg:      cfg,
-		schema:   schemaOf(cfg.codec, vc), // schema.go
+		schema:   schemaOf(cfg.codec, schema), // schema.go
 		leaseTTL: cfg.leaseTTL,
 		tokens:   newTokens(),
 		calls:    newCallGate(),
@@ -108,7 +108,7 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		now:      func() int64 { return time.Now().UnixNano() },
 		rand:     rand.Float64,
 	}
-	if m, inProcess := store.(*MemoryStore); inProcess {
+	if m, inProcess := store.(InProcessStore); inProcess {
 		c.mem = m
 	} else {
 		c.lookups = newLookupShards[T]()

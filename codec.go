@@ -4,25 +4,24 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
+
+	"github.com/cacheaside/cacheaside/codec"
+	"github.com/cacheaside/cacheaside/internal/envelope"
 )
 
-// Codec turns values into bytes and back. A Cache stores a fingerprint of the codec's Name and
-// of the cached type (its import path, name and structure) with every value, so values written
-// by another codec, or for another type or another shape of it, read as misses, not garbage.
+// Codec turns values into bytes and back: an alias of codec.Codec, the interface codec
+// packages implement without importing this one. A Cache stores a fingerprint of the codec's
+// Name and of the cached type (its import path, name and structure, or what the codec's Bind
+// declares instead: codec.Binder) with every value, so values written by another codec, or for
+// another type or another shape of it, read as misses, not garbage.
 //
-// The built-in codecs are JSONCodec (the default), MsgpackCodec, ProtoCodec (for proto.Message
-// types) and RawCodec (for []byte and string). New checks that the codec suits the cached type
-// and fails with ErrInvalidOption if it does not. Compression and encryption are not codecs:
-// the Cache applies them to whatever the codec produced (WithCompression, WithEncryption).
-type Codec interface {
-	// Name identifies the codec and its wire format; change it when the format changes.
-	Name() string
-	// Marshal encodes v, a pointer to the cached type's value.
-	Marshal(v any) ([]byte, error)
-	// Unmarshal decodes data into v, a pointer to the cached type. It must neither keep nor
-	// modify data: it may be the store's own copy, shared with other readers.
-	Unmarshal(data []byte, v any) error
-}
+// JSONCodec (the default) and RawCodec (for []byte and string) are in this package; MessagePack
+// is in codec/msgpack and Protocol Buffers in codec/proto, so that only the programs that use
+// them link them. A codec that implements codec.Binder checks, at New, that it suits the cached
+// type (New fails with ErrInvalidOption if not), declares the type's fingerprint and may offer
+// faster paths. Compression and encryption are not codecs: the Cache applies them to whatever
+// the codec produced (WithCompression, WithEncryption).
+type Codec = codec.Codec
 
 // TypedCodec is what a Codec also implements to encode values of type T without boxing them in
 // an interface or reflecting on them (code generators such as easyjson or msgp fit it). A Cache
@@ -58,29 +57,78 @@ type valueCodec[T any] interface {
 	decode(data []byte, own ownership) (T, error)
 }
 
-// bindCodec returns codec's path for values of T, or an error wrapping ErrInvalidOption if the
-// codec cannot encode T.
-func bindCodec[T any](codec Codec) (valueCodec[T], error) {
-	var vc any
-	var err error
-	switch c := codec.(type) {
-	case JSONCodec:
-		vc = jsonCodec[T]{}
-	case MsgpackCodec:
-		vc = msgpackCodec[T]{}
-	case ProtoCodec:
-		vc, err = bindProto[T](c)
-	case RawCodec:
-		vc, err = bindRaw[T]()
+// bindCodec returns codec's path for values of T and the description of T its fingerprint
+// covers (schema.go), or an error wrapping ErrInvalidOption if the codec cannot encode T. What
+// a codec can do is its own to say, through the interfaces it implements: none of this
+// package's codecs is named here.
+func bindCodec[T any](c Codec) (vc valueCodec[T], schema string, err error) {
+	t := reflect.TypeFor[T]()
+	switch x := c.(type) {
+	case valueBinder: // this package's codecs, whose fast paths use what only it knows
+		var v any
+		if v, schema, err = x.bindValue(t); err == nil {
+			vc = v.(valueCodec[T])
+		}
 	case TypedCodec[T]:
-		vc = typedCodec[T]{c}
+		vc, schema = typedCodec[T]{x}, envelope.DescribeType(t)
+	case codec.Binder:
+		var b codec.Bound
+		if b, err = x.Bind(t); err == nil {
+			vc, schema = boundCodec[T]{c, b}, b.Schema
+			if schema == "" {
+				schema = envelope.DescribeType(t)
+			}
+		}
 	default:
-		vc = anyCodec[T]{codec}
+		vc, schema = anyCodec[T]{c}, envelope.DescribeType(t)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: codec %q cannot encode %v: %w", ErrInvalidOption, codec.Name(), reflect.TypeFor[T](), err)
+		return nil, "", fmt.Errorf("%w: codec %q cannot encode %v: %w", ErrInvalidOption, c.Name(), t, err)
 	}
-	return vc.(valueCodec[T]), nil
+	return vc, schema, nil
+}
+
+// valueBinder is a codec of this package: it binds itself to t, returning a valueCodec[t] (as
+// an any, methods having no type parameters) and the description its fingerprint covers.
+type valueBinder interface {
+	bindValue(t reflect.Type) (vc any, schema string, err error)
+}
+
+// boundCodec is the path of a codec.Binder: its AppendMarshal and Decode if it has them, else
+// Marshal and Unmarshal.
+type boundCodec[T any] struct {
+	c Codec
+	b codec.Bound
+}
+
+func (p boundCodec[T]) appendEncode(dst []byte, v *T) ([]byte, error) {
+	if p.b.AppendMarshal != nil {
+		return p.b.AppendMarshal(dst, v)
+	}
+	b, err := p.c.Marshal(v)
+	return append(dst, b...), err
+}
+
+func (p boundCodec[T]) decode(data []byte, _ ownership) (T, error) {
+	if p.b.Decode == nil {
+		return p.unmarshal(data)
+	}
+	x, err := p.b.Decode(data)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	v, ok := x.(T)
+	if !ok {
+		return v, fmt.Errorf("cacheaside: codec %q decoded a %T, want %v", p.c.Name(), x, reflect.TypeFor[T]())
+	}
+	return v, nil
+}
+
+// unmarshal is decode through Unmarshal, apart so that only this path moves a T to the heap.
+func (p boundCodec[T]) unmarshal(data []byte) (v T, err error) {
+	err = p.c.Unmarshal(data, &v)
+	return v, err
 }
 
 // anyCodec is the path of a Codec that knows nothing of T: through Marshal and Unmarshal.
@@ -105,7 +153,10 @@ func (t typedCodec[T]) appendEncode(dst []byte, v *T) ([]byte, error) {
 
 func (t typedCodec[T]) decode(data []byte, _ ownership) (T, error) { return t.c.Decode(data) }
 
-var _ Codec = JSONCodec{}
+var (
+	_ Codec        = JSONCodec{}
+	_ codec.Binder = JSONCodec{}
+)
 
 // JSONCodec is the default Codec: encoding/json. Its Name is "json".
 type JSONCodec struct{}
@@ -119,10 +170,13 @@ func (JSONCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
 // Unmarshal implements Codec.
 func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
 
-// jsonCodec encodes straight into the Cache's buffer, with the bytes json.Marshal writes.
-type jsonCodec[T any] struct{}
+// Bind implements codec.Binder: any type, fingerprinted by its Go type, encoded straight into
+// the Cache's buffer with the bytes json.Marshal writes.
+func (JSONCodec) Bind(reflect.Type) (codec.Bound, error) {
+	return codec.Bound{AppendMarshal: jsonAppend}, nil
+}
 
-func (jsonCodec[T]) appendEncode(dst []byte, v *T) ([]byte, error) {
+func jsonAppend(dst []byte, v any) ([]byte, error) {
 	w := appendWriter{dst}
 	if err := json.NewEncoder(&w).Encode(v); err != nil {
 		return dst, err
@@ -130,25 +184,10 @@ func (jsonCodec[T]) appendEncode(dst []byte, v *T) ([]byte, error) {
 	return w.b[:len(w.b)-1], nil // Encode ends the value with a newline Marshal does not write
 }
 
-func (jsonCodec[T]) decode(data []byte, _ ownership) (v T, err error) {
-	err = json.Unmarshal(data, &v)
-	return v, err
-}
-
-// appendWriter is an io.Writer (and msgpack's writer) that appends to b.
+// appendWriter is an io.Writer that appends to b.
 type appendWriter struct{ b []byte }
 
 func (w *appendWriter) Write(p []byte) (int, error) {
 	w.b = append(w.b, p...)
 	return len(p), nil
-}
-
-func (w *appendWriter) WriteByte(c byte) error {
-	w.b = append(w.b, c)
-	return nil
-}
-
-func (w *appendWriter) WriteString(s string) (int, error) {
-	w.b = append(w.b, s...)
-	return len(s), nil
 }

@@ -3,10 +3,16 @@ package cacheaside
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"unsafe"
+
+	"github.com/cacheaside/cacheaside/internal/envelope"
 )
 
-var _ Codec = RawCodec{}
+var (
+	_ Codec       = RawCodec{}
+	_ valueBinder = RawCodec{}
+)
 
 // RawCodec stores []byte and string values as they are, with no encoding. Its Name is "raw".
 // New fails with ErrInvalidOption if the cached type is not exactly []byte or string.
@@ -50,15 +56,16 @@ func (RawCodec) Unmarshal(data []byte, v any) error {
 	return fmt.Errorf("%w: %T", errRawType, v)
 }
 
-// bindRaw returns the raw path for T, which must be []byte or string.
-func bindRaw[T any]() (any, error) {
-	switch any((*T)(nil)).(type) {
-	case *[]byte:
-		return rawBytes{}, nil
-	case *string:
-		return rawString{}, nil
+// bindValue returns the raw path for t, which must be []byte or string: reads may alias the
+// bytes as far as their ownership allows, which only this package knows.
+func (RawCodec) bindValue(t reflect.Type) (any, string, error) {
+	switch t {
+	case reflect.TypeFor[[]byte]():
+		return rawBytes{}, envelope.DescribeType(t), nil
+	case reflect.TypeFor[string]():
+		return rawString{}, envelope.DescribeType(t), nil
 	}
-	return nil, errors.New("the raw codec stores []byte and string only")
+	return nil, "", errors.New("the raw codec stores []byte and string only")
 }
 
 type rawBytes struct{}

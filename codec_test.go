@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cacheaside/cacheaside/codec"
+	msgpackcodec "github.com/cacheaside/cacheaside/codec/msgpack"
+	protocodec "github.com/cacheaside/cacheaside/codec/proto"
 	"github.com/cacheaside/cacheaside/internal/envelope"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
@@ -163,7 +166,7 @@ func TestCodecRoundTrips(t *testing.T) {
 	}
 	cases := []codecCase{
 		{"json", structCase(JSONCodec{})},
-		{"msgpack", structCase(MsgpackCodec{})},
+		{"msgpack", structCase(msgpackcodec.Codec{})},
 		{"proto", func(t *testing.T, b rtEnv, opts []Option, large, compress, encrypt bool) {
 			fields := map[string]any{"id": 7, "name": "Ada", "tags": []any{"a", "b"}, "nested": map[string]any{"ok": true}}
 			if large {
@@ -173,7 +176,7 @@ func TestCodecRoundTrips(t *testing.T) {
 			}
 			v, err := structpb.NewStruct(fields)
 			require.NoError(t, err)
-			roundTrip(t, b, append(opts, WithCodec(ProtoCodec{})), v,
+			roundTrip(t, b, append(opts, WithCodec(protocodec.Codec{})), v,
 				func(a, b *structpb.Struct) bool { return proto.Equal(a, b) }, large && compress, encrypt)
 		}},
 		{"raw-bytes", func(t *testing.T, b rtEnv, opts []Option, large, compress, encrypt bool) {
@@ -250,24 +253,28 @@ func TestCodecMustSuitType(t *testing.T) {
 	type named []byte
 	_, err = New[named](s, WithCodec(RawCodec{}))
 	invalid(err)
-	_, err = New[wireDoc](s, WithCodec(ProtoCodec{}))
+	_, err = New[wireDoc](s, WithCodec(protocodec.Codec{}))
 	invalid(err)
-	_, err = New[proto.Message](s, WithCodec(ProtoCodec{}))
+	_, err = New[proto.Message](s, WithCodec(protocodec.Codec{}))
 	invalid(err)
-	_, err = New[structpb.Struct](s, WithCodec(ProtoCodec{})) // not a pointer
+	_, err = New[structpb.Struct](s, WithCodec(protocodec.Codec{})) // not a pointer
 	invalid(err)
 	require.Contains(t, err.Error(), "structpb.Struct")
 
 	for _, ok := range []func() error{
 		func() error { c, err := New[[]byte](s, WithCodec(RawCodec{})); closeIf(c); return err },
 		func() error { c, err := New[string](s, WithCodec(RawCodec{})); closeIf(c); return err },
-		func() error { c, err := New[*structpb.Struct](s, WithCodec(ProtoCodec{})); closeIf(c); return err },
 		func() error {
-			c, err := New[*wrapperspb.StringValue](s, WithCodec(ProtoCodec{}))
+			c, err := New[*structpb.Struct](s, WithCodec(protocodec.Codec{}))
 			closeIf(c)
 			return err
 		},
-		func() error { c, err := New[wireDoc](s, WithCodec(MsgpackCodec{})); closeIf(c); return err },
+		func() error {
+			c, err := New[*wrapperspb.StringValue](s, WithCodec(protocodec.Codec{}))
+			closeIf(c)
+			return err
+		},
+		func() error { c, err := New[wireDoc](s, WithCodec(msgpackcodec.Codec{})); closeIf(c); return err },
 	} {
 		require.NoError(t, ok())
 	}
@@ -281,7 +288,7 @@ func closeIf[T any](c *Cache[T]) {
 
 // A nil proto message is returned to its callers but not cached: it has no encoding of its own.
 func TestProtoNilNotCached(t *testing.T) {
-	c := newTestCache[*wrapperspb.StringValue](t, NewMemoryStore(), WithCodec(ProtoCodec{}))
+	c := newTestCache[*wrapperspb.StringValue](t, NewMemoryStore(), WithCodec(protocodec.Codec{}))
 	var loads atomic.Int32
 	for range 2 {
 		v, err := c.GetOrLoad(bg(), "k", func(context.Context) (*wrapperspb.StringValue, error) { loads.Add(1); return nil, nil })
@@ -294,7 +301,7 @@ func TestProtoNilNotCached(t *testing.T) {
 // The codecs' untyped methods work as a Codec on their own (for wrappers and other users).
 func TestCodecUntyped(t *testing.T) {
 	doc := smallDoc()
-	for _, codec := range []Codec{JSONCodec{}, MsgpackCodec{}} {
+	for _, codec := range []Codec{JSONCodec{}, msgpackcodec.Codec{}} {
 		b, err := codec.Marshal(&doc)
 		require.NoError(t, err)
 		var got wireDoc
@@ -303,21 +310,21 @@ func TestCodecUntyped(t *testing.T) {
 	}
 	msg := wrapperspb.String("hi")
 	for _, v := range []any{msg, &msg} {
-		b, err := ProtoCodec{}.Marshal(v)
+		b, err := protocodec.Codec{}.Marshal(v)
 		require.NoError(t, err)
 		var got *wrapperspb.StringValue
-		require.NoError(t, ProtoCodec{}.Unmarshal(b, &got))
+		require.NoError(t, protocodec.Codec{}.Unmarshal(b, &got))
 		require.Equal(t, "hi", got.GetValue())
 		into := &wrapperspb.StringValue{}
-		require.NoError(t, ProtoCodec{}.Unmarshal(b, into))
+		require.NoError(t, protocodec.Codec{}.Unmarshal(b, into))
 		require.Equal(t, "hi", into.GetValue())
 	}
 	var nilMsg *wrapperspb.StringValue
-	_, err := ProtoCodec{}.Marshal(&nilMsg)
+	_, err := protocodec.Codec{}.Marshal(&nilMsg)
 	require.Error(t, err)
-	_, err = ProtoCodec{}.Marshal(42)
+	_, err = protocodec.Codec{}.Marshal(42)
 	require.Error(t, err)
-	require.Error(t, ProtoCodec{}.Unmarshal(nil, new(int)))
+	require.Error(t, protocodec.Codec{}.Unmarshal(nil, new(int)))
 
 	bs, s := []byte("bytes"), "string"
 	for _, v := range []any{&bs, &s} {
@@ -337,7 +344,7 @@ func TestJSONTypedMatchesMarshal(t *testing.T) {
 	doc.Name = "<html> & \u2028"
 	want, err := JSONCodec{}.Marshal(&doc)
 	require.NoError(t, err)
-	got, err := jsonCodec[wireDoc]{}.appendEncode([]byte("prefix"), &doc)
+	got, err := jsonAppend([]byte("prefix"), &doc)
 	require.NoError(t, err)
 	require.Equal(t, "prefix"+string(want), string(got))
 }
@@ -374,6 +381,68 @@ func TestTypedCodecIsUsed(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, want.Tags, got.Tags)
 	}
+}
+
+// boundTestCodec is a third-party codec.Binder: it refuses ints, declares its own schema, and has
+// its own encode and decode paths, which the Cache must use.
+type boundTestCodec struct {
+	schema           string
+	appends, decodes *atomic.Int32
+}
+
+func (boundTestCodec) Name() string                       { return "bound" }
+func (boundTestCodec) Marshal(v any) ([]byte, error)      { return []byte(*v.(*string)), nil }
+func (boundTestCodec) Unmarshal(data []byte, v any) error { *v.(*string) = string(data); return nil }
+func (b boundTestCodec) Bind(t reflect.Type) (codec.Bound, error) {
+	if t.Kind() != reflect.String {
+		return codec.Bound{}, errors.New("strings only")
+	}
+	return codec.Bound{
+		Schema: b.schema,
+		AppendMarshal: func(dst []byte, v any) ([]byte, error) {
+			b.appends.Add(1)
+			return append(dst, *v.(*string)...), nil
+		},
+		Decode: func(data []byte) (any, error) { b.decodes.Add(1); return string(data), nil },
+	}, nil
+}
+
+func TestBinderCodec(t *testing.T) {
+	var appends, decodes atomic.Int32
+	s := NewMemoryStore()
+	newCodec := func(schema string) Codec { return boundTestCodec{schema, &appends, &decodes} }
+	_, err := New[int](s, WithCodec(newCodec("v1")))
+	require.ErrorIs(t, err, ErrInvalidOption)
+	require.ErrorContains(t, err, "strings only")
+
+	prefix := WithPrefix(testPrefix(t))
+	var loads atomic.Int32
+	load := func(context.Context) (string, error) { loads.Add(1); return "abc", nil }
+	v1, err := New[string](s, prefix, WithCodec(newCodec("v1")))
+	require.NoError(t, err)
+	defer v1.Close()
+	for range 2 {
+		v, err := v1.GetOrLoad(bg(), "k", load)
+		require.NoError(t, err)
+		require.Equal(t, "abc", v)
+	}
+	require.EqualValues(t, 1, loads.Load())
+	require.EqualValues(t, 1, appends.Load(), "the codec's own encode")
+	require.EqualValues(t, 1, decodes.Load(), "the codec's own decode")
+
+	// The declared schema is in the fingerprint: another schema reads the value as a miss,
+	// and the default (the Go type) differs from both.
+	v2, err := New[string](s, prefix, WithCodec(newCodec("v2")))
+	require.NoError(t, err)
+	defer v2.Close()
+	_, err = v2.GetOrLoad(bg(), "k", load)
+	require.NoError(t, err)
+	require.EqualValues(t, 2, loads.Load(), "a value of another schema is a miss")
+	def, err := New[string](s, prefix, WithCodec(newCodec("")))
+	require.NoError(t, err)
+	defer def.Close()
+	require.NotEqual(t, v1.schema, def.schema)
+	require.NotEqual(t, v2.schema, def.schema)
 }
 
 // A []byte from RawCodec never shares memory with the store's copy: writing to it leaves the
@@ -439,7 +508,7 @@ func TestCodecPanicIsAMiss(t *testing.T) {
 	require.EqualValues(t, 4, loads.Load())
 	require.Equal(t, uint64(1), reader.wire.rejects[rejectPayload].Load())
 
-	mp := newTestCache[wireDoc](t, s, WithCodec(MsgpackCodec{}))
+	mp := newTestCache[wireDoc](t, s, WithCodec(msgpackcodec.Codec{}))
 	bad := []byte("\x89\xa200\xd300000000\xa40000\xa3000\xa500000\xcb00000000\xa60000000\xa40000\x91\xa10\xa40000\xc4Y" +
 		strings.Repeat("0", 89) + "\xa70000000\xc7\f0000000000000\xa7Created\xc0")
 	frame := append(envelope.AppendHeader(nil, envelope.Header{Schema: mp.schema}), bad...)

@@ -52,6 +52,7 @@
 // # Observability
 //
 // [Cache.Stats] counts hits, misses, loads and store errors; [WithPrometheus] exports them to
-// a [github.com/prometheus/client_golang/prometheus.Registerer] you pass; [WithTracerProvider]
-// traces loads and store calls with OpenTelemetry; [WithLogger] logs through [log/slog].
+// a [github.com/prometheus/client_golang/prometheus.Registerer] you pass; [WithTracer] traces
+// loads and store calls (package cacheasideotel adapts OpenTelemetry traces and metrics);
+// [WithLogger] logs through [log/slog].
 package cacheaside

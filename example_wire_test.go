@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cacheaside/cacheaside"
+	"github.com/cacheaside/cacheaside/codec/msgpack"
 )
 
 // Values with personal data are sealed with AES-256-GCM before they reach the store. Keys come
@@ -19,7 +20,7 @@ func ExampleWithEncryption() {
 		panic(err)
 	}
 	users, err := cacheaside.New[User](cacheaside.NewMemoryStore(),
-		cacheaside.WithEncryption(ring), cacheaside.WithCodec(cacheaside.MsgpackCodec{}))
+		cacheaside.WithEncryption(ring), cacheaside.WithCodec(msgpack.Codec{}))
 	if err != nil {
 		panic(err)
 	}

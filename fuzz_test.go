@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	msgpackcodec "github.com/cacheaside/cacheaside/codec/msgpack"
+	protocodec "github.com/cacheaside/cacheaside/codec/proto"
 	"github.com/cacheaside/cacheaside/internal/envelope"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -146,7 +148,7 @@ func FuzzDecodeJSON(f *testing.F) {
 }
 
 func FuzzDecodeMsgpack(f *testing.F) {
-	fuzzDecode(f, MsgpackCodec{}, smallDoc(), largeDoc(4<<10), wireDoc{})
+	fuzzDecode(f, msgpackcodec.Codec{}, smallDoc(), largeDoc(4<<10), wireDoc{})
 }
 
 func FuzzDecodeProto(f *testing.F) {
@@ -155,7 +157,7 @@ func FuzzDecodeProto(f *testing.F) {
 	for i := range 200 {
 		large.Fields[string(rune('a'+i%26))+"field"] = structpb.NewStringValue("repeated text")
 	}
-	fuzzDecode(f, ProtoCodec{}, small, large, &structpb.Struct{})
+	fuzzDecode(f, protocodec.Codec{}, small, large, &structpb.Struct{})
 }
 
 func FuzzDecodeRaw(f *testing.F) {

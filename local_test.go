@@ -46,7 +46,7 @@ type counter struct{ n atomic.Int64 }
 func (c *counter) load(context.Context) (int64, error) { return c.n.Add(1), nil }
 
 func TestLocalCacheNeedsABroadcastingStore(t *testing.T) {
-	type plain struct{ Store } // hides MemoryStore's broadcaster methods
+	type plain struct{ Store } // hides MemoryStore's Broadcaster methods
 	s := NewMemoryStore()
 	defer s.Close()
 	_, err := New[int](plain{s}, WithLocalCache(10, time.Second))
@@ -207,18 +207,18 @@ func TestLocalEntryFromBeforeAnInvalidationIsNeverServed(t *testing.T) {
 // answered it.
 type hookStore struct {
 	Store
-	bus          broadcaster
+	bus          Broadcaster
 	afterGet     atomic.Pointer[func(key string, lk Lookup)]
 	afterFill    atomic.Pointer[func(key string, stored bool)]
 	afterGetMany atomic.Pointer[func(keys []string, lks []Lookup)]
 }
 
-func newHookStore(s Store) *hookStore { return &hookStore{Store: s, bus: s.(broadcaster)} }
+func newHookStore(s Store) *hookStore { return &hookStore{Store: s, bus: s.(Broadcaster)} }
 
 func (h *hookStore) Publish(ctx context.Context, channel string, msg []byte) error {
 	return h.bus.Publish(ctx, channel, msg)
 }
-func (h *hookStore) Subscribe(channel string) subscription { return h.bus.Subscribe(channel) }
+func (h *hookStore) Subscribe(channel string) Subscription { return h.bus.Subscribe(channel) }
 
 func (h *hookStore) GetOrLease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error) {
 	lk, err := h.Store.GetOrLease(ctx, key, token, leaseTTL)
@@ -362,20 +362,20 @@ func TestLocalLateFillIsNeverServed(t *testing.T) {
 // manualBus is a broadcast transport the test drives by hand.
 type manualBus struct {
 	mu    sync.Mutex
-	on    func(subEvent, []byte)
+	on    func(SubscriptionEvent, []byte)
 	ready chan struct{}
 }
 
 func (m *manualBus) Publish(context.Context, string, []byte) error { return nil }
-func (m *manualBus) Subscribe(string) subscription                 { return m }
-func (m *manualBus) Run(ctx context.Context, on func(subEvent, []byte)) {
+func (m *manualBus) Subscribe(string) Subscription                 { return m }
+func (m *manualBus) Run(ctx context.Context, on func(SubscriptionEvent, []byte)) {
 	m.mu.Lock()
 	m.on = on
 	m.mu.Unlock()
 	close(m.ready)
 	<-ctx.Done()
 }
-func (m *manualBus) emit(ev subEvent, msg []byte) {
+func (m *manualBus) emit(ev SubscriptionEvent, msg []byte) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.on(ev, msg)
@@ -408,37 +408,37 @@ func TestLocalSubscriptionLossFlushesAndBypasses(t *testing.T) {
 	removeBehindBack(t, c, "k")
 	read(2, "before subscription, no L1")
 
-	bus.emit(subLive, nil)
+	bus.emit(SubscriptionLive, nil)
 	read(2, "store hit") // fills L1
 	removeBehindBack(t, c, "k")
 	read(2, "L1 hit")
 
-	bus.emit(subLost, nil)
+	bus.emit(SubscriptionLost, nil)
 	read(3, "subscription lost: L1 not read")
 	removeBehindBack(t, c, "k")
 	read(4, "subscription lost: L1 not filled")
 
-	bus.emit(subLive, nil)
+	bus.emit(SubscriptionLive, nil)
 	read(4, "store hit after resubscription")
 	removeBehindBack(t, c, "k")
 	read(4, "L1 hit after resubscription")
 
-	bus.emit(subLost, nil)
-	bus.emit(subLive, nil)
+	bus.emit(SubscriptionLost, nil)
+	bus.emit(SubscriptionLive, nil)
 	read(5, "an entry from before a loss")
 	removeBehindBack(t, c, "k")
 	read(5, "L1 hit")
 
-	bus.emit(subMessage, []byte("not a message of ours"))
+	bus.emit(SubscriptionMessage, []byte("not a message of ours"))
 	read(6, "after an unreadable message")
 
-	bus.emit(subMessage, encodeKeysMsg("another instance", []string{"other", "k"}))
+	bus.emit(SubscriptionMessage, encodeKeysMsg("another instance", []string{"other", "k"}))
 	removeBehindBack(t, c, "k")
 	read(7, "after a message naming the key")
 	removeBehindBack(t, c, "k")
-	bus.emit(subMessage, encodeKeysMsg(c.tokens.id, []string{"k"}))
+	bus.emit(SubscriptionMessage, encodeKeysMsg(c.tokens.id, []string{"k"}))
 	read(7, "its own message changes nothing")
-	bus.emit(subMessage, encodeAllMsg("another instance", "*"))
+	bus.emit(SubscriptionMessage, encodeAllMsg("another instance", "*"))
 	read(8, "after a pattern message")
 }
 
@@ -657,7 +657,7 @@ func TestLocalRefusedFillStaysOut(t *testing.T) {
 	bus := &manualBus{ready: make(chan struct{})}
 	c := newTestCache[int64](t, manualStore{ms, bus}, l1Opts()...)
 	<-bus.ready
-	bus.emit(subLive, nil)
+	bus.emit(SubscriptionLive, nil)
 
 	var sot atomic.Int64
 	sot.Store(1)

@@ -101,7 +101,7 @@ func (e *lookupError) Unwrap() error { return e.err }
 func (c *Cache[T]) readOwn(ctx context.Context, sk string, gen uint64, load func(context.Context) (T, error)) (Lookup, *flight[T], error) {
 	if c.mem != nil {
 		// An in-process hit needs no token, no timeout and no breaker: nothing can fail.
-		if v := c.mem.peek(sk); v != nil {
+		if v := c.mem.Peek(sk); v != nil {
 			return Lookup{Value: v}, nil, nil
 		}
 	}

@@ -12,6 +12,8 @@ var (
 	_ Store            = (*MemoryStore)(nil)
 	_ ReleaseManyStore = (*MemoryStore)(nil)
 	_ LeaseManyStore   = (*MemoryStore)(nil)
+	_ InProcessStore   = (*MemoryStore)(nil)
+	_ ValueBytesStore  = (*MemoryStore)(nil)
 )
 
 // DefaultMemoryMaxBytes is the default bound of a MemoryStore: 64 MiB of keys, values and
@@ -94,6 +96,16 @@ func (s *MemoryStore) peek(key string) []byte {
 	}
 	return nil
 }
+
+// Peek implements InProcessStore: key's live value, or nil, with no lock and no write.
+func (s *MemoryStore) Peek(key string) []byte { return s.peek(key) }
+
+// ImmutableReads implements ValueBytesStore: a stored value is never modified; a fill
+// replaces it with another slice.
+func (s *MemoryStore) ImmutableReads() bool { return true }
+
+// KeepsWrites implements ValueBytesStore: the store keeps the slices it is given.
+func (s *MemoryStore) KeepsWrites() bool { return true }
 
 // GetOrLease implements Store.
 func (s *MemoryStore) GetOrLease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error) {

@@ -25,7 +25,6 @@ import (
 
 	"github.com/cacheaside/cacheaside/internal/breaker"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // result is how a request for one key was answered.
@@ -182,9 +181,10 @@ type observeConfig struct {
 	groupMax   int
 	logger     *slog.Logger // nil: no logging
 	logEvery   time.Duration
-	tracer     trace.TracerProvider // nil: no tracing
+	tracer     Tracer // nil: no tracing
 	hitSpans   bool
 	spanKeys   bool
+	exporter   MetricsExporter // nil: none besides Prometheus
 }
 
 // groupCounters are the counts kept per key group (one set without WithKeyGroups).
@@ -222,10 +222,12 @@ type observer struct {
 	l1Drops        atomic.Uint64
 	l1Flushes      atomic.Uint64
 
-	breaker *breaker.Breaker // set by New once built
-	log     *logSink         // nil: no logging
-	tr      *tracing         // nil: no tracing
-	prom    *promCollector   // nil: no Prometheus
+	breaker  *breaker.Breaker // set by New once built
+	log      *logSink         // nil: no logging
+	tr       *tracing         // nil: no tracing
+	prom     *promCollector   // nil: no Prometheus
+	rec      MetricsRecorder  // nil without WithMetricsExporter
+	exporter MetricsExporter  // started by register
 
 	registerer prometheus.Registerer
 	noteResult bool // hit spans are on: requests tell the call's span their result
@@ -257,20 +259,34 @@ func newObserver(cfg *config, timed bool) *observer {
 	if oc.registerer != nil {
 		o.prom = newPromCollector(o)
 	}
+	o.exporter = oc.exporter
 	return o
 }
 
 // register exports the metrics, if asked; unregister (at Close) withdraws them.
 func (o *observer) register() error {
-	if o.prom == nil {
-		return nil
+	if o.prom != nil {
+		if err := registerCollector(o.registerer, o.prom, o.name); err != nil {
+			return err
+		}
 	}
-	return registerCollector(o.registerer, o.prom, o.name)
+	if o.exporter != nil {
+		if err := o.export(o.exporter); err != nil {
+			if o.prom != nil {
+				o.registerer.Unregister(o.prom)
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 func (o *observer) unregister() {
 	if o.prom != nil {
 		o.registerer.Unregister(o.prom)
+	}
+	if o.rec != nil {
+		_ = o.rec.Stop()
 	}
 }
 
@@ -303,7 +319,7 @@ func (o *observer) count(key string, r result) { o.counters(key).requests[r].Add
 type loadObs struct {
 	start time.Time
 	c     *groupCounters
-	span  trace.Span // nil without tracing
+	span  Span // nil without tracing
 }
 
 // loadStart begins observing the loader call for the store key sk. The returned context
@@ -351,6 +367,9 @@ func (o *observer) loadDone(l *loadObs, err error, pe *PanicError) time.Duration
 	oc := outcomeOf(err, pe)
 	l.c.loads[oc].Add(1)
 	l.c.loadTime.observe(d)
+	if o.rec != nil {
+		o.rec.LoadDuration(l.c.name, d)
+	}
 	if l.span != nil {
 		loadSpanDone(l.span, oc)
 	}
@@ -367,8 +386,8 @@ func (l loadObs) end() {
 // storeObs is a store operation being observed.
 type storeObs struct {
 	op    storeOp
-	start time.Time  // zero unless timed
-	span  trace.Span // nil unless tracing a write
+	start time.Time // zero unless timed
+	span  Span      // nil unless tracing a write
 }
 
 // storeStart begins observing op. It takes the time only for stores with round trips, and
@@ -389,7 +408,11 @@ func (o *observer) storeStart(ctx context.Context, op storeOp) (context.Context,
 func (o *observer) storeEnd(s storeObs, err error, callerLeft bool) {
 	failed := err != nil && !callerLeft
 	if o.timed && (err == nil || failed) {
-		o.storeTime[s.op].observe(time.Since(s.start))
+		d := time.Since(s.start)
+		o.storeTime[s.op].observe(d)
+		if o.rec != nil {
+			o.rec.StoreDuration(s.op.String(), d)
+		}
 	}
 	if failed {
 		o.storeErrors[s.op].Add(1)
@@ -420,7 +443,7 @@ func (o *observer) coalesced(ctx context.Context, k coalesceKind) {
 }
 
 // leaseWaitStart counts a wait for another process's lease and starts its span.
-func (o *observer) leaseWaitStart(ctx context.Context, sk string) (context.Context, trace.Span) {
+func (o *observer) leaseWaitStart(ctx context.Context, sk string) (context.Context, Span) {
 	o.leaseWaits.Add(1)
 	if o.tr == nil {
 		return ctx, nil

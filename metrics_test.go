@@ -29,6 +29,7 @@ var errInjected = errors.New("dial tcp 127.0.0.1:1: connect: connection refused"
 // *MemoryStore itself, it counts as a store with round trips: its durations are measured.
 type faultyStore struct {
 	*MemoryStore
+	Peek struct{} // hides MemoryStore.Peek (InProcessStore): every read goes through the methods above
 	fail atomic.Bool
 }
 
@@ -380,7 +381,7 @@ func TestHitAllocsUnchangedByObservability(t *testing.T) {
 		WithPrometheus(prometheus.NewRegistry(), "alloc"),
 		WithKeyGroups(KeyGroupBefore(":"), 8),
 		WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
-		WithTracerProvider(sdktrace.NewTracerProvider()),
+		withOTel(sdktrace.NewTracerProvider()),
 	)
 	t.Logf("allocations per memory-store hit: %v without options, %v with metrics, groups, logger, tracer", plain, full)
 	require.Equal(t, plain, full)

@@ -284,8 +284,9 @@ func WithMaxValueSize(n int) Option {
 	}
 }
 
-// WithCodec sets how values are encoded: JSONCodec, MsgpackCodec, ProtoCodec (for pointers to
-// generated messages), RawCodec (for []byte and string), or your own. New fails with
+// WithCodec sets how values are encoded: JSONCodec, RawCodec (for []byte and string), the
+// MessagePack codec of package codec/msgpack, the Protocol Buffers codec of package codec/proto
+// (for pointers to generated messages), or your own (see Codec and codec.Binder). New fails with
 // ErrInvalidOption if the codec cannot encode the cached type. Values written by another codec
 // or for another type read as misses, and so do values of an earlier shape of the type (a
 // struct field added, removed, renamed, retyped or retagged): see schema.go. Default: JSONCodec.

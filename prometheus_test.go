@@ -440,7 +440,7 @@ func TestPrometheusLocalCache(t *testing.T) {
 		require.Equal(t, []uint64{uint64(l1Hits), uint64(drops), uint64(flushes)}, []uint64{s.L1Hits, s.L1BroadcastDrops, s.L1Flushes}, step)
 	}
 
-	bus.emit(subLive, nil) // the first subscription: nothing was cached to flush
+	bus.emit(SubscriptionLive, nil) // the first subscription: nothing was cached to flush
 	for _, k := range []string{"a", "b", "c"} {
 		_, err := c.GetOrLoad(bg(), k, constLoad(k)) // misses: filled into L1
 		require.NoError(t, err)
@@ -457,18 +457,18 @@ func TestPrometheusLocalCache(t *testing.T) {
 	require.Len(t, m, 2)
 	compare("two L1 hits and a batch of two", 4, 0, 0)
 
-	bus.emit(subMessage, encodeKeysMsg("another instance", []string{"a", "b", "not cached here"}))
+	bus.emit(SubscriptionMessage, encodeKeysMsg("another instance", []string{"a", "b", "not cached here"}))
 	compare("a message naming two held keys and one other", 4, 2, 0)
-	bus.emit(subMessage, encodeKeysMsg("another instance", []string{"a"}))
+	bus.emit(SubscriptionMessage, encodeKeysMsg("another instance", []string{"a"}))
 	compare("a key dropped already", 4, 2, 0)
-	bus.emit(subMessage, encodeAllMsg("another instance", "*"))
+	bus.emit(SubscriptionMessage, encodeAllMsg("another instance", "*"))
 	compare("a pattern message: the one entry left", 4, 3, 0)
 
-	bus.emit(subLost, nil)
+	bus.emit(SubscriptionLost, nil)
 	compare("subscription lost", 4, 3, 1)
-	bus.emit(subLive, nil)
+	bus.emit(SubscriptionLive, nil)
 	compare("subscribed again", 4, 3, 2)
-	bus.emit(subMessage, []byte("not a message of ours"))
+	bus.emit(SubscriptionMessage, []byte("not a message of ours"))
 	compare("an unreadable message", 4, 3, 3)
 }
 

@@ -16,6 +16,7 @@ var (
 	_ Store            = (*RedisStore)(nil)
 	_ ReleaseManyStore = (*RedisStore)(nil)
 	_ LeaseManyStore   = (*RedisStore)(nil)
+	_ ValueBytesStore  = (*RedisStore)(nil)
 )
 
 // RedisStore keeps entries in Redis: standalone, Sentinel (a failover client), Cluster or
@@ -187,6 +188,12 @@ func ms(d time.Duration) int64 {
 	}
 	return m
 }
+
+// ImmutableReads implements ValueBytesStore: every reply is built for its read.
+func (s *RedisStore) ImmutableReads() bool { return true }
+
+// KeepsWrites implements ValueBytesStore: values are sent to Redis, not kept.
+func (s *RedisStore) KeepsWrites() bool { return false }
 
 // GetOrLease implements Store.
 func (s *RedisStore) GetOrLease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error) {

@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	msgpackcodec "github.com/cacheaside/cacheaside/codec/msgpack"
+	protocodec "github.com/cacheaside/cacheaside/codec/proto"
 	"github.com/cacheaside/cacheaside/internal/envelope"
 	v1 "github.com/cacheaside/cacheaside/internal/schematest/v1/models"
 	v2 "github.com/cacheaside/cacheaside/internal/schematest/v2/models"
@@ -78,7 +80,7 @@ func TestTypeShapeChangeIsAMiss(t *testing.T) {
 				Email string `msgpack:"email"`
 				Phone string `msgpack:"phone,omitempty"`
 			}
-			checkShapeChange(t, MsgpackCodec{}, old, User{ID: 1, Email: "ada@example.com", Phone: "555"})
+			checkShapeChange(t, msgpackcodec.Codec{}, old, User{ID: 1, Email: "ada@example.com", Phone: "555"})
 		}()
 	})
 	t.Run("a retagged field", func(t *testing.T) {
@@ -109,7 +111,7 @@ type schemaGolden struct {
 // The fingerprint New computes is stored in Redis and compared by every other process: it is
 // fixed for a type and codec, whatever the process (the values below were also computed
 // independently of this code: FNV-1a 32 of codec name, a zero byte, and the description). A
-// proto message under ProtoCodec is known by its full name.
+// proto message under codec/proto is known by its full name.
 func TestSchemaGolden(t *testing.T) {
 	const desc = `github.com/cacheaside/cacheaside.schemaGolden=struct{` +
 		`ID int64 "json:\"id\"";Tags []string "json:\"tags,omitempty\"";` +
@@ -121,15 +123,15 @@ func TestSchemaGolden(t *testing.T) {
 		want   uint32
 	}{
 		{"json struct", newTestCache[schemaGolden](t, NewMemoryStore()).schema, 0x8539ad09},
-		{"msgpack struct", newTestCache[schemaGolden](t, NewMemoryStore(), WithCodec(MsgpackCodec{})).schema, 0x7bdf1ed1},
+		{"msgpack struct", newTestCache[schemaGolden](t, NewMemoryStore(), WithCodec(msgpackcodec.Codec{})).schema, 0x7bdf1ed1},
 		{"raw bytes", newTestCache[[]byte](t, NewMemoryStore(), WithCodec(RawCodec{})).schema, 0x90ed7565},
-		{"proto message", newTestCache[*structpb.Struct](t, NewMemoryStore(), WithCodec(ProtoCodec{})).schema, 0x841f4d43},
+		{"proto message", newTestCache[*structpb.Struct](t, NewMemoryStore(), WithCodec(protocodec.Codec{})).schema, 0x841f4d43},
 	} {
 		require.Equal(t, tc.want, tc.schema, "%s: %#x", tc.name, tc.schema)
 	}
 	require.Equal(t, envelope.Schema("proto", "proto message google.protobuf.Struct"),
-		newTestCache[*structpb.Struct](t, NewMemoryStore(), WithCodec(ProtoCodec{})).schema)
+		newTestCache[*structpb.Struct](t, NewMemoryStore(), WithCodec(protocodec.Codec{})).schema)
 	require.NotEqual(t,
-		newTestCache[*wrapperspb.StringValue](t, NewMemoryStore(), WithCodec(ProtoCodec{})).schema,
-		newTestCache[*wrapperspb.BytesValue](t, NewMemoryStore(), WithCodec(ProtoCodec{})).schema)
+		newTestCache[*wrapperspb.StringValue](t, NewMemoryStore(), WithCodec(protocodec.Codec{})).schema,
+		newTestCache[*wrapperspb.BytesValue](t, NewMemoryStore(), WithCodec(protocodec.Codec{})).schema)
 }

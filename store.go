@@ -88,6 +88,34 @@ type LeaseManyStore interface {
 	LeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error)
 }
 
+// InProcessStore is an optional interface of a Store that lives in this process, as
+// MemoryStore does: its calls neither wait on a network nor honour deadlines. A Cache over one
+// calls it without store timeouts, without coalescing concurrent lookups of a key (each is as
+// cheap as sharing one), and answers hits with Peek alone: no token, no lease, no breaker. A
+// wrapper that embeds *MemoryStore to intercept its calls must hide Peek too, or hits bypass it.
+type InProcessStore interface {
+	Store
+	// Peek returns the live value at key, or nil if the key holds none (no value, or only a
+	// lease). It must not block, grant a lease or modify anything, and the bytes returned must
+	// never change afterwards: the Cache decodes them without copying.
+	Peek(key string) []byte
+}
+
+// ValueBytesStore is an optional interface of a Store that says what it does with the bytes
+// of values, so that a Cache copies no more than it must. Without it, a Cache assumes the
+// safest: the bytes a read returns may change or be reused once the call returns (so a decoded
+// value never shares memory with them), and the slices given to Fill and FillMany are kept as
+// they are (so it trims their spare capacity first).
+type ValueBytesStore interface {
+	// ImmutableReads reports that the Value bytes its reads return (GetOrLease,
+	// GetOrLeaseMany, Lease, Peek) are never modified or reused afterwards: a decoded string
+	// may share memory with them (RawCodec).
+	ImmutableReads() bool
+	// KeepsWrites reports that it keeps the slices passed to Fill and FillMany, rather than
+	// copying them out (as a network store does when it sends them).
+	KeepsWrites() bool
+}
+
 // FillEntry is one value of a FillMany.
 type FillEntry struct {
 	Key   string

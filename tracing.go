@@ -3,23 +3,41 @@ package cacheaside
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync/atomic"
-
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/trace"
 )
 
-// tracerName is the instrumentation scope of the cache's spans.
-const tracerName = "github.com/cacheaside/cacheaside"
+// Tracer is what a Cache needs of a tracing system: package cacheasideotel adapts
+// OpenTelemetry to it (cacheasideotel.WithTracerProvider), and another system can be adapted
+// the same way. The core package links no tracing library.
+type Tracer interface {
+	// Start starts a span named name, a child of the span in ctx if any, with attrs, and
+	// returns a context carrying it. Attribute values are strings, ints and bools.
+	Start(ctx context.Context, name string, attrs ...slog.Attr) (context.Context, Span)
+	// AddEvent adds an event named name to the span in ctx, if there is one and it records.
+	AddEvent(ctx context.Context, name string)
+}
 
-// WithTracerProvider traces the cache's misses with OpenTelemetry, through tracers of tp:
+// Span is a span a Tracer started.
+type Span interface {
+	// SetAttributes sets attributes of the span.
+	SetAttributes(attrs ...slog.Attr)
+	// SetError marks the span as failed, with a description written by the Cache (never the
+	// text of a loader's error).
+	SetError(description string)
+	// End ends the span.
+	End()
+}
+
+// WithTracer traces the cache's misses through t (for OpenTelemetry:
+// cacheasideotel.WithTracerProvider, which calls it):
 //
 //   - cacheaside.load: each loader call, covering the load and the store write after it
 //     (child span cacheaside.store.fill, .fill_many or .release); the loader runs on its
-//     context, so its own spans are children. Attributes: cacheaside.cache,
-//     cacheaside.outcome (ok, not_found, error, panic), cacheaside.group (WithKeyGroups),
-//     cacheaside.keys (batch loads); status Error for an error or a panic.
+//     context, so its own spans are children. Attributes: cacheaside.cache (the name given to
+//     WithPrometheus, else the prefix), cacheaside.outcome (ok, not_found, error, panic),
+//     cacheaside.group (WithKeyGroups), cacheaside.keys (batch loads); status Error for an
+//     error or a panic.
 //   - cacheaside.lease_wait: each wait for a lease another process holds, with
 //     cacheaside.outcome; a load after taking the lease over is its child.
 //   - cacheaside.store.delete and .delete_pattern: invalidations.
@@ -28,11 +46,11 @@ const tracerName = "github.com/cacheaside/cacheaside"
 // A load's span is a child of the span in the context of the call that started it. Hits
 // create no span (see WithHitSpans), and spans never carry a key (see WithSpanKeys) or a
 // value, nor the loader's error text. Default: nil, no tracing and no cost.
-func WithTracerProvider(tp trace.TracerProvider) Option {
-	return func(c *config) { c.obs.tracer = tp }
+func WithTracer(t Tracer) Option {
+	return func(c *config) { c.obs.tracer = t }
 }
 
-// WithHitSpans, with WithTracerProvider, gives every GetOrLoad call a span cacheaside.get,
+// WithHitSpans, with WithTracer, gives every GetOrLoad call a span cacheaside.get,
 // hits included, with the attribute cacheaside.result (hit, negative_hit, miss, ...); load
 // spans of a miss are its children. It costs an allocation or two per call. Default: false,
 // hits create no span.
@@ -40,7 +58,7 @@ func WithHitSpans(on bool) Option {
 	return func(c *config) { c.obs.hitSpans = on }
 }
 
-// WithSpanKeys, with WithTracerProvider, adds the attribute cacheaside.key (the key as given
+// WithSpanKeys, with WithTracer, adds the attribute cacheaside.key (the key as given
 // to GetOrLoad) to the spans of single-key calls. Keys can be personal data: think before
 // turning it on. Default: false.
 func WithSpanKeys(on bool) Option {
@@ -49,55 +67,55 @@ func WithSpanKeys(on bool) Option {
 
 // tracing makes an observer's spans.
 type tracing struct {
-	tracer   trace.Tracer
-	cache    attribute.KeyValue
+	tracer   Tracer
+	cache    slog.Attr
 	hitSpans bool
 	keys     bool
 }
 
-func newTracing(tp trace.TracerProvider, name string, hitSpans, keys bool) *tracing {
+func newTracing(t Tracer, name string, hitSpans, keys bool) *tracing {
 	return &tracing{
-		tracer:   tp.Tracer(tracerName),
-		cache:    attribute.String("cacheaside.cache", name),
+		tracer:   t,
+		cache:    slog.String("cacheaside.cache", name),
 		hitSpans: hitSpans,
 		keys:     keys,
 	}
 }
 
 // attrs are the attributes every span of a call starts with.
-func (t *tracing) attrs(g *groupCounters, key string, extra ...attribute.KeyValue) trace.SpanStartOption {
-	a := make([]attribute.KeyValue, 0, 3+len(extra))
+func (t *tracing) attrs(g *groupCounters, key string, extra ...slog.Attr) []slog.Attr {
+	a := make([]slog.Attr, 0, 3+len(extra))
 	a = append(a, t.cache)
 	if g != nil && g.name != "" {
-		a = append(a, attribute.String("cacheaside.group", g.name))
+		a = append(a, slog.String("cacheaside.group", g.name))
 	}
 	if t.keys && key != "" {
-		a = append(a, attribute.String("cacheaside.key", key))
+		a = append(a, slog.String("cacheaside.key", key))
 	}
-	return trace.WithAttributes(append(a, extra...)...)
+	return append(a, extra...)
 }
 
 // startLoad starts the span of a loader call: for key, or for a batch of n keys (n > 0).
-func (t *tracing) startLoad(ctx context.Context, g *groupCounters, key string, n int) (context.Context, trace.Span) {
+func (t *tracing) startLoad(ctx context.Context, g *groupCounters, key string, n int) (context.Context, Span) {
 	if n > 0 {
-		return t.tracer.Start(ctx, "cacheaside.load", t.attrs(g, "", attribute.Int("cacheaside.keys", n)))
+		return t.tracer.Start(ctx, "cacheaside.load", t.attrs(g, "", slog.Int("cacheaside.keys", n))...)
 	}
-	return t.tracer.Start(ctx, "cacheaside.load", t.attrs(g, key))
+	return t.tracer.Start(ctx, "cacheaside.load", t.attrs(g, key)...)
 }
 
-func loadSpanDone(span trace.Span, oc outcome) {
-	span.SetAttributes(attribute.String("cacheaside.outcome", oc.String()))
+func loadSpanDone(span Span, oc outcome) {
+	span.SetAttributes(slog.String("cacheaside.outcome", oc.String()))
 	switch oc {
 	case outcomeError:
-		span.SetStatus(codes.Error, "loader returned an error")
+		span.SetError("loader returned an error")
 	case outcomePanic:
-		span.SetStatus(codes.Error, "loader panicked")
+		span.SetError("loader panicked")
 	}
 }
 
 // startStore starts the span of a store write.
-func (t *tracing) startStore(ctx context.Context, op storeOp) (context.Context, trace.Span) {
-	return t.tracer.Start(ctx, op.spanName(), trace.WithAttributes(t.cache))
+func (t *tracing) startStore(ctx context.Context, op storeOp) (context.Context, Span) {
+	return t.tracer.Start(ctx, op.spanName(), t.cache)
 }
 
 func (op storeOp) spanName() string {
@@ -117,20 +135,20 @@ func (op storeOp) spanName() string {
 	}
 }
 
-func storeSpanDone(span trace.Span, failed bool) {
+func storeSpanDone(span Span, failed bool) {
 	if failed {
-		span.SetStatus(codes.Error, "store operation failed")
+		span.SetError("store operation failed")
 	}
 	span.End()
 }
 
 // startWait starts the span of a wait for another process's lease.
-func (t *tracing) startWait(ctx context.Context, g *groupCounters, key string) (context.Context, trace.Span) {
-	return t.tracer.Start(ctx, "cacheaside.lease_wait", t.attrs(g, key))
+func (t *tracing) startWait(ctx context.Context, g *groupCounters, key string) (context.Context, Span) {
+	return t.tracer.Start(ctx, "cacheaside.lease_wait", t.attrs(g, key)...)
 }
 
 // endLeaseWait ends the span of a lease wait (nil without tracing) with how f ended.
-func endLeaseWait[T any](span trace.Span, f *flight[T]) {
+func endLeaseWait[T any](span Span, f *flight[T]) {
 	if span == nil {
 		return
 	}
@@ -145,18 +163,16 @@ func endLeaseWait[T any](span trace.Span, f *flight[T]) {
 	case f.err != nil:
 		oc = "error"
 	}
-	span.SetAttributes(attribute.String("cacheaside.outcome", oc))
+	span.SetAttributes(slog.String("cacheaside.outcome", oc))
 	if oc == "panic" || oc == "error" {
-		span.SetStatus(codes.Error, "lease wait ended in "+oc)
+		span.SetError("lease wait ended in " + oc)
 	}
 	span.End()
 }
 
 // noteJoined marks, on the caller's span, that the call joined a load in flight.
 func (t *tracing) noteJoined(ctx context.Context) {
-	if span := trace.SpanFromContext(ctx); span.IsRecording() {
-		span.AddEvent("cacheaside.coalesced")
-	}
+	t.tracer.AddEvent(ctx, "cacheaside.coalesced")
 }
 
 // callNoteKey is the context key of a traced GetOrLoad call's note.
@@ -179,17 +195,17 @@ func noteCallResult(ctx context.Context, o *observer, r result) {
 func tracedGetOrLoad[T any](c *Cache[T], ctx context.Context, key string, load func(context.Context) (T, error)) (v T, err error) {
 	t := c.obs.tr
 	note := &callNote{o: c.obs}
-	ctx, span := t.tracer.Start(context.WithValue(ctx, callNoteKey{}, note), "cacheaside.get", t.attrs(c.obs.counters(key), key))
+	ctx, span := t.tracer.Start(context.WithValue(ctx, callNoteKey{}, note), "cacheaside.get", t.attrs(c.obs.counters(key), key)...)
 	returned := false
 	defer func() {
 		if r := note.result.Load(); r > 0 {
-			span.SetAttributes(attribute.String("cacheaside.result", result(r-1).String()))
+			span.SetAttributes(slog.String("cacheaside.result", result(r-1).String()))
 		}
 		switch {
 		case !returned:
-			span.SetStatus(codes.Error, "loader panicked")
+			span.SetError("loader panicked")
 		case err != nil && !errors.Is(err, ErrNotFound):
-			span.SetStatus(codes.Error, "call failed")
+			span.SetError("call failed")
 		}
 		span.End()
 	}()

@@ -3,11 +3,13 @@ package cacheaside
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cacheaside/cacheaside/internal/oteltrace"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/attribute"
@@ -16,6 +18,20 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 )
+
+// otelTracer is the OpenTelemetry adapter of package cacheasideotel, as the core's tests can
+// have it (cacheasideotel imports this package).
+type otelTracer struct{ t *oteltrace.Tracer }
+
+func (o otelTracer) Start(ctx context.Context, name string, attrs ...slog.Attr) (context.Context, Span) {
+	return o.t.Start(ctx, name, attrs...)
+}
+
+func (o otelTracer) AddEvent(ctx context.Context, name string) { o.t.AddEvent(ctx, name) }
+
+func withOTel(tp trace.TracerProvider) Option {
+	return WithTracer(otelTracer{oteltrace.New(tp, "test")})
+}
 
 func newRecorder(t *testing.T) (*tracetest.SpanRecorder, *sdktrace.TracerProvider) {
 	sr := tracetest.NewSpanRecorder()
@@ -56,7 +72,7 @@ func requireNoKey(t *testing.T, sr *tracetest.SpanRecorder, key string) {
 func TestTracingMissAndHit(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		sr, tp := newRecorder(t)
-		c := backendCache[string](t, b, WithTracerProvider(tp), WithKeyGroups(KeyGroupBefore(":"), 4), WithPrometheus(prometheus.NewRegistry(), "users"))
+		c := backendCache[string](t, b, withOTel(tp), WithKeyGroups(KeyGroupBefore(":"), 4), WithPrometheus(prometheus.NewRegistry(), "users"))
 
 		// The caller's span is the load span's parent; the loader runs in the load span.
 		ctx, parent := tp.Tracer("test").Start(bg(), "request")
@@ -103,7 +119,7 @@ func spanContextOf(ctx context.Context) any {
 // Loader errors and panics set the load span's outcome and status, never the error text.
 func TestTracingLoadOutcomes(t *testing.T) {
 	sr, tp := newRecorder(t)
-	c := newTestCache[string](t, NewMemoryStore(), WithTracerProvider(tp))
+	c := newTestCache[string](t, NewMemoryStore(), withOTel(tp))
 	_, err := c.GetOrLoad(bg(), "nf", func(context.Context) (string, error) { return "", ErrNotFound })
 	require.ErrorIs(t, err, ErrNotFound)
 	_, err = c.GetOrLoad(bg(), "e", func(context.Context) (string, error) { return "", errors.New("secret-error-text") })
@@ -132,7 +148,7 @@ func TestTracingLoadOutcomes(t *testing.T) {
 func TestTracingLeaseWaitAndJoin(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		sr, tp := newRecorder(t)
-		cs := instances[string](t, b, 2, append(slowMachine, WithTracerProvider(tp))...)
+		cs := instances[string](t, b, 2, append(slowMachine, withOTel(tp))...)
 		started := make(chan struct{})
 		release := make(chan struct{})
 		var once sync.Once
@@ -178,7 +194,7 @@ func TestTracingLeaseWaitAndJoin(t *testing.T) {
 // WithHitSpans gives every call a span with its result; WithSpanKeys adds the key.
 func TestTracingHitSpansAndKeys(t *testing.T) {
 	sr, tp := newRecorder(t)
-	c := newTestCache[string](t, NewMemoryStore(), WithTracerProvider(tp), WithHitSpans(true), WithSpanKeys(true))
+	c := newTestCache[string](t, NewMemoryStore(), withOTel(tp), WithHitSpans(true), WithSpanKeys(true))
 	_, err := c.GetOrLoad(bg(), "k1", constLoad("v"))
 	require.NoError(t, err)
 	_, err = c.GetOrLoad(bg(), "k1", constLoad("v"))
@@ -209,7 +225,7 @@ func TestTracingHitSpansAndKeys(t *testing.T) {
 // Invalidations are traced as store writes.
 func TestTracingInvalidate(t *testing.T) {
 	sr, tp := newRecorder(t)
-	c := newTestCache[string](t, NewMemoryStore(), WithTracerProvider(tp))
+	c := newTestCache[string](t, NewMemoryStore(), withOTel(tp))
 	require.NoError(t, c.Invalidate(bg(), "a"))
 	_, err := c.InvalidatePattern(bg(), "a*")
 	require.NoError(t, err)
@@ -220,7 +236,7 @@ func TestTracingInvalidate(t *testing.T) {
 // A batch load has one span, with the number of keys, and its fill_many as a child.
 func TestTracingBatch(t *testing.T) {
 	sr, tp := newRecorder(t)
-	c := newTestCache[string](t, NewMemoryStore(), WithTracerProvider(tp), WithSpanKeys(true))
+	c := newTestCache[string](t, NewMemoryStore(), withOTel(tp), WithSpanKeys(true))
 	m, err := c.GetOrLoadMany(bg(), []string{"a", "b", "c"}, func(_ context.Context, missing []string) (map[string]string, error) {
 		return map[string]string{"a": "A", "b": "B"}, nil
 	})

@@ -32,7 +32,7 @@ type wire struct {
 	maxValue   int       // the max value size, envelope included; 0: none
 	maxDecoded int       // the largest payload a compressed value may decompress to
 	own        ownership // what the store's bytes allow a codec to alias
-	keepsBytes bool      // the store keeps the slices it is given (not RedisStore): trim them
+	keepsBytes bool      // the store keeps the slices it is given (ValueBytesStore): trim them
 	rejects    *rejects
 }
 
@@ -58,14 +58,12 @@ func newWire(cfg config, store Store) wire {
 	if cfg.maxValueSize > 0 {
 		w.maxDecoded = cfg.maxValueSize - envelope.HeaderSize
 	}
-	switch store.(type) {
-	case *RedisStore:
-		w.own = immutable // a reply built for this read
-	case *MemoryStore:
-		w.own = immutable // the memory store's copy, never modified
-		w.keepsBytes = true
-	default:
-		w.own, w.keepsBytes = borrowed, true
+	w.own, w.keepsBytes = borrowed, true
+	if vb, ok := store.(ValueBytesStore); ok {
+		if vb.ImmutableReads() {
+			w.own = immutable
+		}
+		w.keepsBytes = vb.KeepsWrites()
 	}
 	return w
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	msgpackcodec "github.com/cacheaside/cacheaside/codec/msgpack"
 	"github.com/cacheaside/cacheaside/internal/envelope"
 	"github.com/klauspost/compress/s2"
 	"github.com/redis/go-redis/v9"
@@ -236,7 +237,7 @@ func TestCodecChangeIsAMiss(t *testing.T) {
 		prefix := testPrefix(t)
 		opts := steady(WithPrefix(prefix))
 		asJSON := newTestCache[wireDoc](t, s, opts...)
-		asMsgpack := newTestCache[wireDoc](t, s, append(opts, WithCodec(MsgpackCodec{}))...)
+		asMsgpack := newTestCache[wireDoc](t, s, append(opts, WithCodec(msgpackcodec.Codec{}))...)
 		asRaw := newTestCache[string](t, s, append(opts, WithCodec(RawCodec{}))...)
 		asJSONString := newTestCache[string](t, s, opts...)
 

@@ -1083,6 +1083,7 @@ func TestRefreshSkippedWithBreakerOpen(t *testing.T) {
 // script that ran but whose reply timed out.
 type grantThenFail struct {
 	*MemoryStore
+	Peek   struct{} // hides MemoryStore.Peek (InProcessStore): every read goes through the methods above
 	leases atomic.Int32
 }
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/cacheaside/cacheaside"
 	"github.com/cacheaside/cacheaside/admin"
+	"github.com/cacheaside/cacheaside/codec/msgpack"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -156,7 +157,7 @@ func confirm(t testing.TB, h http.Handler, cache, kind, target string) url.Value
 func TestIndexListsCaches(t *testing.T) {
 	store := memStore(t)
 	users := newCache[user](t, store)
-	counts := newCache[int](t, store, cacheaside.WithCodec(cacheaside.MsgpackCodec{}))
+	counts := newCache[int](t, store, cacheaside.WithCodec(msgpack.Codec{}))
 	load(t, users, "u1", user{Name: "Ada"})
 	load(t, users, "u1", user{Name: "Ada"})
 	h := admin.New()

@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"github.com/cacheaside/cacheaside"
+	"github.com/cacheaside/cacheaside/codec/msgpack"
+	protocodec "github.com/cacheaside/cacheaside/codec/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -210,12 +212,12 @@ func benchCodecs(b *testing.B, m mode) {
 	docJSON, _ := json.Marshal(doc)
 	smallPB, docPB := asStruct(b, small), asStruct(b, doc)
 	for _, w := range wrappers() {
-		for _, codec := range []cacheaside.Codec{cacheaside.JSONCodec{}, cacheaside.MsgpackCodec{}} {
+		for _, codec := range []cacheaside.Codec{cacheaside.JSONCodec{}, msgpack.Codec{}} {
 			b.Run(codec.Name()+"/"+w.name+"/small", func(b *testing.B) { run(b, m, codec, w, small) })
 			b.Run(codec.Name()+"/"+w.name+"/10KiB", func(b *testing.B) { run(b, m, codec, w, doc) })
 			b.Run(codec.Name()+"/"+w.name+"/1MiB", func(b *testing.B) { run(b, m, codec, w, blob{raw}) })
 		}
-		pc := cacheaside.ProtoCodec{}
+		pc := protocodec.Codec{}
 		b.Run("proto/"+w.name+"/small", func(b *testing.B) { run(b, m, pc, w, smallPB) })
 		b.Run("proto/"+w.name+"/10KiB", func(b *testing.B) { run(b, m, pc, w, docPB) })
 		b.Run("proto/"+w.name+"/1MiB", func(b *testing.B) { run(b, m, pc, w, wrapperspb.Bytes(raw)) })

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/cacheaside/cacheaside"
+	"github.com/cacheaside/cacheaside/cacheasideotel"
 	"github.com/prometheus/client_golang/prometheus"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
@@ -34,7 +35,7 @@ func BenchmarkHitMetrics(b *testing.B) {
 			}
 		}},
 		{"tracing", func() []cacheaside.Option {
-			return []cacheaside.Option{cacheaside.WithTracerProvider(sdktrace.NewTracerProvider())}
+			return []cacheaside.Option{cacheasideotel.WithTracerProvider(sdktrace.NewTracerProvider())}
 		}},
 	}
 	ctx := context.Background()
