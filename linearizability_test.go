@@ -733,6 +733,9 @@ func TestLinearizability(t *testing.T) {
 	for _, sc := range linzScenarios() {
 		for _, store := range sc.stores {
 			t.Run(sc.name+"/"+store, func(t *testing.T) {
+				// Two scenarios at a time (-parallel is GOMAXPROCS): they spend most of their
+				// time waiting (loads, gaps), each on keys of its own.
+				t.Parallel()
 				res, note := runLinz(t, sc, store, scale)
 				report := linzLine(sc, store, res, note)
 				t.Log(report)

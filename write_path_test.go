@@ -165,7 +165,11 @@ func TestInvalidateBusyStore(t *testing.T) {
 				// burst), and what this test checks is the store, so allow a second.
 				bound = time.Second
 			}
-			runWriteRace(t, cs, 40, 1500*time.Millisecond, bound)
+			d := 1500 * time.Millisecond
+			if testing.Short() {
+				d = 800 * time.Millisecond
+			}
+			runWriteRace(t, cs, 40, d, bound)
 		})
 	}
 }
@@ -498,17 +502,20 @@ func TestCloseReleasesLeases(t *testing.T) {
 
 // TestCloseRacesCallers: Close at a random moment while 16 goroutines read a hot key (its
 // value invalidated now and then, so lookups, loads and shared lookups are all in flight):
-// every call returns, with a value or ErrClosed: 1,000 times on memory, 150 times on Redis
-// (about 8 s here; 900 in make verify).
+// every call returns, with a value or ErrClosed: 1,000 times on memory and on Redis in make
+// verify (about 35 s here), 200 and 40 times in make test (-short).
 func TestCloseRacesCallers(t *testing.T) {
 	for _, mk := range []func() backend{memoryBackend, redisBackend} {
 		b := mk()
 		t.Run(b.name, func(t *testing.T) {
 			prefix := testPrefix(t)
 			store := b.newStore(t)
-			rounds := 1000 // make verify: 1,000 on Redis too
-			if b.real {
-				rounds = 150 * linzScale(t)
+			rounds := 1000 // make verify; make test (-short): 200 on memory, 40 on Redis
+			if testing.Short() {
+				rounds = 200
+				if b.real {
+					rounds = 40
+				}
 			}
 			for r := range rounds {
 				c, err := New[int](store, WithPrefix(prefix))
