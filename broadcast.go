@@ -63,11 +63,11 @@ type Subscription interface {
 type SubscriptionEvent uint8
 
 const (
-	// SubscriptionLive: from now on every message published on the channel is delivered, until
-	// SubscriptionLost. The msg argument is nil.
+	// SubscriptionLive says that from now on every message published on the channel is
+	// delivered, until SubscriptionLost. The msg argument is nil.
 	SubscriptionLive SubscriptionEvent = iota + 1
-	// SubscriptionLost: messages may have been missed since SubscriptionLive. The msg argument
-	// is nil.
+	// SubscriptionLost says that messages may have been missed since SubscriptionLive. The msg
+	// argument is nil.
 	SubscriptionLost
 	// SubscriptionMessage carries one message, in msg, which the callback must not keep or
 	// modify after it returns.

@@ -143,6 +143,9 @@ func TestInvalidateBusyStore(t *testing.T) {
 		{"cluster+L1", clusterBackend, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if testing.Short() && (tc.name == "cluster" || tc.name == "redis+L1") {
+				t.Skip("make test (-short) runs redis and cluster+L1; make verify all four")
+			}
 			b := tc.b()
 			prefix := testPrefix(t)
 			opts := []Option{WithPrefix(prefix), WithTTL(time.Minute)}

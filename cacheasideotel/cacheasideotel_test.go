@@ -35,7 +35,7 @@ func series(name string, labels map[string]string) string {
 func labelsOf(set attribute.Set) map[string]string {
 	m := map[string]string{}
 	for _, kv := range set.ToSlice() {
-		m[string(kv.Key)] = kv.Value.Emit()
+		m[string(kv.Key)] = kv.Value.String()
 	}
 	return m
 }
