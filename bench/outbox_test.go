@@ -42,8 +42,8 @@ func openPG(b *testing.B) (*sql.DB, string) {
 	db.SetMaxIdleConns(16)
 	table := "cacheaside_outbox_bench_" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	b.Cleanup(func() {
-		db.Exec(`DROP TABLE IF EXISTS ` + table)
-		db.Exec(`DROP TABLE IF EXISTS ` + table + `_data`)
+		_, _ = db.Exec(`DROP TABLE IF EXISTS ` + table)
+		_, _ = db.Exec(`DROP TABLE IF EXISTS ` + table + `_data`)
 		db.Close()
 	})
 	if _, err := db.Exec(`CREATE TABLE ` + table + `_data (id bigint PRIMARY KEY, name text NOT NULL)`); err != nil {
