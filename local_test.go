@@ -851,3 +851,40 @@ func TestLocalLogicalExpiryIsExactOnTheCoarseClock(t *testing.T) {
 		t.Fatalf("an L1 hit read the clock %d times, want 0", reads.Load())
 	}
 }
+
+// L1 hits are counted on per-goroutine stripes: counted concurrently, none is lost, in Stats
+// and per key group alike.
+func TestLocalHitsCountedExactlyUnderConcurrency(t *testing.T) {
+	s := NewMemoryStore()
+	defer s.Close()
+	c := newTestCache[int64](t, s, l1Opts(WithKeyGroups(func(k string) string { return k[:1] }, 10))...)
+	waitLive(t, c)
+	var n counter
+	for _, k := range []string{"a1", "b1"} {
+		if _, err := c.GetOrLoad(bg(), k, n.load); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const goroutines, each = 8, 500
+	var wg sync.WaitGroup
+	for i := range goroutines {
+		wg.Go(func() {
+			k := []string{"a1", "b1"}[i%2]
+			for range each {
+				if _, err := c.GetOrLoad(bg(), k, n.load); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if got := c.Stats().L1Hits; got != goroutines*each {
+		t.Fatalf("L1 hits %d, want %d", got, goroutines*each)
+	}
+	perGroup := map[string]uint64{}
+	c.obs.eachGroup(func(g *groupCounters) { perGroup[g.name] += g.requests.load(resultL1Hit) })
+	if perGroup["a"] != goroutines*each/2 || perGroup["b"] != goroutines*each/2 {
+		t.Fatalf("L1 hits per group %v, want %d each for a and b", perGroup, goroutines*each/2)
+	}
+}
