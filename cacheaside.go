@@ -398,8 +398,7 @@ func (c *Cache[T]) Close() error {
 	c.wg.Wait()
 	c.obs.unregister()
 	if c.l1 != nil {
-		c.l1.live.Store(false)
-		c.l1.entries.StopAllGoroutines()
+		c.l1.stop()
 	}
 	return nil
 }

@@ -25,7 +25,11 @@ package cacheaside
 //     header): L1 never extends a value's life.
 //
 // The hit path reads one otter entry and the key's generation: no network, no decoding, no
-// allocation, no clock read beyond otter's own expiry check.
+// allocation, and no clock read. otter checks the local TTL against a coarse clock the Cache
+// owns (l1ClockTick; its goroutine stops at Close), so an entry may be served up to a tick
+// (more if that goroutine runs late) past its local TTL. The logical expiry stays exact: an
+// entry whose logical expiry is within l1ExactWindow of the end of its local TTL (capped) is
+// checked against the precise clock (c.now) on every hit, the only entries that read it.
 
 import (
 	"context"
@@ -39,6 +43,7 @@ import (
 // local is a Cache's L1. Keys are user keys (without the prefix), so a hit builds no string.
 type local[T any] struct {
 	entries    *otter.Cache[string, *l1Entry[T]]
+	clock      *otter.CoarseClock // otter's time for the local TTL; stopped by Close
 	ttl        time.Duration
 	live       atomic.Bool // subscribed: entries may be read and stored
 	subscribed atomic.Bool // has been live once
@@ -58,18 +63,37 @@ type l1Entry[T any] struct {
 	expiry   int64          // the value's logical expiry, Unix nanoseconds (envelope header)
 	delta    time.Duration  // how long the load that produced it took (envelope header)
 	ttl      time.Duration  // how long it lives in L1: min(local TTL, expiry - fill time)
+	capped   bool           // expiry is near ttl's end (l1ExactWindow): hits check it exactly
 	raw      []byte         // the stored entry, only with early refresh on (local.keepRaw)
 }
 
+// l1ClockTick is the resolution of the L1's coarse clock: how often its goroutine reads the
+// time, and so (scheduling delays aside) how late past its local TTL an entry may be served.
+const l1ClockTick = time.Millisecond
+
+// l1ExactWindow: an L1 entry whose logical expiry is less than this after the end of its local
+// TTL has its logical expiry checked against the precise clock on every hit (capped), so a
+// coarse clock lagging by up to this much never serves a value past its logical expiry.
+const l1ExactWindow = time.Second
+
+// newLocal starts the L1's coarse clock: call stop to end its goroutine.
 func newLocal[T any](maxEntries int, ttl time.Duration, keepRaw bool) *local[T] {
-	l := &local[T]{ttl: ttl, keepRaw: keepRaw}
+	l := &local[T]{ttl: ttl, keepRaw: keepRaw, clock: otter.NewCoarseClock(l1ClockTick)}
 	l.entries = otter.Must(&otter.Options[string, *l1Entry[T]]{
 		MaximumSize: maxEntries,
+		Clock:       l.clock,
 		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, *l1Entry[T]]) time.Duration {
 			return e.Value.ttl
 		}),
 	})
 	return l
+}
+
+// stop ends the L1's goroutines (otter's and the coarse clock's); the L1 is not live after.
+func (l *local[T]) stop() {
+	l.live.Store(false)
+	l.entries.StopAllGoroutines()
+	l.clock.Stop()
 }
 
 // header rebuilds the envelope header of the value, for the early-refresh decision on an L1
@@ -87,14 +111,15 @@ func (e *l1Entry[T]) header() envelope.Header {
 }
 
 // l1Hit returns key's L1 entry if it may be served: the L1 is live and the entry's generation
-// is still the key's. It allocates nothing.
+// is still the key's, and (for a capped entry, see l1Fill) its logical expiry has not
+// passed. It allocates nothing, and reads the clock only for capped entries.
 func (c *Cache[T]) l1Hit(key string) *l1Entry[T] {
 	l := c.l1
 	if l == nil || !l.live.Load() {
 		return nil
 	}
 	e, ok := l.entries.GetIfPresent(key)
-	if !ok || e.gen != c.gens.loadStripe(e.stripe) {
+	if !ok || e.gen != c.gens.loadStripe(e.stripe) || (e.capped && c.now() >= e.expiry) {
 		return nil
 	}
 	return e
@@ -117,11 +142,16 @@ func (c *Cache[T]) l1Fill(key string, gen uint64, v T, raw []byte) {
 	if !ok {
 		return
 	}
-	ttl := min(l.ttl, time.Duration(h.Expiry-c.now())) // c.now: the clock of the stale windows
-	if ttl <= 0 {
+	left := time.Duration(h.Expiry - c.now()) // c.now: the clock of the stale windows
+	if left <= 0 {
 		return
 	}
-	e := &l1Entry[T]{gen: gen, stripe: c.gens.stripe(key), expiry: h.Expiry, delta: h.Delta, ttl: ttl, notFound: h.NotFound()}
+	// The coarse clock lets otter keep an entry past its TTL by as much as the clock lags: an
+	// entry whose logical expiry comes less than l1ExactWindow after its local TTL is checked
+	// against the precise clock on every hit (l1Hit) instead, so no lag up to that window
+	// serves it past its logical expiry.
+	ttl, capped := min(l.ttl, left), left <= l.ttl+l1ExactWindow
+	e := &l1Entry[T]{gen: gen, stripe: c.gens.stripe(key), expiry: h.Expiry, delta: h.Delta, ttl: ttl, capped: capped, notFound: h.NotFound()}
 	if !e.notFound {
 		e.val = v
 	}

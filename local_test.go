@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // l1Opts are the options of the local-cache tests: an L1 that outlives every test, so an entry
@@ -747,4 +751,140 @@ func TestLocalBatchWaitFillsL1(t *testing.T) {
 			t.Fatalf("from L1: %v, %v, %d batch loads; want 1 without a load", m, err, batchLoads.Load())
 		}
 	})
+}
+
+// The L1's coarse clock is a goroutine of the Cache: Close stops it.
+func TestLocalCoarseClockStopsAtClose(t *testing.T) {
+	s := NewMemoryStore()
+	defer s.Close()
+	before := goleak.IgnoreCurrent()
+	c, err := New[int](s, WithPrefix(testPrefix(t)), WithLocalCache(10, time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLive(t, c)
+	if err := goleak.Find(before, goleak.IgnoreTopFunction("github.com/maypok86/otter/v2.periodicCleanUp[...]")); err == nil || !strings.Contains(err.Error(), "updateCoarseClock") {
+		t.Fatalf("no coarse clock goroutine while the L1 runs: %v", err)
+	}
+	c.Close()
+	goleak.VerifyNone(t, before)
+	runtime.KeepAlive(c) // the clock stays reachable: only Close can have stopped it
+}
+
+// An entry is not served once the coarse clock has passed its local TTL (plus the tick the
+// WithLocalCache doc allows), however long the value lives in the store.
+func TestLocalEntryPastItsLocalTTLIsNotServed(t *testing.T) {
+	s := NewMemoryStore()
+	defer s.Close()
+	const localTTL = 50 * time.Millisecond
+	c := newTestCache[int64](t, s, WithLocalCache(10, localTTL), WithTTL(time.Hour), WithTTLJitter(0))
+	waitLive(t, c)
+	var n counter
+	start := time.Now()
+	if _, err := c.GetOrLoad(bg(), "k", n.load); err != nil {
+		t.Fatal(err)
+	}
+	filled := time.Now()
+	if c.l1Hit("k") == nil && time.Since(start) < localTTL {
+		t.Fatal("not in L1 within its local TTL")
+	}
+	// Wait until the real time and the coarse clock are both a tick past the local TTL (the
+	// clock's goroutine may run late on a loaded machine: a generous bound catches a hang).
+	past := filled.Add(localTTL + l1ClockTick)
+	time.Sleep(time.Until(past))
+	deadline := time.Now().Add(20 * time.Second)
+	for c.l1.clock.NowNano() < past.UnixNano() {
+		if time.Now().After(deadline) {
+			t.Fatal("the coarse clock did not advance within 20s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if c.l1Hit("k") != nil {
+		t.Fatalf("L1 serves an entry %v past its local TTL of %v", time.Since(filled)-localTTL, localTTL)
+	}
+	l1Hits := c.Stats().L1Hits
+	if v, err := c.GetOrLoad(bg(), "k", n.load); err != nil || v != 1 {
+		t.Fatalf("after the local TTL: %v, %v; want the store's value 1", v, err)
+	}
+	if got := c.Stats().L1Hits; got != l1Hits {
+		t.Fatalf("L1 hits went from %d to %d past the local TTL", l1Hits, got)
+	}
+}
+
+// The coarse clock never serves a value past its logical expiry: an entry whose logical
+// expiry is near the end of its local TTL is checked against the precise clock on every hit,
+// and an entry far from it reads no clock at all.
+func TestLocalLogicalExpiryIsExactOnTheCoarseClock(t *testing.T) {
+	s := NewMemoryStore()
+	defer s.Close()
+	// Local TTL 1h, value TTL 1h: the logical expiry sets the entry's end (capped).
+	c := newTestCache[int64](t, s, l1Opts()...)
+	waitLive(t, c)
+	var n counter
+	if _, err := c.GetOrLoad(bg(), "k", n.load); err != nil {
+		t.Fatal(err)
+	}
+	if c.l1Hit("k") == nil {
+		t.Fatal("not in L1")
+	}
+	precise := c.now
+	c.now = func() int64 { return precise() + int64(time.Hour) } // past the value's logical expiry
+	if c.l1Hit("k") != nil {
+		t.Fatal("L1 serves a value past its logical expiry (the coarse clock has not moved)")
+	}
+	c.now = precise
+
+	// Local TTL 1 min, value TTL 1h: the local TTL ends long before the value does.
+	c2 := newTestCache[int64](t, s, WithLocalCache(10, time.Minute), WithTTL(time.Hour))
+	waitLive(t, c2)
+	if _, err := c2.GetOrLoad(bg(), "k", n.load); err != nil {
+		t.Fatal(err)
+	}
+	var reads atomic.Int64
+	c2.now = func() int64 { reads.Add(1); return precise() }
+	for range 10 {
+		if c2.l1Hit("k") == nil {
+			t.Fatal("not in L1")
+		}
+	}
+	if reads.Load() != 0 {
+		t.Fatalf("an L1 hit read the clock %d times, want 0", reads.Load())
+	}
+}
+
+// L1 hits are counted on per-goroutine stripes: counted concurrently, none is lost, in Stats
+// and per key group alike.
+func TestLocalHitsCountedExactlyUnderConcurrency(t *testing.T) {
+	s := NewMemoryStore()
+	defer s.Close()
+	c := newTestCache[int64](t, s, l1Opts(WithKeyGroups(func(k string) string { return k[:1] }, 10))...)
+	waitLive(t, c)
+	var n counter
+	for _, k := range []string{"a1", "b1"} {
+		if _, err := c.GetOrLoad(bg(), k, n.load); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const goroutines, each = 8, 500
+	var wg sync.WaitGroup
+	for i := range goroutines {
+		wg.Go(func() {
+			k := []string{"a1", "b1"}[i%2]
+			for range each {
+				if _, err := c.GetOrLoad(bg(), k, n.load); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if got := c.Stats().L1Hits; got != goroutines*each {
+		t.Fatalf("L1 hits %d, want %d", got, goroutines*each)
+	}
+	perGroup := map[string]uint64{}
+	c.obs.eachGroup(func(g *groupCounters) { perGroup[g.name] += g.requests.load(resultL1Hit) })
+	if perGroup["a"] != goroutines*each/2 || perGroup["b"] != goroutines*each/2 {
+		t.Fatalf("L1 hits per group %v, want %d each for a and b", perGroup, goroutines*each/2)
+	}
 }

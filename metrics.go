@@ -190,13 +190,14 @@ type observeConfig struct {
 // groupCounters are the counts kept per key group (one set without WithKeyGroups).
 type groupCounters struct {
 	name     string
-	requests [numResults]atomic.Uint64
+	requests requestCounts
 	loads    [numOutcomes]atomic.Uint64
 	loadTime histogram
 }
 
 func newGroupCounters(name string) *groupCounters {
 	g := &groupCounters{name: name}
+	g.requests.init()
 	g.loadTime.init(loadBuckets())
 	return g
 }
@@ -303,16 +304,16 @@ func (o *observer) counters(key string) *groupCounters {
 func (o *observer) userKey(sk string) string { return strings.TrimPrefix(sk, o.prefix) }
 
 // request counts one GetOrLoad answered with r (key is the caller's key). It is the only event
-// of a hit: one atomic add.
+// of a hit: one atomic add, on a stripe of the calling goroutine's for an L1 hit.
 func (o *observer) request(ctx context.Context, key string, r result) {
-	o.counters(key).requests[r].Add(1)
+	o.counters(key).requests.add(r)
 	if o.noteResult {
 		noteCallResult(ctx, o, r)
 	}
 }
 
 // count counts one key of a batch answered with r.
-func (o *observer) count(key string, r result) { o.counters(key).requests[r].Add(1) }
+func (o *observer) count(key string, r result) { o.counters(key).requests.add(r) }
 
 // loadObs is a loader call being observed: loadStart begins it, loadDone counts it, end closes
 // its span.

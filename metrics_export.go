@@ -77,7 +77,7 @@ func (o *observer) readMetrics(m *Metrics) {
 	o.eachGroup(func(g *groupCounters) {
 		gm := GroupMetrics{Group: g.name, Requests: make([]Count, numResults), Loads: make([]Count, numOutcomes)}
 		for r := range numResults {
-			gm.Requests[r] = Count{r.String(), g.requests[r].Load()}
+			gm.Requests[r] = Count{r.String(), g.requests.load(r)}
 		}
 		for oc := range numOutcomes {
 			gm.Loads[oc] = Count{oc.String(), g.loads[oc].Load()}

@@ -322,7 +322,7 @@ func TestKeyGroups(t *testing.T) {
 	wg.Wait()
 	counts := map[string]uint64{}
 	c.obs.eachGroup(func(g *groupCounters) {
-		counts[g.name] = g.requests[resultHit].Load() + g.requests[resultMiss].Load()
+		counts[g.name] = g.requests.load(resultHit) + g.requests.load(resultMiss)
 	})
 	require.Len(t, counts, max+1, "at most max groups plus other: %v", counts)
 	require.Contains(t, counts, OtherGroup)

@@ -183,6 +183,16 @@ func WithStaleIfError(d time.Duration) Option {
 
 // WithLocalCache puts an in-process cache of up to maxEntries decoded values, each kept for
 // at most ttl, in front of the store. Default: none. maxEntries and ttl must be positive.
+//
+// The local TTL is measured on a coarse clock the Cache owns (a goroutine reads the time every
+// millisecond; Close stops it), so that a hit reads no clock: an entry may be served up to one
+// tick (1 ms) past its ttl, and later still by however long that goroutine is kept from
+// running (a loaded machine, a stop-the-world pause); it may also be dropped up to a tick
+// early. This loosens only the local TTL: invalidations (the generation check of every hit)
+// are exactly as strict as without it, and an entry whose value's logical expiry falls within
+// a second of the end of its ttl has that expiry checked on the precise clock on every hit, so
+// no value is served past its logical expiry unless the coarse clock falls more than a second
+// behind.
 func WithLocalCache(maxEntries int, ttl time.Duration) Option {
 	return func(c *config) {
 		if maxEntries <= 0 {

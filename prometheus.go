@@ -127,7 +127,7 @@ func (p *promCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	o.eachGroup(func(g *groupCounters) {
 		for r := range numResults {
-			counter(p.requests, g.requests[r].Load(), g.name, r.String())
+			counter(p.requests, g.requests.load(r), g.name, r.String())
 		}
 		for oc := range numOutcomes {
 			counter(p.loads, g.loads[oc].Load(), g.name, oc.String())

@@ -77,11 +77,11 @@ func (c *Cache[T]) Stats() Stats {
 func (o *observer) stats() Stats {
 	var s Stats
 	o.eachGroup(func(g *groupCounters) {
-		s.Hits += g.requests[resultHit].Load()
-		s.L1Hits += g.requests[resultL1Hit].Load()
-		s.NegativeHits += g.requests[resultNegativeHit].Load()
-		s.Stale += g.requests[resultStale].Load()
-		s.Misses += g.requests[resultMiss].Load()
+		s.Hits += g.requests.load(resultHit)
+		s.L1Hits += g.requests.load(resultL1Hit)
+		s.NegativeHits += g.requests.load(resultNegativeHit)
+		s.Stale += g.requests.load(resultStale)
+		s.Misses += g.requests.load(resultMiss)
 		for oc := range numOutcomes {
 			s.Loads += g.loads[oc].Load()
 		}

@@ -20,8 +20,10 @@
 //	                                              MemoryStore, decoding each hit), sturdyc,
 //	                                              go-redis-cache-local, floor-otter
 //	BenchmarkL1Hit/<impl>/{serial,parallel}       a hit in the in-process cache of decoded values:
-//	                                              cacheaside (WithLocalCache), otter-floor,
-//	                                              sturdyc, go-redis-cache-local
+//	                                              cacheaside (WithLocalCache), otter-floor
+//	                                              (plain GetIfPresent), otter-expiry (per-entry
+//	                                              expiry), otter-expiry-coarse (the same on a
+//	                                              1 ms coarse clock), sturdyc, go-redis-cache-local
 //	BenchmarkMissFill/<impl>                      a miss: load, store, return: ours,
 //	                                              go-redis-cache, floor-go-redis-get-set-json,
 //	                                              ours-memory, sturdyc, floor-otter

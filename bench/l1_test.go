@@ -48,9 +48,30 @@ func runL1Hit(b *testing.B, get func() (user, error)) {
 	})
 }
 
+// l1Entry is what the otter rows keep: a decoded value and its TTL.
+type l1Entry struct {
+	val user
+	ttl time.Duration
+}
+
+var l1Expiry = otter.ExpiryWritingFunc(func(e otter.Entry[string, *l1Entry]) time.Duration { return e.Value.ttl })
+
+// runOtterL1 runs runL1Hit on otter's GetIfPresent, the key set for a minute.
+func runOtterL1(b *testing.B, o *otter.Cache[string, *l1Entry]) {
+	o.Set(l1Key, &l1Entry{val: l1Value, ttl: time.Minute})
+	runL1Hit(b, func() (user, error) {
+		e, ok := o.GetIfPresent(l1Key)
+		if !ok {
+			return user{}, cacheaside.ErrNotFound
+		}
+		return e.val, nil
+	})
+}
+
 // BenchmarkL1Hit compares a hit in the in-process cache: cacheaside's L1 (WithLocalCache)
-// through GetOrLoad; the floor, otter's own GetIfPresent on a cache configured like the L1
-// (size bound and per-entry expiry); sturdyc's GetOrFetch; and go-redis/cache's Get served by
+// through GetOrLoad; the floor, otter's own GetIfPresent on a plain size-bounded cache; otter
+// with a per-entry expiry on the precise clock (otter-expiry) and on a 1 ms coarse clock
+// (otter-expiry-coarse, configured as the L1 is); sturdyc's GetOrFetch; and go-redis/cache's Get served by
 // its TinyLFU local cache (which keeps bytes and unmarshals them on every hit).
 func BenchmarkL1Hit(b *testing.B) {
 	ctx := context.Background()
@@ -74,26 +95,28 @@ func BenchmarkL1Hit(b *testing.B) {
 		runL1Hit(b, func() (user, error) { return c.GetOrLoad(ctx, l1Key, load) })
 	})
 
+	// The floor: otter's GetIfPresent on a plain size-bounded cache (no expiry).
 	b.Run("otter-floor", func(b *testing.B) {
-		type entry struct {
-			val user
-			ttl time.Duration
-		}
-		o := otter.Must(&otter.Options[string, *entry]{
-			MaximumSize: 10_000,
-			ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, *entry]) time.Duration {
-				return e.Value.ttl
-			}),
-		})
+		o := otter.Must(&otter.Options[string, *l1Entry]{MaximumSize: 10_000})
 		defer o.StopAllGoroutines()
-		o.Set(l1Key, &entry{val: l1Value, ttl: time.Minute})
-		runL1Hit(b, func() (user, error) {
-			e, ok := o.GetIfPresent(l1Key)
-			if !ok {
-				return user{}, cacheaside.ErrNotFound
-			}
-			return e.val, nil
-		})
+		runOtterL1(b, o)
+	})
+
+	// otter configured as the L1 was before issue 17 (per-entry expiry on the precise clock):
+	// what a hit costs when it reads the time.
+	b.Run("otter-expiry", func(b *testing.B) {
+		o := otter.Must(&otter.Options[string, *l1Entry]{MaximumSize: 10_000, ExpiryCalculator: l1Expiry})
+		defer o.StopAllGoroutines()
+		runOtterL1(b, o)
+	})
+
+	// otter configured as the L1 is (per-entry expiry on a 1 ms coarse clock).
+	b.Run("otter-expiry-coarse", func(b *testing.B) {
+		clock := otter.NewCoarseClock(time.Millisecond)
+		defer clock.Stop()
+		o := otter.Must(&otter.Options[string, *l1Entry]{MaximumSize: 10_000, ExpiryCalculator: l1Expiry, Clock: clock})
+		defer o.StopAllGoroutines()
+		runOtterL1(b, o)
 	})
 
 	b.Run("sturdyc", func(b *testing.B) {
