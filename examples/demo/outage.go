@@ -95,8 +95,10 @@ func outageRun(ctx context.Context, o options, withOutbox bool, settle time.Dura
 		CachePrefix:  "cacheaside-demo-outage-" + run + ":",
 		NoOutbox:     !withOutbox,
 		StoreTimeout: 100 * time.Millisecond,
-		Ephemeral:    true,
-		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// Writes during the cut must not each wait the default second for Redis.
+		InvalidateTimeout: 100 * time.Millisecond,
+		Ephemeral:         true,
+		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		return nil, err

@@ -29,6 +29,11 @@ type Config struct {
 	// fresh interpreter and answers in milliseconds on a busy machine.
 	StoreTimeout time.Duration
 
+	// InvalidateTimeout bounds the Invalidate after each committed write, retries included
+	// (cacheaside.WithInvalidateTimeout): a busy store is retried within it, a store that is
+	// down costs each write at most this. Default: 1 second.
+	InvalidateTimeout time.Duration
+
 	// Table is the users table, created if missing. Default: "users".
 	Table string
 	// CachePrefix namespaces the service's cache keys in Redis. Default: "userservice:user:".

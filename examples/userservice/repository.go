@@ -128,9 +128,11 @@ func (r *Repository) Delete(ctx context.Context, id int64) error {
 }
 
 // invalidate runs after a write that has committed: it must not be cut short by the client
-// going away, so it runs detached from the request's cancellation. If the store cannot be
-// reached the write still stands; the old entry then lives until its TTL, which is what
-// bounds staleness in that case, and the failure is counted and logged.
+// going away, so it runs detached from the request's cancellation, bounded by
+// Config.InvalidateTimeout (Invalidate retries a busy store within it; a request must not hang
+// on a store that is down). If the store cannot be reached the write still stands; the old entry
+// then lives until its TTL, which is what bounds staleness in that case (the outbox closes
+// that gap), and the failure is counted and logged.
 func (r *Repository) invalidate(ctx context.Context, id int64) {
 	if r.users == nil {
 		return

@@ -118,6 +118,11 @@ func (s *Service) openCache(ctx context.Context, reg *prometheus.Registry) error
 	if timeout > 0 {
 		cacheOpts = append(cacheOpts, cacheaside.WithStoreTimeout(timeout), cacheaside.WithConnectTimeout(max(2*timeout, cacheaside.DefaultConnectTimeout)))
 	}
+	invalTimeout := s.cfg.InvalidateTimeout
+	if invalTimeout == 0 {
+		invalTimeout = time.Second
+	}
+	cacheOpts = append(cacheOpts, cacheaside.WithInvalidateTimeout(invalTimeout))
 	var err error
 	if s.users, err = cacheaside.New[User](cacheaside.NewRedisStore(s.redis), cacheOpts...); err != nil {
 		return err
