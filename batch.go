@@ -37,7 +37,10 @@ func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(c
 	defer c.calls.exit()
 	if len(opts) > 0 {
 		var err error
-		if ctx, err = withCallOptions(ctx, opts); err != nil {
+		if ctx, err = withCallOptions(ctx, opts); err == nil {
+			err = c.checkTags(ctx)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}

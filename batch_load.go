@@ -24,7 +24,7 @@ func (c *Cache[T]) loadMany(ctx context.Context, keys, sks []string, gens []uint
 		fks[i] = flightKey{sk, tok}
 	}
 	return c.launchMany(ctx, fks, gens, 0, func(lctx context.Context, fs []*flight[T]) {
-		c.runChunks(lctx, fs, keys, load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
+		c.runChunksTagged(lctx, fs, keys, sks, tok, load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
 			c.settleMany(ctx, fs[lo:hi], keys[lo:hi], sks[lo:hi], tok, m, err, pe, delta)
 		})
 	})

@@ -101,7 +101,7 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 				c.register(f, flightKey{wsks[j], tok})
 			}
 			c.mu.Unlock()
-			c.runChunks(ctx, wfs, wkeys, load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
+			c.runChunksTagged(ctx, wfs, wkeys, wsks, tok, load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
 				c.settleMany(ctx, wfs[lo:hi], wkeys[lo:hi], wsks[lo:hi], tok, m, err, pe, delta)
 			})
 		}

@@ -28,6 +28,7 @@ type Cache[T any] struct {
 	warm     atomic.Bool      // the store has answered once
 	lookups  *lookupShards[T] // nil for a store without round trips (MemoryStore)
 	mem      InProcessStore   // the store, when it is in this process: no timeouts, hits peeked
+	tagStore TagStore         // the store's tag index (tags.go); nil if it has none
 	obs      *observer        // metrics, logs and traces: metrics.go
 	vc       valueCodec[T]    // the codec, bound to T (codec.go)
 	wire     wire             // compression, encryption, limits (wire.go)
@@ -61,6 +62,10 @@ type Cache[T any] struct {
 	// use), to show the linearizability checker catches the stale set it lets back in. It
 	// costs one predictable branch on the fill path, none on the hit path.
 	unsafeSkipLeaseCheck bool
+	// unsafeLateTags breaks guarantee 2 for tags on purpose: a load records its tags after the
+	// loader returned rather than before it began, so an InvalidateTags during the load does
+	// not find its key. Only tests set it, to show the linearizability checker catches it.
+	unsafeLateTags bool
 }
 
 var errNilLoader = errors.New("cacheaside: nil loader")
@@ -108,6 +113,7 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		now:      func() int64 { return time.Now().UnixNano() },
 		rand:     rand.Float64,
 	}
+	c.tagStore, _ = store.(TagStore)
 	if m, inProcess := store.(InProcessStore); inProcess {
 		c.mem = m
 	} else {
@@ -159,7 +165,10 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.Context) (T, error), opts ...CallOption) (T, error) {
 	if len(opts) > 0 {
 		var err error
-		if ctx, err = withCallOptions(ctx, opts); err != nil {
+		if ctx, err = withCallOptions(ctx, opts); err == nil {
+			err = c.checkTags(ctx)
+		}
+		if err != nil {
 			var zero T
 			return zero, err
 		}

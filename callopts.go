@@ -18,6 +18,8 @@ type callOptions struct {
 	ttl    time.Duration // 0: the cache's TTL
 	negTTL time.Duration // negative TTL, when negSet
 	negSet bool
+	tags   []string                 // Tags (tags.go)
+	tagsOf func(key string) []string // TagsOf
 	errs   []error
 }
 

@@ -27,6 +27,10 @@ var (
 	// context: the keys it names may still be served with their old value. The error is an
 	// *InvalidationError, which says which keys and why.
 	ErrInvalidationFailed = errors.New("cacheaside: invalidation failed")
+
+	// ErrTagsUnsupported is wrapped by the error of InvalidateTags, and of a call given Tags
+	// or TagsOf, on a Cache whose Store does not implement TagStore.
+	ErrTagsUnsupported = errors.New("cacheaside: the store does not support tags")
 )
 
 // PanicError is the value every caller sharing a load panics with when its loader panicked.
@@ -47,13 +51,14 @@ func (p *PanicError) Unwrap() error {
 	return err
 }
 
-// InvalidationError is the error of an Invalidate or InvalidatePattern that did not complete.
+// InvalidationError is the error of an Invalidate, InvalidatePattern or InvalidateTags that did
+// not complete.
 // errors.Is(err, ErrInvalidationFailed) holds for it, and errors.Is finds its cause too (the
 // store's error, or context.Canceled / context.DeadlineExceeded when the caller's ctx ended).
 //
 // What may be stale depends on Removed:
 //   - Removed false: the store may still hold the old values of Keys (or of the keys matching
-//     Pattern) until their TTL, in every instance. Retry the invalidation, or let an outbox
+//     Pattern, or tagged with Tags) until their TTL, in every instance. Retry the invalidation, or let an outbox
 //     (package outbox) deliver it.
 //   - Removed true: the store no longer holds them, so every read that goes to the store is
 //     fresh, but the message to the other instances' local caches (WithLocalCache) was not
@@ -62,8 +67,9 @@ func (p *PanicError) Unwrap() error {
 // In both cases this instance's own local cache has dropped the keys, and no load that began
 // before the call can fill them in this instance's local cache.
 type InvalidationError struct {
-	Keys    []string // the keys of an Invalidate (nil for a pattern)
+	Keys    []string // the keys of an Invalidate; of an InvalidateTags, those found tagged
 	Pattern string   // the pattern of an InvalidatePattern ("" for keys)
+	Tags    []string // the tags of an InvalidateTags (nil otherwise)
 	Removed bool     // the store delete succeeded; only the broadcast to other instances failed
 	Err     error    // the last failure
 }
@@ -71,9 +77,15 @@ type InvalidationError struct {
 // Error names up to 10 keys, the part that failed and the cause.
 func (e *InvalidationError) Error() string {
 	var what string
-	if e.Pattern != "" {
+	switch {
+	case e.Pattern != "":
 		what = fmt.Sprintf("pattern %q", e.Pattern)
-	} else {
+	case e.Tags != nil:
+		what = "entries tagged " + quoteSome(e.Tags, 10)
+		if len(e.Keys) > 0 {
+			what += " (keys " + quoteSome(e.Keys, 10) + ")"
+		}
+	default:
 		what = "keys " + quoteSome(e.Keys, 10)
 	}
 	if e.Removed {

@@ -59,18 +59,29 @@ func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
 	sks := make([]string, len(keys))
 	for i, k := range keys {
 		sks[i] = c.cfg.prefix + k
-		c.gens.bump(k) // before the delete: stop local store-less joins and L1 fills early
 	}
-	removed, err := c.deleteAndPublish(ctx, sks, encodeKeysMsg(c.tokens.id, keys))
-	for _, k := range keys {
-		c.gens.bump(k) // after the delete: a load or L1 fill that began in between is not used either
-	}
-	c.l1Forget(keys)
+	removed, err := c.invalidateKeys(ctx, c.invalidateDeadline(), keys, sks)
 	if err != nil {
 		c.stats.invalFailed.Add(1)
 		return &InvalidationError{Keys: append([]string(nil), keys...), Removed: removed, Err: err}
 	}
 	return nil
+}
+
+// invalidateKeys removes keys (whose store keys are sks) from the store and this instance's
+// local cache and tells the other instances, with retries until deadline. The
+// keys' generations are bumped before the delete, to stop local store-less joins and L1 fills
+// early, and after it, so that a load or L1 fill that began in between is not used either.
+func (c *Cache[T]) invalidateKeys(ctx context.Context, deadline time.Time, keys, sks []string) (removed bool, err error) {
+	for _, k := range keys {
+		c.gens.bump(k)
+	}
+	removed, err = c.deleteAndPublish(ctx, deadline, sks, encodeKeysMsg(c.tokens.id, keys))
+	for _, k := range keys {
+		c.gens.bump(k)
+	}
+	c.l1Forget(keys)
+	return removed, err
 }
 
 // InvalidatePattern removes every entry of this cache whose key matches the Redis glob
@@ -98,7 +109,7 @@ func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, 
 	c.gens.bumpAll()
 	full := glob.Escape(c.cfg.prefix) + pattern
 	n, removed := 0, false
-	err := c.retryInvalidation(ctx, true, func(ctx context.Context, warm bool, timeout time.Duration) error {
+	err := c.retryInvalidation(ctx, c.invalidateDeadline(), true, func(ctx context.Context, warm bool, timeout time.Duration) error {
 		if !removed {
 			m, err := storeCallWithin(c, ctx, opDeletePattern, warm, timeout, func(ctx context.Context) (int, error) {
 				return c.store.DeletePattern(ctx, full)
@@ -119,11 +130,14 @@ func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, 
 	return n, nil
 }
 
-// retryInvalidation runs attempt until it succeeds, the invalidation budget has passed, or ctx
-// ends, with backoff between attempts. Each attempt gets the bound it must pass to its store
-// calls: one second, or what is left of the budget if that is less (all of it, if whole).
-func (c *Cache[T]) retryInvalidation(ctx context.Context, whole bool, attempt func(ctx context.Context, warm bool, timeout time.Duration) error) error {
-	deadline := time.Now().Add(c.cfg.invalTimeout)
+// invalidateDeadline is the end of the budget of an invalidation that starts now.
+func (c *Cache[T]) invalidateDeadline() time.Time { return time.Now().Add(c.cfg.invalTimeout) }
+
+// retryInvalidation runs attempt until it succeeds, deadline (the end of the invalidation's
+// budget) has passed, or ctx ends, with backoff between attempts. Each attempt gets the bound
+// it must pass to its store calls: one second, or what is left of the budget if that is less
+// (all of it, if whole).
+func (c *Cache[T]) retryInvalidation(ctx context.Context, deadline time.Time, whole bool, attempt func(ctx context.Context, warm bool, timeout time.Duration) error) error {
 	backoff := invalidateBackoffMin
 	var timer *time.Timer
 	for {
@@ -169,10 +183,10 @@ type deletePublisher interface {
 // deleteAndPublish removes sks from the store, then publishes msg to the other instances: in
 // one round trip when the store can, else as two store calls, with retries (retryInvalidation).
 // removed reports whether the delete succeeded, even if the publish did not.
-func (c *Cache[T]) deleteAndPublish(ctx context.Context, sks []string, msg []byte) (removed bool, err error) {
+func (c *Cache[T]) deleteAndPublish(ctx context.Context, deadline time.Time, sks []string, msg []byte) (removed bool, err error) {
 	dp, both := c.store.(deletePublisher)
 	both = both && c.bus != nil
-	err = c.retryInvalidation(ctx, false, func(ctx context.Context, warm bool, timeout time.Duration) error {
+	err = c.retryInvalidation(ctx, deadline, false, func(ctx context.Context, warm bool, timeout time.Duration) error {
 		if !removed && both {
 			var done bool
 			_, err := storeCallWithin(c, ctx, opDelete, warm, timeout, func(ctx context.Context) (struct{}, error) {

@@ -586,7 +586,12 @@ type linzScenario struct {
 	// churn adds an instance that readers use for a few milliseconds before it is closed
 	// mid-flight and replaced, again and again, until the round's writes are done.
 	churn bool
+	// tags has readers tag each key with its own tag and its group's (one of two), and writers
+	// invalidate with InvalidateTags of one of the two instead of Invalidate.
+	tags bool
 
+	// lateTags turns on Cache.unsafeLateTags (tags recorded after the load: a broken build).
+	lateTags bool
 	// broken turns on Cache.unsafeSkipLeaseCheck in every instance; mute makes the stores
 	// send no invalidation message (a broken L1); vizDir is where a violation's
 	// visualization goes ("": the temp directory, named in the failure).
@@ -720,6 +725,12 @@ func linzScenarios() []linzScenario {
 		// An instance closed mid-flight, again and again, while readers use it: its calls end
 		// with ErrClosed (dropped) or a value, and the leases it held are released.
 		{name: "close-mid-flight", stores: allStores, opts: healthyOpts, strict: true, work: baseWork, churn: true},
+		// Tags instead of keys: each write invalidates the key's own tag or its group's
+		// (InvalidateTags), reads tag every load (Tags, TagsOf); entries and tags live in
+		// different hash slots on the Cluster.
+		{name: "tags", stores: allStores, opts: healthyOpts, strict: true, feature: "tags", work: baseWork, tags: true},
+		{name: "tags-l1", stores: allStores, opts: concat(healthyOpts, linzL1), feature: "tags", work: baseWork, tags: true,
+			l1Bound: linzL1Bound},
 		{name: "slot-migration", stores: []string{storeCluster}, opts: healthyOpts, fault: faultMigrate, migrate: true, strict: true,
 			work: withWork(func(w *workload) { w.writes, w.writeGap = 30, 30*time.Millisecond })},
 	}
@@ -755,18 +766,21 @@ func TestLinearizability(t *testing.T) {
 // leases (Cache.unsafeSkipLeaseCheck), and the L1 scenario on stores that send no invalidation
 // message, and requires the checker to report violations: proof that the suite can fail.
 func TestLinearizabilityCatchesBrokenBuild(t *testing.T) {
-	var lease, l1 linzScenario
+	var lease, l1, tags linzScenario
 	for _, sc := range linzScenarios() {
 		switch sc.name {
 		case "clean":
 			lease = sc
 		case "l1":
 			l1 = sc
+		case "tags":
+			tags = sc
 		}
 	}
 	lease.name, lease.broken = "broken-lease-check", true
 	l1.name, l1.mute = "broken-l1-broadcast", true
-	for _, sc := range []linzScenario{lease, l1} {
+	tags.name, tags.lateTags = "broken-late-tags", true
+	for _, sc := range []linzScenario{lease, l1, tags} {
 		for _, store := range sc.stores {
 			t.Run(sc.name+"/"+store, func(t *testing.T) {
 				sc.vizDir = t.TempDir() // a violation is expected: leave no file behind
@@ -876,6 +890,7 @@ func runLinz(t *testing.T, sc linzScenario, store string, scale int) (linzResult
 		}
 		caches[i] = newTestCache[linzValue](t, store, concat([]Option{WithPrefix(prefix)}, sc.opts)...)
 		caches[i].unsafeSkipLeaseCheck = sc.broken
+		caches[i].unsafeLateTags = sc.lateTags
 	}
 	if sc.feature == "l1" {
 		waitLive(t, caches...)
@@ -896,6 +911,7 @@ func runLinz(t *testing.T, sc linzScenario, store string, scale int) (linzResult
 		st.L1Flushes += s.L1Flushes
 		st.Stale += s.Stale
 		st.EarlyRefreshes += s.EarlyRefreshes
+		st.TagInvalidations += s.TagInvalidations
 	}
 	var feature string
 	var seen uint64
@@ -906,6 +922,8 @@ func runLinz(t *testing.T, sc linzScenario, store string, scale int) (linzResult
 		feature, seen = fmt.Sprintf("%d stale values served", st.Stale), st.Stale
 	case "early":
 		feature, seen = fmt.Sprintf("%d early refreshes", st.EarlyRefreshes), st.EarlyRefreshes
+	case "tags":
+		feature, seen = fmt.Sprintf("%d tags invalidated", st.TagInvalidations), st.TagInvalidations
 	}
 	if sc.feature != "" && seen == 0 && !sc.mute {
 		t.Errorf("%s/%s did not exercise its options: %s", sc.name, store, feature)
@@ -934,6 +952,17 @@ func linzRound(t testing.TB, sc linzScenario, tg *linzTarget, caches []*Cache[li
 		if tg.keyTag != "" {
 			keys[i] = "{" + tg.keyTag + "}" + keys[i]
 		}
+	}
+	// With sc.tags, key i carries its own tag and its group's.
+	tagsOf := func(key string) []string {
+		i := slices.Index(keys, key)
+		return []string{"k:" + key, "g:" + strconv.Itoa(i%2)}
+	}
+	var manyOpts []CallOption
+	keyOpts := func(string) []CallOption { return nil }
+	if sc.tags {
+		manyOpts = []CallOption{TagsOf(tagsOf)}
+		keyOpts = func(k string) []CallOption { return []CallOption{Tags(tagsOf(k)...)} }
 	}
 	var loads atomic.Int64
 	loader := func(key string) func(context.Context) (linzValue, error) {
@@ -985,7 +1014,7 @@ func linzRound(t testing.TB, sc linzScenario, tg *linzTarget, caches []*Cache[li
 			i := rand.N(len(keys))
 			ks := []string{keys[i], keys[(i+1+rand.N(len(keys)-1))%len(keys)]}
 			call := h.now()
-			m, err := c.GetOrLoadMany(ctx, ks, manyLoader)
+			m, err := c.GetOrLoadMany(ctx, ks, manyLoader, manyOpts...)
 			unstored := before.unstored(markOf(c))
 			for _, k := range ks {
 				v, ok := m[k]
@@ -1001,7 +1030,7 @@ func linzRound(t testing.TB, sc linzScenario, tg *linzTarget, caches []*Cache[li
 			k = keys[rand.N(len(keys))]
 		}
 		call := h.now()
-		v, err := c.GetOrLoad(ctx, k, loader(k))
+		v, err := c.GetOrLoad(ctx, k, loader(k), keyOpts(k)...)
 		unstored := before.unstored(markOf(c))
 		record(client, k, call, v, err, unstored)
 	}
@@ -1013,11 +1042,16 @@ func linzRound(t testing.TB, sc linzScenario, tg *linzTarget, caches []*Cache[li
 		if w.commitGap > 0 {
 			time.Sleep(rand.N(w.commitGap))
 		}
-		err := c.Invalidate(context.Background(), key)
+		invalidate := func() error { return c.Invalidate(context.Background(), key) }
+		if sc.tags {
+			tag := tagsOf(key)[rand.N(2)]
+			invalidate = func() error { return c.InvalidateTags(context.Background(), tag) }
+		}
+		err := invalidate()
 		retried := err != nil
 		for err != nil && h.now()-call < int64(retryFor) {
 			time.Sleep(10 * time.Millisecond)
-			err = c.Invalidate(context.Background(), key)
+			err = invalidate()
 		}
 		if err != nil && must {
 			t.Errorf("Invalidate still failing %v after the faults stopped: %v", retryFor, err)

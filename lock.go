@@ -278,7 +278,21 @@ func (c *Cache[T]) loadUnder(ctx context.Context, f *flight[T], sk, tok string, 
 			_, _ = c.release(ctx, sk, tok)
 		}
 	}()
+	if err := c.tagLoadsBefore(ctx, []string{sk}); err != nil { // tags.go
+		// Its tags are not recorded: an InvalidateTags would not find the value. Load for the
+		// callers, store nothing.
+		c.abandon(ctx, sk, tok)
+		c.stats.storeless.Add(1)
+		f.val, f.err, f.panicked = callLoader(ctx, load)
+		f.loaded, f.retry = true, true // an Invalidate during the load could not refuse it: joiners read again
+		c.obs.loadDone(&obs, f.err, f.panicked)
+		completed = true
+		return
+	}
 	v, err, pe := callLoader(ctx, load)
+	if c.unsafeLateTags {
+		_ = c.tagLoads(ctx, []string{sk})
+	}
 	c.settle(ctx, f, sk, tok, v, err, pe, c.obs.loadDone(&obs, err, pe))
 	completed = true
 }

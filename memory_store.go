@@ -31,6 +31,7 @@ type MemoryStore struct {
 	c    *otter.Cache[string, *memEntry]
 	base time.Time // monotonic origin of deadlines
 	bus  memBus    // invalidation broadcast between the Caches on this store (broadcast_memory.go)
+	tags memTags   // the tag index (memory_tags.go)
 }
 
 // memEntry is immutable once stored; every change stores a new one.

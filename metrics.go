@@ -112,7 +112,10 @@ const (
 	opDelete
 	opDeletePattern
 	opPing
-	opPublish // an invalidation message to the other instances (broadcast.go)
+	opPublish    // an invalidation message to the other instances (broadcast.go)
+	opAddTags    // TagStore.AddTags (tags.go)
+	opTaggedKeys // TagStore.TaggedKeys
+	opRemoveTags // TagStore.RemoveTags
 	numStoreOps
 )
 
@@ -136,6 +139,12 @@ func (op storeOp) String() string {
 		return "delete_pattern"
 	case opPublish:
 		return "publish"
+	case opAddTags:
+		return "add_tags"
+	case opTaggedKeys:
+		return "tagged_keys"
+	case opRemoveTags:
+		return "remove_tags"
 	default:
 		return "ping"
 	}
@@ -163,12 +172,16 @@ type invalidationKind uint8
 const (
 	invalidatedKey     invalidationKind = iota // one key of Invalidate
 	invalidatedPattern                         // one InvalidatePattern call
+	invalidatedTag                             // one tag of InvalidateTags
 	numInvalidationKinds
 )
 
 func (k invalidationKind) String() string {
-	if k == invalidatedKey {
+	switch k {
+	case invalidatedKey:
 		return "key"
+	case invalidatedTag:
+		return "tag"
 	}
 	return "pattern"
 }
@@ -428,7 +441,7 @@ func (o *observer) storeEnd(s storeObs, err error, callerLeft bool) {
 
 func (op storeOp) isWrite() bool {
 	switch op {
-	case opFill, opFillMany, opRelease, opDelete, opDeletePattern:
+	case opFill, opFillMany, opRelease, opDelete, opDeletePattern, opAddTags, opRemoveTags:
 		return true
 	}
 	return false

@@ -146,7 +146,9 @@ return 1
 `)
 
 // Deletes a key and returns 1 if it held a value (or was not a hash at all), 0 for a bare lease.
+// A tag's set (redis_tags.go) is not an entry: it stays, and counts 0.
 var deleteCountScript = redis.NewScript(`
+if redis.call('TYPE', KEYS[1]).ok == 'zset' then return 0 end
 local r = redis.pcall('HEXISTS', KEYS[1], 'v')
 local n = 0
 if type(r) == 'table' then

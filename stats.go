@@ -29,7 +29,9 @@ type Stats struct {
 	EarlyRefreshes       uint64 // background refreshes that loaded before expiry (WithEarlyRefresh)
 	Invalidations        uint64 // keys passed to Invalidate
 	PatternInvalidations uint64 // InvalidatePattern calls
-	InvalidationFailures uint64 // Invalidate and InvalidatePattern calls that returned an *InvalidationError
+	TagInvalidations     uint64 // tags passed to InvalidateTags
+	InvalidationFailures uint64 // Invalidate, InvalidatePattern and InvalidateTags calls that returned an *InvalidationError
+	TagFailures          uint64 // loads left unstored because their tags could not be recorded, and tag records InvalidateTags could not remove (harmless: a later one deletes those keys again)
 	UnreleasedLeases     uint64 // leases this process would not fill and could not release (the store refused every attempt): they expire with their TTL
 	UndecodableValues    uint64 // stored entries that did not decode, treated as misses
 	UnopenedValues       uint64 // among them: encrypted entries that did not open (altered, moved, unknown key), unencrypted ones where encryption is on (WithEncryption)
@@ -70,6 +72,7 @@ func (c *Cache[T]) Stats() Stats {
 	s := c.obs.stats()
 	s.UnopenedValues = c.wire.rejects[rejectSealed].Load() + c.wire.rejects[rejectPlain].Load()
 	s.InvalidationFailures = c.stats.invalFailed.Load()
+	s.TagFailures = c.stats.tagFailures.Load()
 	s.UnreleasedLeases = c.stats.unreleased.Load()
 	return s
 }
@@ -101,6 +104,7 @@ func (o *observer) stats() Stats {
 	s.EarlyRefreshes = o.earlyRefreshes.Load()
 	s.Invalidations = o.invalidations[invalidatedKey].Load()
 	s.PatternInvalidations = o.invalidations[invalidatedPattern].Load()
+	s.TagInvalidations = o.invalidations[invalidatedTag].Load()
 	s.UndecodableValues = o.undecodable.Load()
 	s.L1BroadcastDrops = o.l1Drops.Load()
 	s.L1Flushes = o.l1Flushes.Load()

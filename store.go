@@ -122,3 +122,38 @@ type FillEntry struct {
 	Value []byte
 	TTL   time.Duration
 }
+
+// TagStore is an optional interface of a Store that indexes keys by tag, for the Tags and
+// TagsOf call options and Cache.InvalidateTags. RedisStore and MemoryStore implement it; a
+// Cache over a Store without it refuses both with an error wrapping ErrTagsUnsupported.
+//
+// A tag's record is a set of keys, each with a version (how many times, or when, it was last
+// recorded: any number that grows with every AddTags of that key under that tag) and an expiry.
+// Records past their expiry may be dropped at any time; nothing else removes a key from a tag
+// but RemoveTags. The index must not grow without bound: expired records are dropped as new
+// ones come in (RedisStore: on every AddTags of the tag, and the whole tag expires with its
+// last record).
+type TagStore interface {
+	Store
+	// AddTags records, for each tag of tagged, that the keys listed with it carry it, for at
+	// least life from now (a key recorded already keeps the later of the two expiries, and gets
+	// a new version). Keys arrive prefixed, as in every Store method, and so do tags: the
+	// Cache names each tag prefix + "\x00tag:" + tag, and RedisStore keeps its record at
+	// that key.
+	AddTags(ctx context.Context, tagged map[string][]string, life time.Duration) error
+
+	// TaggedKeys returns, for each of tags in order, the keys whose records under it have not
+	// expired, each with the version of its record.
+	TaggedKeys(ctx context.Context, tags []string) ([][]TaggedKey, error)
+
+	// RemoveTags removes from each tag of tagged the keys listed with it, each only if its
+	// record is still at the version given: a key recorded again since TaggedKeys returned it
+	// stays.
+	RemoveTags(ctx context.Context, tagged map[string][]TaggedKey) error
+}
+
+// TaggedKey is one key of a tag's record (TagStore).
+type TaggedKey struct {
+	Key     string
+	Version int64
+}

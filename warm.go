@@ -39,6 +39,7 @@ type warmConfig struct {
 	batchSize   int
 	concurrency int
 	progress    func(done, total int)
+	callOpts    []CallOption
 }
 
 // WithWarmBatchSize sets how many keys Warm reads (one store round trip per node) and loads
@@ -69,6 +70,13 @@ func WithWarmProgress(fn func(done, total int)) WarmOption {
 	return func(c *warmConfig) { c.progress = fn }
 }
 
+// WithWarmCallOptions gives every batch of Warm the call options opts, as GetOrLoadMany takes
+// them: TTL, NegativeTTL, Tags, TagsOf (to tag each warmed entry). An invalid one makes Warm
+// return an error wrapping ErrInvalidOption before it reads anything. Default: none.
+func WithWarmCallOptions(opts ...CallOption) WarmOption {
+	return func(c *warmConfig) { c.callOpts = append(c.callOpts, opts...) }
+}
+
 // Warm fills the cache for the keys that are not cached yet: it reads them in batches (one
 // store round trip per node each) and calls load with the keys of a batch that are missing,
 // a few batches at a time. It is GetOrLoadMany without returning the values: leases guard
@@ -94,6 +102,15 @@ func (c *Cache[T]) Warm(ctx context.Context, keys []string, load func(ctx contex
 	for _, o := range opts {
 		if o != nil {
 			o(&cfg)
+		}
+	}
+	if len(cfg.callOpts) > 0 {
+		var err error
+		if ctx, err = withCallOptions(ctx, cfg.callOpts); err == nil {
+			err = c.checkTags(ctx)
+		}
+		if err != nil {
+			return res, err
 		}
 	}
 	keys = dedupe(keys)

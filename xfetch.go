@@ -147,8 +147,12 @@ type stats struct {
 	// unreleased counts leases this process would not fill and could not release either (the
 	// store failed every attempt): other processes wait for them until they expire.
 	unreleased atomic.Uint64
-	// invalFailed counts Invalidate and InvalidatePattern calls that returned an error.
+	// invalFailed counts Invalidate, InvalidatePattern and InvalidateTags calls that returned
+	// an error.
 	invalFailed atomic.Uint64
+	// tagFailures counts failed tag records: loads that went unstored because their tags
+	// could not be recorded, and records InvalidateTags could not remove (tags.go).
+	tagFailures atomic.Uint64
 }
 
 // refreshMarker is the flight token under which a refresh is registered from its start: no
@@ -325,7 +329,7 @@ func (c *Cache[T]) refreshManyUnder(ctx context.Context, fs []*flight[T], reqs [
 			c.obs.earlyRefresh()
 		}
 	}
-	c.runChunks(ctx, rfs, rkeys, load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
+	c.runChunksTagged(ctx, rfs, rkeys, rsks, tok, load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
 		c.settleMany(ctx, rfs[lo:hi], rkeys[lo:hi], rsks[lo:hi], tok, m, err, pe, delta)
 		if pe != nil || (err != nil && !errors.Is(err, ErrNotFound)) {
 			for _, sk := range rsks[lo:hi] {

@@ -1,0 +1,239 @@
+package cacheaside
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Tags: related entries invalidated together, in time proportional to the entries tagged.
+//
+// A load that will fill tagged keys records them under their tags in the store's tag index
+// (TagStore.AddTags) after the store granted it the keys' leases and before the loader runs.
+// InvalidateTags reads the keys recorded under its tags, deletes them as Invalidate does
+// (which voids their leases) and then removes exactly the records it read (a key recorded
+// again meanwhile stays). Why that keeps guarantee 2 for tags:
+//   - A load that began before InvalidateTags(t) recorded its key under t before it began, so
+//     before InvalidateTags read t; the read finds the key, and the delete that follows voids
+//     the load's lease, which it held before it recorded: its fill is refused.
+//   - A record is removed only after its key was deleted, and only if no AddTags came since
+//     the read: a load recorded after the read keeps its record for the next InvalidateTags.
+//   - A record lives as long as the entry it guards can (the lease, then the value's TTL and
+//     stale windows), so expired records can be dropped without losing one that matters.
+// Hits do nothing with tags: a tagged hit costs what an untagged one does.
+
+// tagLifeSlack is added to the life of a tag record, beyond the longest life of the entry it
+// guards: room for the time between the lease grant and the record on another node.
+const tagLifeSlack = time.Minute
+
+// Tags tags the entries this call's load stores (every key of a GetOrLoadMany) with tags, so
+// that InvalidateTags of any of them removes them. Tags are per load: a call that shares a load
+// another call started (concurrent calls for a key) stores what that load stores, with that
+// call's tags, and a hit stores nothing. Give a key the same tags on every call. Each tag must be
+// non-empty. The store must implement TagStore (RedisStore and MemoryStore do), else the call
+// returns an error wrapping ErrTagsUnsupported.
+//
+// A load with tags costs one more store round trip before the loader runs (RedisStore: one
+// per node holding one of the tags, pipelined); a hit costs nothing more.
+func Tags(tags ...string) CallOption {
+	return func(o *callOptions) {
+		for _, t := range tags {
+			if t == "" {
+				o.errs = append(o.errs, fmt.Errorf("%w: empty tag", ErrInvalidOption))
+				return
+			}
+		}
+		o.tags = append(o.tags, tags...)
+	}
+}
+
+// TagsOf tags each entry this call's load stores with the tags fn returns for its key, in
+// addition to those of Tags: the per-key form, for a GetOrLoadMany whose keys carry different
+// tags. fn runs before the loader, once per key loaded (never for hits), and must not block;
+// empty tags it returns are ignored. Tags cannot depend on the loaded value: a tag must be
+// recorded before the load begins, or an InvalidateTags during the load would miss it.
+func TagsOf(fn func(key string) []string) CallOption {
+	return func(o *callOptions) {
+		if fn == nil {
+			o.errs = append(o.errs, fmt.Errorf("%w: nil TagsOf function", ErrInvalidOption))
+			return
+		}
+		o.tagsOf = fn
+	}
+}
+
+// tagName is the name under which the store indexes tag: in this cache's prefix, like its keys
+// (RedisStore keeps it at that key), where no key of the cache is likely to be.
+func (c *Cache[T]) tagName(tag string) string { return c.cfg.prefix + "\x00tag:" + tag }
+
+// tagged reports whether the options carry tags.
+func (o *callOptions) tagged() bool { return o != nil && (len(o.tags) > 0 || o.tagsOf != nil) }
+
+// checkTags refuses a call with tags on a store without a tag index.
+func (c *Cache[T]) checkTags(ctx context.Context) error {
+	if o, _ := ctx.Value(callKey{}).(*callOptions); o.tagged() && c.tagStore == nil {
+		return fmt.Errorf("cacheaside: Tags with %T: %w", c.store, ErrTagsUnsupported)
+	}
+	return nil
+}
+
+// tagLoads records the store keys sks under the tags of the call whose load ctx is, before the
+// load begins. The caller holds the keys' leases. It does nothing for a call without tags. An
+// error means the keys must not be filled: the load goes on without storing.
+func (c *Cache[T]) tagLoads(ctx context.Context, sks []string) error {
+	o, _ := ctx.Value(callKey{}).(*callOptions)
+	if !o.tagged() || c.tagStore == nil {
+		return nil
+	}
+	tagged := make(map[string][]string, len(o.tags))
+	for _, sk := range sks {
+		for _, t := range o.tags {
+			name := c.tagName(t)
+			tagged[name] = append(tagged[name], sk)
+		}
+		if o.tagsOf != nil {
+			for _, t := range o.tagsOf(sk[len(c.cfg.prefix):]) {
+				if t != "" {
+					name := c.tagName(t)
+					tagged[name] = append(tagged[name], sk)
+				}
+			}
+		}
+	}
+	if len(tagged) == 0 {
+		return nil
+	}
+	life := c.leaseTTL + max(c.fillTTL(ctx, false), c.fillTTL(ctx, true)) + c.extraTTL + tagLifeSlack
+	_, err := storeCallN(c, context.WithoutCancel(ctx), opAddTags, len(sks), func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, c.tagStore.AddTags(ctx, tagged, life)
+	})
+	if err != nil {
+		c.stats.tagFailures.Add(1)
+	}
+	return err
+}
+
+// tagLoadsBefore is tagLoads where a load is about to begin (nothing in the broken build the
+// tests make with unsafeLateTags, which records tags after the load).
+func (c *Cache[T]) tagLoadsBefore(ctx context.Context, sks []string) error {
+	if c.unsafeLateTags {
+		return nil
+	}
+	return c.tagLoads(ctx, sks)
+}
+
+// runChunksTagged is runChunks for keys whose leases tok holds, settled by settle, once their
+// tags are recorded (tagLoads). If that fails, the leases are released and the keys are loaded
+// without being stored.
+func (c *Cache[T]) runChunksTagged(ctx context.Context, fs []*flight[T], keys, sks []string, tok string, load func(context.Context, []string) (map[string]T, error), settle chunkDone[T]) {
+	if c.unsafeLateTags {
+		inner := settle
+		settle = func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
+			_ = c.tagLoads(ctx, sks[lo:hi])
+			inner(ctx, lo, hi, m, err, pe, delta)
+		}
+	}
+	if err := c.tagLoadsBefore(ctx, sks); err != nil {
+		c.freeLeases(ctx, tok, sks, releaseAttempts)
+		c.stats.storeless.Add(1)
+		settle = func(_ context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, _ time.Duration) {
+			setOutcome(fs[lo:hi], keys[lo:hi], m, err, pe)
+		}
+	}
+	c.runChunks(ctx, fs, keys, load, settle)
+}
+
+// InvalidateTags removes every entry tagged (Tags, TagsOf) with any of tags, in every
+// instance, as Invalidate does for keys: once it has returned nil, a value that a loader began
+// loading before the call is never stored under a key its load tagged with one of tags, and no
+// GetOrLoad that starts after it returns such a value (with WithLocalCache, on other instances,
+// within the broadcast delay, as for Invalidate). Its cost is proportional to the entries
+// recorded under the tags since their last InvalidateTags (at most those that may still be
+// cached), not to the store's size: a few round trips (RedisStore: read the tags' records,
+// delete and publish, remove the records; each pipelined per node).
+//
+// Like Invalidate it has its own budget (WithInvalidateTimeout), retries with backoff within
+// it, and ignores the circuit breaker. On failure it returns an *InvalidationError
+// (errors.Is(err, ErrInvalidationFailed)) naming the tags (and the keys it found, if it got that
+// far): the tagged entries may then still be served with their old value; retrying finds them
+// again. An empty tag is refused; a store without TagStore gives an error wrapping
+// ErrTagsUnsupported.
+func (c *Cache[T]) InvalidateTags(ctx context.Context, tags ...string) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	if len(tags) == 0 {
+		return nil
+	}
+	if c.tagStore == nil {
+		return fmt.Errorf("cacheaside: invalidate tags with %T: %w", c.store, ErrTagsUnsupported)
+	}
+	for _, t := range tags {
+		if t == "" {
+			return errors.New("cacheaside: invalidate tags: empty tag")
+		}
+	}
+	tags = dedupe(tags)
+	c.obs.invalidated(invalidatedTag, len(tags))
+	names := make([]string, len(tags))
+	for i, t := range tags {
+		names[i] = c.tagName(t)
+	}
+	deadline := c.invalidateDeadline()
+	var found [][]TaggedKey
+	err := c.retryInvalidation(ctx, deadline, false, func(ctx context.Context, warm bool, timeout time.Duration) error {
+		r, err := storeCallWithin(c, ctx, opTaggedKeys, warm, timeout, func(ctx context.Context) ([][]TaggedKey, error) {
+			return c.tagStore.TaggedKeys(ctx, names)
+		})
+		if err == nil && len(r) != len(names) {
+			err = fmt.Errorf("cacheaside: store answered %d tags for %d", len(r), len(names))
+		}
+		found = r
+		return err
+	})
+	if err != nil {
+		c.stats.invalFailed.Add(1)
+		return &InvalidationError{Tags: tags, Err: err}
+	}
+	seen := make(map[string]bool)
+	var keys, sks []string
+	acted := make(map[string][]TaggedKey, len(names)) // the records to remove once their keys are deleted
+	for i, tks := range found {
+		for _, tk := range tks {
+			if !strings.HasPrefix(tk.Key, c.cfg.prefix) {
+				continue // not a key of this cache's: leave its record alone
+			}
+			acted[names[i]] = append(acted[names[i]], tk)
+			if !seen[tk.Key] {
+				seen[tk.Key] = true
+				sks = append(sks, tk.Key)
+				keys = append(keys, tk.Key[len(c.cfg.prefix):])
+			}
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	removed, err := c.invalidateKeys(ctx, deadline, keys, sks)
+	if err != nil {
+		c.stats.invalFailed.Add(1)
+		return &InvalidationError{Tags: tags, Keys: keys, Removed: removed, Err: err}
+	}
+	c.untag(ctx, deadline, acted)
+	return nil
+}
+
+// untag removes the records InvalidateTags read and acted on, once. A failure leaves them in
+// place, which costs the next InvalidateTags of the tag a delete of keys already deleted, not
+// a stale entry: so it is not the caller's error.
+func (c *Cache[T]) untag(ctx context.Context, deadline time.Time, tagged map[string][]TaggedKey) {
+	timeout := max(min(time.Until(deadline), invalidateAttempt), time.Millisecond)
+	_, err := storeCallWithin(c, ctx, opRemoveTags, c.warm.Load(), timeout, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, c.tagStore.RemoveTags(ctx, tagged)
+	})
+	if err != nil {
+		c.stats.tagFailures.Add(1)
+	}
+}
