@@ -155,7 +155,9 @@ demo: progress
 # compression benchmarks CODEC_COUNT times of CODEC_TIME; the hot-key expiry HOTKEY_READS reads
 # per case (20,000 reads/s: 200000x is 10 s, five expiries); the behaviour benchmarks (loader
 # calls, stale entries) BENCH_RUNS runs each; the outbox (needs the PostgreSQL at
-# CACHEASIDE_PG_DSN, default 127.0.0.1:5432 database test) for OUTBOX_TIME per case. Then a markdown table through benchstat (pinned in
+# CACHEASIDE_PG_DSN, default 127.0.0.1:5432 database test) for OUTBOX_TIME per case; the tagged
+# hit as the micro-benchmarks; tag against pattern invalidation TAGS_INVALIDATIONS times per
+# case, among up to a million keys (in Redis database 3, deleted afterwards). Then a markdown table through benchstat (pinned in
 # bench/go.mod as a tool). About three and a half minutes on 2 vCPUs. Raw results:
 # bench/bench.out.
 BENCH_COUNT ?= 6
@@ -165,6 +167,7 @@ CODEC_TIME ?= 100ms
 HOTKEY_READS ?= 200000
 BENCH_RUNS ?= 5
 OUTBOX_TIME ?= 1s
+TAGS_INVALIDATIONS ?= 3
 BENCH_GO_TEST = cd bench && $(TEST_ENV) $(GO) test -run '^$$' -timeout 20m
 
 bench: redis
@@ -174,6 +177,8 @@ bench: redis
 	$(BENCH_GO_TEST) -bench '^BenchmarkHotKeyExpiry$$' -benchmem -count 1 -benchtime $(HOTKEY_READS)x . | tee -a bench.out
 	$(BENCH_GO_TEST) -bench '^Benchmark(ColdKeyInstances|StaleSetRace)$$' -count 1 -benchtime $(BENCH_RUNS)x . | tee -a bench.out
 	$(BENCH_GO_TEST) -bench '^BenchmarkOutbox$$' -benchmem -count 1 -benchtime $(OUTBOX_TIME) . | tee -a bench.out
+	$(BENCH_GO_TEST) -bench '^BenchmarkTagHit$$' -benchmem -count $(BENCH_COUNT) -benchtime $(BENCH_TIME) . | tee -a bench.out
+	$(BENCH_GO_TEST) -bench '^BenchmarkInvalidateTags$$' -benchmem -count 1 -benchtime $(TAGS_INVALIDATIONS)x . | tee -a bench.out
 	@echo "Load average at end: $$(cut -d' ' -f1-3 /proc/loadavg)"
 	@echo
 	@echo "Machine: $$(nproc) CPUs, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $$($(GO) env GOVERSION), Redis $$(redis-cli -h $$(echo $(REDIS_ADDR) | cut -d: -f1) -p $$(echo $(REDIS_ADDR) | cut -d: -f2) info server 2>/dev/null | grep -m1 redis_version | cut -d: -f2 | tr -d '\r') on loopback"

@@ -18,7 +18,7 @@ type callOptions struct {
 	ttl    time.Duration // 0: the cache's TTL
 	negTTL time.Duration // negative TTL, when negSet
 	negSet bool
-	tags   []string                 // Tags (tags.go)
+	tags   []string                  // Tags (tags.go)
 	tagsOf func(key string) []string // TagsOf
 	errs   []error
 }

@@ -8,7 +8,8 @@
 //     key cause one loader call, as long as the load finishes within its lease.
 //  2. No stale set: once Invalidate(k) has returned, a value that a loader began loading
 //     before that call is never stored for k, and a GetOrLoad(k) that starts after it
-//     returned never returns such a value.
+//     returned never returns such a value. The same holds for [Cache.InvalidateTags] and
+//     the keys whose loads were tagged ([Tags], [TagsOf]).
 //  3. Fail open: when the store errors or is unreachable, GetOrLoad returns the loader's
 //     value with no error, and after a few failures stops waiting on the store at all until a
 //     background probe finds it answering again.
@@ -16,8 +17,8 @@
 //     so are values of another codec or type, or of another shape of the type (schema.go).
 //  5. Cancellation: a caller whose context ends gets ctx.Err() promptly; the shared load goes
 //     on for the other callers.
-//  6. Invalidation on a healthy store succeeds: [Cache.Invalidate] and
-//     [Cache.InvalidatePattern] have their own budget ([WithInvalidateTimeout], 10 s, with
+//  6. Invalidation on a healthy store succeeds: [Cache.Invalidate],
+//     [Cache.InvalidatePattern] and [Cache.InvalidateTags] have their own budget ([WithInvalidateTimeout], 10 s, with
 //     retries), not the read path's store timeout, and ignore the circuit breaker. When one
 //     fails, its error is an [*InvalidationError] ([ErrInvalidationFailed]) naming what may
 //     still be stale, and where.
@@ -38,8 +39,9 @@
 //
 // [New] builds a cache for one value type. [Cache.GetOrLoad] reads one key through the
 // cache, [Cache.GetOrLoadMany] a batch with one loader call for the missing keys, and
-// [Cache.Warm] fills many keys ahead of traffic. [Cache.Invalidate] and
-// [Cache.InvalidatePattern] remove entries after a write; [ErrNotFound] from a loader caches
+// [Cache.Warm] fills many keys ahead of traffic. [Cache.Invalidate],
+// [Cache.InvalidatePattern] and [Cache.InvalidateTags] (entries tagged by their loads with
+// [Tags] or [TagsOf], found in time proportional to their number) remove entries after a write; [ErrNotFound] from a loader caches
 // the absence (see [WithNegativeTTL]). [Cache.Close] stops the cache's goroutines.
 //
 // # Options
@@ -47,7 +49,7 @@
 // Every option says its default. The common ones: [WithTTL], [WithPrefix],
 // [WithLocalCache] (an in-process L1 kept coherent by a broadcast), [WithEarlyRefresh],
 // [WithStaleWhileRevalidate], [WithCircuitBreaker], [WithCodec], [WithCompression],
-// [WithEncryption] (with a [KeyRing]). Per call: [TTL] and [NegativeTTL].
+// [WithEncryption] (with a [KeyRing]). Per call: [TTL], [NegativeTTL], [Tags] and [TagsOf].
 //
 // # Observability
 //

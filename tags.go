@@ -106,9 +106,15 @@ func (c *Cache[T]) tagLoads(ctx context.Context, sks []string) error {
 		return nil
 	}
 	life := c.leaseTTL + max(c.fillTTL(ctx, false), c.fillTTL(ctx, true)) + c.extraTTL + tagLifeSlack
-	_, err := storeCallN(c, context.WithoutCancel(ctx), opAddTags, len(sks), func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, c.tagStore.AddTags(ctx, tagged, life)
-	})
+	add := func(ctx context.Context) (struct{}, error) { return struct{}{}, c.tagStore.AddTags(ctx, tagged, life) }
+	ctx = context.WithoutCancel(ctx)
+	_, err := storeCallN(c, ctx, opAddTags, len(sks), add)
+	if err != nil {
+		// The tags' nodes are not the key's: on a Cluster the first record may have to
+		// connect to one. Once more, with the time a connection is given.
+		timeout := max(c.cfg.connectTimeout, c.storeTimeout(true, len(sks)))
+		_, err = storeCallWithin(c, ctx, opAddTags, true, timeout, add)
+	}
 	if err != nil {
 		c.stats.tagFailures.Add(1)
 	}
