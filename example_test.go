@@ -271,3 +271,44 @@ func ExampleStore() {
 	fmt.Println("lookups:", store.lookups.Load(), "fills:", store.fills.Load())
 	// Output: lookups: 3 fills: 1
 }
+
+// Tags drop related entries together: the product page, the category lists and the search
+// pages that show a product, after its price changed.
+func ExampleCache_InvalidateTags() {
+	ctx := context.Background()
+	pages, err := cacheaside.New[string](cacheaside.NewMemoryStore())
+	if err != nil {
+		panic(err)
+	}
+	defer pages.Close()
+
+	price := 100
+	render := func(page string) func(context.Context) (string, error) {
+		return func(context.Context) (string, error) { return fmt.Sprintf("%s: %d", page, price), nil }
+	}
+	read := func(page string, tags ...string) string {
+		v, err := pages.GetOrLoad(ctx, page, render(page), cacheaside.Tags(tags...))
+		if err != nil {
+			return err.Error()
+		}
+		return v
+	}
+	read("product:42", "product:42")
+	read("category:7:page:1", "category:7", "product:42", "product:43")
+	read("search:shoes", "product:42", "product:44")
+	read("category:8:page:1", "category:8", "product:44")
+
+	price = 90                                                      // the write,
+	if err := pages.InvalidateTags(ctx, "product:42"); err != nil { // then one call for every page that shows it
+		panic(err)
+	}
+	fmt.Println(read("product:42", "product:42"))
+	fmt.Println(read("category:7:page:1", "category:7", "product:42", "product:43"))
+	fmt.Println(read("search:shoes", "product:42", "product:44"))
+	fmt.Println(read("category:8:page:1", "category:8", "product:44")) // not tagged product:42: still cached
+	// Output:
+	// product:42: 90
+	// category:7:page:1: 90
+	// search:shoes: 90
+	// category:8:page:1: 100
+}

@@ -90,7 +90,7 @@ func newPromCollector(o *observer) *promCollector {
 		staleIfError: d("stale_if_error_total",
 			"Requests answered with an expired value because its load failed (stale-if-error); also counted as result stale in cacheaside_requests_total."),
 		invalidations: d("invalidations_total",
-			"Invalidations: keys passed to Invalidate (key), InvalidatePattern calls (pattern).",
+			"Invalidations: keys passed to Invalidate (key), InvalidatePattern calls (pattern), tags passed to InvalidateTags (tag).",
 			"kind"),
 		l1Drops: d("l1_broadcast_drops_total",
 			"Local cache entries dropped on another instance's invalidation broadcast (entries this instance held, not keys named)."),

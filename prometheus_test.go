@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -26,7 +27,7 @@ var promHelp = map[string]string{
 	"cacheaside_coalesced_total":           "Calls that shared work in this process: joined a load or lease wait in flight (flight), or shared a store lookup (lookup).",
 	"cacheaside_early_refreshes_total":     "Refreshes started before expiry (early refresh).",
 	"cacheaside_stale_if_error_total":      "Requests answered with an expired value because its load failed (stale-if-error); also counted as result stale in cacheaside_requests_total.",
-	"cacheaside_invalidations_total":       "Invalidations: keys passed to Invalidate (key), InvalidatePattern calls (pattern).",
+	"cacheaside_invalidations_total":       "Invalidations: keys passed to Invalidate (key), InvalidatePattern calls (pattern), tags passed to InvalidateTags (tag).",
 	"cacheaside_l1_broadcast_drops_total":  "Local cache entries dropped on another instance's invalidation broadcast (entries this instance held, not keys named).",
 	"cacheaside_l1_flushes_total":          "Times the whole local cache was dropped because an invalidation may have been missed.",
 	"cacheaside_breaker_open":              "Whether the circuit breaker skips the store: 1 open, 0 closed.",
@@ -39,7 +40,7 @@ var (
 	noLabels      = []string{""}
 	resultLabels  = []string{`group="",result="hit"`, `group="",result="l1_hit"`, `group="",result="miss"`, `group="",result="negative_hit"`, `group="",result="stale"`}
 	outcomeLabels = []string{`group="",outcome="error"`, `group="",outcome="not_found"`, `group="",outcome="ok"`, `group="",outcome="panic"`}
-	opLabels      = []string{`op="delete"`, `op="delete_pattern"`, `op="fill"`, `op="fill_many"`, `op="get_or_lease"`, `op="get_or_lease_many"`, `op="lease"`, `op="ping"`, `op="publish"`, `op="release"`}
+	opLabels      = []string{`op="add_tags"`, `op="delete"`, `op="delete_pattern"`, `op="fill"`, `op="fill_many"`, `op="get_or_lease"`, `op="get_or_lease_many"`, `op="lease"`, `op="ping"`, `op="publish"`, `op="release"`, `op="remove_tags"`, `op="tagged_keys"`}
 )
 
 // expo is the exposition of metric name of cache "users", for testutil: its HELP and TYPE
@@ -64,8 +65,9 @@ func expo(name string, labels []string, values ...int) string {
 // promCounters is the exposition of every counter and gauge of cache "users" (key groups
 // off), with the values given in order: requests hit, l1_hit, miss, negative_hit, stale;
 // loads error, not_found, ok, panic; store errors delete, delete_pattern, fill, fill_many,
-// get_or_lease, get_or_lease_many, lease, ping, release (publish: 0); lease waits; coalesced
-// flight, lookup; early refreshes; stale-if-error; invalidations key, pattern; l1 drops; l1
+// get_or_lease, get_or_lease_many, lease, ping, release (add_tags, publish, remove_tags,
+// tagged_keys: 0); lease waits; coalesced flight, lookup; early refreshes; stale-if-error;
+// invalidations key, pattern (tag: 0); l1 drops; l1
 // flushes; breaker open; transitions closed, open; undecodable.
 func promCounters(v ...int) string {
 	take := func(n int) []int {
@@ -75,12 +77,12 @@ func promCounters(v ...int) string {
 	}
 	return expo("cacheaside_requests_total", resultLabels, take(5)...) +
 		expo("cacheaside_loads_total", outcomeLabels, take(4)...) +
-		expo("cacheaside_store_errors_total", opLabels, append(append(take(8), 0), take(1)...)...) +
+		expo("cacheaside_store_errors_total", opLabels, slices.Concat([]int{0}, take(8), []int{0}, take(1), []int{0, 0})...) +
 		expo("cacheaside_lease_waits_total", noLabels, take(1)...) +
 		expo("cacheaside_coalesced_total", []string{`kind="flight"`, `kind="lookup"`}, take(2)...) +
 		expo("cacheaside_early_refreshes_total", noLabels, take(1)...) +
 		expo("cacheaside_stale_if_error_total", noLabels, take(1)...) +
-		expo("cacheaside_invalidations_total", []string{`kind="key"`, `kind="pattern"`}, take(2)...) +
+		expo("cacheaside_invalidations_total", []string{`kind="key"`, `kind="pattern"`, `kind="tag"`}, append(take(2), 0)...) +
 		expo("cacheaside_l1_broadcast_drops_total", noLabels, take(1)...) +
 		expo("cacheaside_l1_flushes_total", noLabels, take(1)...) +
 		expo("cacheaside_breaker_open", noLabels, take(1)...) +

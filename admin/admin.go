@@ -49,7 +49,10 @@ type TagInvalidator interface {
 	InvalidateTags(ctx context.Context, tags ...string) error
 }
 
-var _ Cache = (*cacheaside.Cache[struct{}])(nil)
+var (
+	_ Cache          = (*cacheaside.Cache[struct{}])(nil)
+	_ TagInvalidator = (*cacheaside.Cache[struct{}])(nil)
+)
 var _ http.Handler = (*Handler)(nil)
 
 // DefaultPath is the path a Handler serves by default.

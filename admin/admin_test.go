@@ -399,6 +399,7 @@ func TestBadInput(t *testing.T) {
 	load(t, c, "u1", user{Name: "Ada"})
 	h := admin.New()
 	register(t, h, "users", c)
+	register(t, h, "untagged", breakerOpen{c}) // only the methods of admin.Cache: no InvalidateTags
 	long := strings.Repeat("k", 5000)
 	p := admin.DefaultPath
 	for _, tc := range []struct {
@@ -415,7 +416,7 @@ func TestBadInput(t *testing.T) {
 		{p + "invalidate?cache=users&kind=key", http.StatusBadRequest, "The key is empty."},
 		{p + "invalidate?cache=users&kind=pattern&target=", http.StatusBadRequest, "The pattern is empty."},
 		{p + "invalidate?cache=users&kind=drop&target=x", http.StatusBadRequest, "Unknown kind of invalidation"},
-		{p + "invalidate?cache=users&kind=tags&target=a", http.StatusBadRequest, "does not support tags"},
+		{p + "invalidate?cache=untagged&kind=tags&target=a", http.StatusBadRequest, "does not support tags"},
 		{p + "invalidate?cache=users&kind=pattern&target=" + long, http.StatusBadRequest, "longer than 4096 bytes"},
 		{p + "nothing", http.StatusNotFound, "No such page."},
 		{"/elsewhere", http.StatusNotFound, "No such page."},

@@ -103,6 +103,7 @@ func statRows(s cacheaside.Stats) []row {
 		{"Early refreshes", count(s.EarlyRefreshes), "", false},
 		{"Invalidated keys", count(s.Invalidations), "keys passed to Invalidate", false},
 		{"Invalidated patterns", count(s.PatternInvalidations), "InvalidatePattern calls", false},
+		{"Invalidated tags", count(s.TagInvalidations), "tags passed to InvalidateTags", false},
 		{"Undecodable", count(s.UndecodableValues), "stored entries read as misses", s.UndecodableValues > 0},
 		{"L1 flushes", count(s.L1Flushes), "", false},
 		{"Breaker opens", count(s.BreakerOpens), "times the store was skipped after failures", s.BreakerOpens > 0},

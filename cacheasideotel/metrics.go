@@ -94,7 +94,7 @@ func (e exporter) Export(cache string, read func(*cacheaside.Metrics)) (cacheasi
 	coalesced := counter("cacheaside.coalesced", "Calls that shared work in this process: joined a load or lease wait in flight (flight), or shared a store lookup (lookup).")
 	early := counter("cacheaside.early_refreshes", "Refreshes started before expiry (early refresh).")
 	staleIfError := counter("cacheaside.stale_if_error", "Requests answered with an expired value because its load failed (stale-if-error).")
-	invalidations := counter("cacheaside.invalidations", "Invalidations: keys passed to Invalidate (key), InvalidatePattern calls (pattern).")
+	invalidations := counter("cacheaside.invalidations", "Invalidations: keys passed to Invalidate (key), InvalidatePattern calls (pattern), tags passed to InvalidateTags (tag).")
 	l1Drops := counter("cacheaside.l1.broadcast_drops", "Local cache entries dropped on another instance's invalidation broadcast.")
 	l1Flushes := counter("cacheaside.l1.flushes", "Times the whole local cache was dropped because an invalidation may have been missed.")
 	transitions := counter("cacheaside.breaker.transitions", "Circuit breaker transitions, by the state entered.")
