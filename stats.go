@@ -1,6 +1,9 @@
 package cacheaside
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+)
 
 // Stats is a snapshot of a Cache's counters since New: the same counts the Prometheus
 // metrics export (WithPrometheus), summed over key groups, for programs without Prometheus.
@@ -111,4 +114,25 @@ func (o *observer) stats() Stats {
 	s.BreakerOpen = o.breaker != nil && o.breaker.Open()
 	s.BreakerOpens = o.transitions[1].Load()
 	return s
+}
+
+// stats counts what the metrics (metrics.go) do not tell apart: the background loads count
+// there as loads, and those started before expiry as early refreshes.
+type stats struct {
+	refreshes atomic.Uint64 // background refreshes that loaded (early or stale-while-revalidate)
+	// storeless counts loads whose values the store did not take, which their callers get all
+	// the same: loads of callers failing open (loadWithoutStore, loadManyWithoutStore), loads
+	// after waiting out another's lease, and loads whose fill was refused (the lease was lost
+	// to an Invalidate or its expiry), failed or was not tried (value not storable). The
+	// linearizability suite tells by it the reads that may have got such a value.
+	storeless atomic.Uint64
+	// unreleased counts leases this process would not fill and could not release either (the
+	// store failed every attempt): other processes wait for them until they expire.
+	unreleased atomic.Uint64
+	// invalFailed counts Invalidate, InvalidatePattern and InvalidateTags calls that returned
+	// an error.
+	invalFailed atomic.Uint64
+	// tagFailures counts failed tag records: loads that went unstored because their tags
+	// could not be recorded, and records InvalidateTags could not remove (tags.go).
+	tagFailures atomic.Uint64
 }

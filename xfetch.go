@@ -28,7 +28,6 @@ import (
 	"context"
 	"errors"
 	"math"
-	"sync/atomic"
 	"time"
 
 	"github.com/cacheaside/cacheaside/internal/envelope"
@@ -132,27 +131,6 @@ func (c *Cache[T]) orStale(ctx context.Context, v T, err error, s *staleValue[T]
 		return zero, ErrNotFound, true
 	}
 	return s.v, nil, true
-}
-
-// stats counts what the metrics (metrics.go) do not tell apart: the background loads count
-// there as loads, and those started before expiry as early refreshes.
-type stats struct {
-	refreshes atomic.Uint64 // background refreshes that loaded (early or stale-while-revalidate)
-	// storeless counts loads whose values the store did not take, which their callers get all
-	// the same: loads of callers failing open (loadWithoutStore, loadManyWithoutStore), loads
-	// after waiting out another's lease, and loads whose fill was refused (the lease was lost
-	// to an Invalidate or its expiry), failed or was not tried (value not storable). The
-	// linearizability suite tells by it the reads that may have got such a value.
-	storeless atomic.Uint64
-	// unreleased counts leases this process would not fill and could not release either (the
-	// store failed every attempt): other processes wait for them until they expire.
-	unreleased atomic.Uint64
-	// invalFailed counts Invalidate, InvalidatePattern and InvalidateTags calls that returned
-	// an error.
-	invalFailed atomic.Uint64
-	// tagFailures counts failed tag records: loads that went unstored because their tags
-	// could not be recorded, and records InvalidateTags could not remove (tags.go).
-	tagFailures atomic.Uint64
 }
 
 // refreshMarker is the flight token under which a refresh is registered from its start: no
