@@ -648,7 +648,12 @@ func TestLocalThreeInstancesStayCoherent(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		cs := instances[int64](t, b, 3, l1Opts(slowMachine...)...)
 		waitLive(t, cs...)
-		coherenceRun(t, cs, 8, 2*time.Second, nil)
+		// 2 s per store in make verify; 1 s in make test (-short).
+		d := 2 * time.Second
+		if testing.Short() {
+			d = time.Second
+		}
+		coherenceRun(t, cs, 8, d, nil)
 	})
 }
 
