@@ -655,7 +655,7 @@ func TestDoSkipsAStoreThatIsDown(t *testing.T) {
 	// passed ("5 rows due" once, under load): told apart by its last_error, not by the clock.
 	var due, failed int
 	if err := db.QueryRow(`SELECT count(*) FILTER (WHERE last_error IS NULL AND next_attempt_at <= now()),
-		count(*) FILTER (WHERE last_error IS NOT NULL) FROM ` + table).Scan(&due, &failed); err != nil {
+		count(*) FILTER (WHERE last_error IS NOT NULL) FROM `+table).Scan(&due, &failed); err != nil {
 		t.Fatal(err)
 	}
 	if due != 4 || failed != 1 {
