@@ -41,7 +41,7 @@ progress:
 # - -race stays on every package of the library: the root package and outbox are what it is
 #   for, and the others are compiled beside the root package, off the critical path.
 MODULE := github.com/cacheaside/cacheaside
-ROOT_SHARD ?= ^(TestLinearizability|TestLocal|TestEarlyRefresh|TestSoak)
+ROOT_SHARD ?= ^(TestLinearizability|TestLocal|TestEarlyRefresh|TestSoak|TestWarmLarge)
 TEST_FLAGS = -race -short -count=1 -vet=off
 test: redis cluster progress
 	@echo "== make test: gofmt, then the library's go test $(TEST_FLAGS) (root package in two processes), examples/ and bench/ beside it; each line below is progress; make lint runs go vet and the linters"
