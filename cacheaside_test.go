@@ -325,7 +325,14 @@ func TestLoaderPanic(t *testing.T) {
 			wg.Add(1)
 			go call(cs[0])
 		}
-		time.Sleep(20 * time.Millisecond) // let the joiners join
+		// Let the joiners join: each counts as coalesced once it shares the flight. (A 20 ms
+		// sleep here once let a joiner on miniredis arrive after the panic, on a loaded
+		// machine: it loaded again, calls = 2.)
+		within(t, 10*time.Second, "5 joiners sharing the load", func() {
+			for cs[0].obs.coalescedN[coalescedFlight].Load() < 5 {
+				time.Sleep(time.Millisecond)
+			}
+		})
 		close(release)
 		within(t, 10*time.Second, "panicking callers", wg.Wait)
 		require.EqualValues(t, 6, panics.Load(), "every caller sharing the load panics")
