@@ -291,14 +291,29 @@ func TestFailOpenHungListener(t *testing.T) {
 
 // checkConcurrentOneKey has 20 goroutines ask for one key at once while the store hangs: all
 // get the value, and in-process coalescing keeps the loader to very few calls.
+//
+// A fail-open load is joined only by calls that arrived before it began (loadWithoutStore),
+// and calls reach it in waves: each after its lookup failed, one store timeout after the
+// lookup ahead of it on the key. So the loads are one per wave, and a load of a fixed 100 ms
+// counted 4 waves on a loaded machine under -race, where 20 goroutines take a while to all
+// get a CPU. Each load therefore lasts until every caller has entered GetOrLoad and the
+// breaker is open (no lookup starts any more), then long enough for the lookups still in
+// flight to fail (one running and one queued per key, a store timeout each) and 100 ms: the
+// callers then reach the first load, or the one after it, whatever the scheduling.
 func checkConcurrentOneKey(t *testing.T, c *Cache[string]) {
 	t.Helper()
 	const callers = 20
-	var loads atomic.Int64
+	var loads, entered atomic.Int64
 	load := func(ctx context.Context) (string, error) {
 		loads.Add(1)
+		for deadline := time.Now().Add(10 * time.Second); entered.Load() < callers || !c.breaker.Open(); {
+			if time.Now().After(deadline) {
+				break // the checks below fail: the breaker stays closed, or callers were lost
+			}
+			time.Sleep(time.Millisecond)
+		}
 		select { // a load that takes a while, so the callers overlap it
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(2*c.cfg.storeTimeout + 100*time.Millisecond):
 		case <-ctx.Done():
 			return "", ctx.Err()
 		}
@@ -315,6 +330,7 @@ func checkConcurrentOneKey(t *testing.T, c *Cache[string]) {
 			defer wg.Done()
 			<-start
 			t0 := time.Now()
+			entered.Add(1)
 			vals[i], errs[i] = c.GetOrLoad(bg(), "hot", load)
 			durs[i] = time.Since(t0)
 		}()

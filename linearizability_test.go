@@ -657,6 +657,15 @@ var baseWork = workload{
 	loadDelay: 4 * time.Millisecond, commitGap: 2 * time.Millisecond, manyEvery: 5,
 }
 
+// shortWrites is w with n writes per writer per round under -short (make test), for the
+// scenarios whose rounds are the longest there; make verify runs them at w's size.
+func shortWrites(w workload, n int) workload {
+	if testing.Short() {
+		w.writes = n
+	}
+	return w
+}
+
 func withWork(f func(w *workload)) workload {
 	w := baseWork
 	f(&w)
@@ -714,7 +723,7 @@ func linzScenarios() []linzScenario {
 		// real service would, so that few reads are left unchecked after a failed one.
 		{name: "proxy-latency", stores: redisStores, opts: faultOpts, fault: faultLatency, proxy: true, strict: true,
 			work: withWork(func(w *workload) { w.writeGap, w.retryInvalidate = 40*time.Millisecond, 2*time.Second })},
-		{name: "proxy-drop", stores: redisStores, opts: faultOpts, fault: faultDrop, proxy: true, strict: true, work: faultWork},
+		{name: "proxy-drop", stores: redisStores, opts: faultOpts, fault: faultDrop, proxy: true, strict: true, work: shortWrites(faultWork, 10)},
 		// A hash slot holding every key of the scenario moves between masters and back, with
 		// traffic on the half-moved slot (ASK redirections, TRYAGAIN on two-key scripts).
 		// Fills that fail: one in three, half of them after the store took the value (the

@@ -448,7 +448,10 @@ func TestLocalSubscriptionLossFlushesAndBypasses(t *testing.T) {
 
 func TestLocalGetOrLoadManyUsesL1(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
-		c := backendCache[int64](t, b, l1Opts()...)
+		// slowMachine: the second call must find the first call's keys, so their fills must
+		// land; with the default 50 ms store timeout a loaded machine once failed them (on
+		// Cluster: "loader asked [[a bb absent] [ccc dddd]]").
+		c := backendCache[int64](t, b, l1Opts(slowMachine...)...)
 		waitLive(t, c)
 		var asked [][]string
 		var mu sync.Mutex
@@ -648,7 +651,12 @@ func TestLocalThreeInstancesStayCoherent(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		cs := instances[int64](t, b, 3, l1Opts(slowMachine...)...)
 		waitLive(t, cs...)
-		coherenceRun(t, cs, 8, 2*time.Second, nil)
+		// 2 s per store in make verify; 1 s in make test (-short).
+		d := 2 * time.Second
+		if testing.Short() {
+			d = time.Second
+		}
+		coherenceRun(t, cs, 8, d, nil)
 	})
 }
 

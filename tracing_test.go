@@ -72,7 +72,9 @@ func requireNoKey(t *testing.T, sr *tracetest.SpanRecorder, key string) {
 func TestTracingMissAndHit(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		sr, tp := newRecorder(t)
-		c := backendCache[string](t, b, withOTel(tp), WithKeyGroups(KeyGroupBefore(":"), 4), WithPrometheus(prometheus.NewRegistry(), "users"))
+		// slowMachine: the second read must hit, so the first read's fill must land; with the
+		// default 50 ms store timeout a loaded machine once failed it (the read loaded "other").
+		c := backendCache[string](t, b, append(slowMachine, withOTel(tp), WithKeyGroups(KeyGroupBefore(":"), 4), WithPrometheus(prometheus.NewRegistry(), "users"))...)
 
 		// The caller's span is the load span's parent; the loader runs in the load span.
 		ctx, parent := tp.Tracer("test").Start(bg(), "request")

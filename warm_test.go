@@ -43,9 +43,9 @@ func TestWarmLarge(t *testing.T) {
 	for _, mk := range []func() backend{memoryBackend, redisBackend} {
 		b := mk()
 		t.Run(b.name, func(t *testing.T) {
-			n := 100_000 // the figure, in make verify; make test (-short) warms 20,000
+			n := 100_000 // the figure, in make verify; make test (-short) warms 10,000
 			if testing.Short() {
-				n = 20_000
+				n = 10_000
 			}
 			c := backendCache[int](t, b, append(slowMachine, WithTTL(5*time.Minute), WithNegativeTTL(5*time.Minute))...)
 			t.Cleanup(func() { // the shared Redis does not keep 100,000 keys

@@ -506,16 +506,16 @@ func TestCloseReleasesLeases(t *testing.T) {
 // TestCloseRacesCallers: Close at a random moment while 16 goroutines read a hot key (its
 // value invalidated now and then, so lookups, loads and shared lookups are all in flight):
 // every call returns, with a value or ErrClosed: 1,000 times on memory and on Redis in make
-// verify (about 35 s here), 200 and 40 times in make test (-short).
+// verify (about 35 s here), 100 and 40 times in make test (-short).
 func TestCloseRacesCallers(t *testing.T) {
 	for _, mk := range []func() backend{memoryBackend, redisBackend} {
 		b := mk()
 		t.Run(b.name, func(t *testing.T) {
 			prefix := testPrefix(t)
 			store := b.newStore(t)
-			rounds := 1000 // make verify; make test (-short): 200 on memory, 40 on Redis
+			rounds := 1000 // make verify; make test (-short): 100 on memory, 40 on Redis
 			if testing.Short() {
-				rounds = 200
+				rounds = 100
 				if b.real {
 					rounds = 40
 				}

@@ -371,16 +371,26 @@ func sumDup(r hotKeyReport) (n int) {
 	return n
 }
 
-// A hot key read by 20 goroutines for 4 TTLs with early refresh never expires under its
+// hotKeyTTLs is how many TTLs a hot-key run lasts: 4 in make verify, 3 in make test (-short),
+// enough for every version but the first to be refreshed early at least once.
+func hotKeyTTLs() int {
+	if testing.Short() {
+		return 3
+	}
+	return 4
+}
+
+// A hot key read by 20 goroutines for 4 TTLs (3 with -short) with early refresh never expires under its
 // readers: after the first fill no read is a miss (none waits for a load), and there is about
 // one load per TTL, not one per reader. The refresh starts, at the latest, when a read draws
 // it: with beta 1 and a 50 ms load, about 50ms*ln(reads per 50 ms) before expiry, well in time.
 func TestEarlyRefreshHotKey(t *testing.T) {
 	forEachReal(t, func(t *testing.T, b backend) {
-		const ttl, ttls = time.Second, 4
+		const ttl = time.Second
+		ttls := hotKeyTTLs()
 		c := backendCache[int64](t, b, append(slowMachine, WithTTL(ttl), WithTTLJitter(0), WithEarlyRefresh(1))...)
 		rep := steadyHotKey(t, func(name string) hotKeyReport {
-			return hotKey(t, name, []*Cache[int64]{c}, 1, 20, ttls*ttl)
+			return hotKey(t, name, []*Cache[int64]{c}, 1, 20, time.Duration(ttls)*ttl)
 		})
 		require.Zero(t, rep.waited, "reads after the first fill that waited for a load")
 		// Each value is refreshed once, in the last part of its TTL (before half its TTL with
@@ -396,10 +406,11 @@ func TestEarlyRefreshHotKey(t *testing.T) {
 // refreshed once across all of them, and no read waits.
 func TestEarlyRefreshAcrossInstances(t *testing.T) {
 	forEachReal(t, func(t *testing.T, b backend) {
-		const ttl, ttls = time.Second, 4
+		const ttl = time.Second
+		ttls := hotKeyTTLs()
 		cs := instances[int64](t, b, 3, append(slowMachine, WithTTL(ttl), WithTTLJitter(0), WithEarlyRefresh(1))...)
 		rep := steadyHotKey(t, func(name string) hotKeyReport {
-			return hotKey(t, name, cs, 2, 24, ttls*ttl)
+			return hotKey(t, name, cs, 2, 24, time.Duration(ttls)*ttl)
 		})
 		require.Zero(t, rep.waited, "reads after the first fill that waited for a load")
 		for k := range 2 {
