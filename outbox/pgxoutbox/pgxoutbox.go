@@ -1,8 +1,7 @@
 // Package pgxoutbox is the pgx-native side of package outbox: Invalidate and InvalidateTags
-// in a pgx.Tx, and a
-// Listener that wakes an Outbox's relay on LISTEN/NOTIFY, so that rows written in
-// transactions of your own are delivered at once instead of at the relay's next poll. It is a
-// package of its own so that package outbox links no driver.
+// in a pgx.Tx, and a Listener that wakes an Outbox's relay on LISTEN/NOTIFY, so that rows
+// written in transactions of your own are delivered at once instead of at the relay's next
+// poll. It is a package of its own so that package outbox links no driver.
 //
 //	box, _ := outbox.New(db, outbox.WithCache("users", users), outbox.WithNotify())
 //	l, _ := pgxoutbox.Listen(connString, box)
@@ -11,7 +10,7 @@
 //	tx, _ := conn.Begin(ctx) // pgx
 //	_, _ = tx.Exec(ctx, `UPDATE users SET name = $1 WHERE id = $2`, name, id)
 //	_ = pgxoutbox.Invalidate(ctx, box, tx, "users", "42")
-//	_ = pgxoutbox.InvalidateTags(ctx, box, tx, "users", "team:7") // a cache.Tags tag
+//	_ = pgxoutbox.InvalidateTags(ctx, box, tx, "users", "team:7") // entries loaded with cacheaside.Tags("team:7")
 //	_ = tx.Commit(ctx) // the NOTIFY wakes every listening relay
 package pgxoutbox
 
