@@ -14,6 +14,10 @@ package cacheaside
 //
 // The broken build: an outbox whose deliveries delete rows without invalidating must be
 // caught: reads after the (pretended) delivery see the old value.
+//
+// The tags variant (outbox-tags-outage): every read tags its entry "t:"+key, and every write
+// names that tag in the outbox (Outbox.InvalidateTags) instead of the key; delivery goes
+// through Cache.InvalidateTags. The same checks hold, and the same broken build is caught.
 
 import (
 	"context"
@@ -57,18 +61,27 @@ type loggedInvalidator struct {
 }
 
 func (l loggedInvalidator) Invalidate(ctx context.Context, named ...string) error {
+	return l.deliver(ctx, named, l.c.Invalidate)
+}
+
+// InvalidateTags delivers tags named tag#id, as Invalidate does keys.
+func (l loggedInvalidator) InvalidateTags(ctx context.Context, named ...string) error {
+	return l.deliver(ctx, named, l.c.InvalidateTags)
+}
+
+func (l loggedInvalidator) deliver(ctx context.Context, named []string, inv func(context.Context, ...string) error) error {
 	keys := make([]string, len(named))
 	ids := make([]int64, len(named))
 	for i, n := range named {
 		k, id, ok := strings.Cut(n, "#")
 		if !ok {
-			return fmt.Errorf("outbox key %q without a write id", n)
+			return fmt.Errorf("outbox key or tag %q without a write id", n)
 		}
 		keys[i] = k
 		ids[i], _ = strconv.ParseInt(id, 10, 64)
 	}
 	if !l.log.drop {
-		if err := l.c.Invalidate(ctx, keys...); err != nil {
+		if err := inv(ctx, keys...); err != nil {
 			return err
 		}
 	}
@@ -91,40 +104,50 @@ func (l *deliveryLog) returned(id int64) (int64, bool) {
 	return end, ok
 }
 
-// TestLinearizabilityOutbox runs the outbox scenario on the standalone Redis and the Cluster,
-// and the broken build on the standalone Redis.
+// TestLinearizabilityOutbox runs the outbox scenario, with keys and with tags, on the
+// standalone Redis and the Cluster, and the broken builds on the standalone Redis.
 func TestLinearizabilityOutbox(t *testing.T) {
 	scale := linzScale(t)
-	for _, store := range redisStores {
-		t.Run("outbox-outage/"+store, func(t *testing.T) {
-			res, stale, note := runOutboxLinz(t, store, scale, false)
-			sc := linzScenario{name: "outbox-outage", strict: true}
-			report := linzLine(sc, store, res, fmt.Sprintf("stale-at-rest=%d; %s", stale, note))
+	for _, tags := range []bool{false, true} {
+		name := "outbox-outage"
+		if tags {
+			name = "outbox-tags-outage"
+		}
+		for _, store := range redisStores {
+			t.Run(name+"/"+store, func(t *testing.T) {
+				res, stale, note := runOutboxLinz(t, store, scale, tags, false)
+				sc := linzScenario{name: name, strict: true}
+				report := linzLine(sc, store, res, fmt.Sprintf("stale-at-rest=%d; %s", stale, note))
+				t.Log(report)
+				linzSummary(report)
+				if res.violations > 0 || res.unknown > 0 || stale > 0 {
+					t.Errorf("%s\nvisualization of the first violation: %s", report, res.viz)
+				}
+				if res.reads == 0 {
+					t.Errorf("no read was checked: %s", report)
+				}
+			})
+		}
+		broken := "broken-outbox-delivery"
+		if tags {
+			broken = "broken-outbox-tags-delivery"
+		}
+		t.Run(broken+"/"+storeRedis, func(t *testing.T) {
+			res, stale, note := runOutboxLinz(t, storeRedis, 1, tags, true)
+			sc := linzScenario{name: broken, strict: true}
+			report := linzLine(sc, storeRedis, res, fmt.Sprintf("stale-at-rest=%d; %s", stale, note))
 			t.Log(report)
 			linzSummary(report)
-			if res.violations > 0 || res.unknown > 0 || stale > 0 {
-				t.Errorf("%s\nvisualization of the first violation: %s", report, res.viz)
-			}
-			if res.reads == 0 {
-				t.Errorf("no read was checked: %s", report)
+			if res.violations == 0 {
+				t.Errorf("the checker missed an outbox that drops rows: %s", report)
 			}
 		})
 	}
-	t.Run("broken-outbox-delivery/"+storeRedis, func(t *testing.T) {
-		res, stale, note := runOutboxLinz(t, storeRedis, 1, true)
-		sc := linzScenario{name: "broken-outbox-delivery", strict: true}
-		report := linzLine(sc, storeRedis, res, fmt.Sprintf("stale-at-rest=%d; %s", stale, note))
-		t.Log(report)
-		linzSummary(report)
-		if res.violations == 0 {
-			t.Errorf("the checker missed an outbox that drops rows: %s", report)
-		}
-	})
 }
 
 // runOutboxLinz runs the outbox scenario's rounds on store and checks them; it returns the
 // result, the reads at rest that did not return the database's version, and a note.
-func runOutboxLinz(t *testing.T, store string, scale int, broken bool) (linzResult, int, string) {
+func runOutboxLinz(t *testing.T, store string, scale int, tags, broken bool) (linzResult, int, string) {
 	needServer(t, "PostgreSQL", "127.0.0.1:5432")
 	db, err := sql.Open("pgx", pgDSN())
 	if err != nil {
@@ -153,7 +176,7 @@ func runOutboxLinz(t *testing.T, store string, scale int, broken bool) (linzResu
 	staleAtRest := 0
 	var notes []string
 	for r := range scale {
-		h, stale, note := outboxLinzRound(t, tg, db, table, data, caches, fmt.Sprintf("r%d:", r), broken)
+		h, stale, note := outboxLinzRound(t, tg, db, table, data, caches, fmt.Sprintf("r%d:", r), tags, broken)
 		staleAtRest += stale
 		notes = append(notes, note)
 		res.merge(h.check(linzCheck{label: "outbox-outage/" + store, strict: true}))
@@ -161,7 +184,7 @@ func runOutboxLinz(t *testing.T, store string, scale int, broken bool) (linzResu
 	return res, staleAtRest, notes[len(notes)-1]
 }
 
-func outboxLinzRound(t *testing.T, tg *linzTarget, db *sql.DB, table, data string, caches []*Cache[linzValue], keyPrefix string, broken bool) (*linzHistory, int, string) {
+func outboxLinzRound(t *testing.T, tg *linzTarget, db *sql.DB, table, data string, caches []*Cache[linzValue], keyPrefix string, tags, broken bool) (*linzHistory, int, string) {
 	const nkeys, readers, writers, writes = 3, 6, 2, 25
 	const writeGap, readGap, loadDelay = 40 * time.Millisecond, time.Millisecond, 4 * time.Millisecond
 	h := newLinzHistory()
@@ -208,7 +231,11 @@ func outboxLinzRound(t *testing.T, tg *linzTarget, db *sql.DB, table, data strin
 	read := func(client int, c *Cache[linzValue], key string) (uint64, bool) {
 		before := markOf(c)
 		call := h.now()
-		v, err := c.GetOrLoad(context.Background(), key, loader(key))
+		var opts []CallOption
+		if tags {
+			opts = append(opts, Tags("t:"+key))
+		}
+		v, err := c.GetOrLoad(context.Background(), key, loader(key), opts...)
 		unstored := before.unstored(markOf(c))
 		if err != nil {
 			h.readErrs.Add(1)
@@ -243,6 +270,9 @@ func outboxLinzRound(t *testing.T, tg *linzTarget, db *sql.DB, table, data strin
 			if err := tx.QueryRowContext(ctx, `INSERT INTO `+data+` (k, v) VALUES ($1, 1)
 				ON CONFLICT (k) DO UPDATE SET v = `+data+`.v + 1 RETURNING v`, key).Scan(&v); err != nil {
 				return err
+			}
+			if tags {
+				return box.InvalidateTags(ctx, tx, "linz", "t:"+key+"#"+strconv.FormatInt(id, 10))
 			}
 			return box.Invalidate(ctx, tx, "linz", key+"#"+strconv.FormatInt(id, 10))
 		})

@@ -18,6 +18,11 @@
 // its delivery succeeded, and never dropped: a row that cannot be decoded is parked (kept,
 // with parked_at set and the error in last_error) and logged.
 //
+// Tags travel the same way: InvalidateTags writes a row naming tags (cacheaside.Tags) of a
+// cache whose Invalidator is also a TagInvalidator, as *cacheaside.Cache[T] is; after the
+// commit every entry tagged with one of them is invalidated at least once, through its
+// InvalidateTags, with the same delays.
+//
 // The package works with database/sql and PostgreSQL (any driver: pgx's stdlib, lib/pq) and
 // links no driver itself.
 //

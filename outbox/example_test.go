@@ -61,3 +61,32 @@ func ExampleOutbox_Invalidate() {
 	}
 	box.Wake()
 }
+
+// Tags in the outbox: the product's own entry by key, and every list and search page that
+// shows it by tag (loaded with cacheaside.Tags("product:42")), both delivered after the commit.
+func ExampleOutbox_InvalidateTags() {
+	var (
+		db       *sql.DB
+		products *cacheaside.Cache[string]
+		lists    *cacheaside.Cache[[]string]
+		ctx      = context.Background()
+	)
+	box, err := outbox.New(db, outbox.WithCache("products", products), outbox.WithCache("lists", lists))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer box.Close()
+
+	err = box.Do(ctx, nil, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE products SET price = $1 WHERE id = $2`, 1999, 42); err != nil {
+			return err
+		}
+		if err := box.Invalidate(ctx, tx, "products", "42"); err != nil {
+			return err
+		}
+		return box.InvalidateTags(ctx, tx, "lists", "product:42")
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+}

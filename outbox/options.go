@@ -62,7 +62,8 @@ func (c *config) invalid(format string, args ...any) {
 var identifier = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,50}$`)
 
 // WithCache registers c under name: Invalidate accepts name, and this process's relay
-// delivers the rows of name to c. A *cacheaside.Cache[T] is an Invalidator. The name is what
+// delivers the rows of name to c. InvalidateTags accepts name only if c is also a
+// TagInvalidator. A *cacheaside.Cache[T] is both. The name is what
 // the table stores, so it must stay the same across processes and releases (the cache's
 // prefix is a natural choice). Rows of a cache this process has not registered are left to a
 // process that has. At least one cache is required; a name may be registered once.

@@ -21,6 +21,14 @@ type Invalidator interface {
 	Invalidate(ctx context.Context, keys ...string) error
 }
 
+// TagInvalidator is what the outbox delivers tag invalidations to: an Invalidator registered
+// with WithCache must also implement it for InvalidateTags to accept its name.
+// *cacheaside.Cache[T] implements it (its store must support tags, else each delivery fails
+// and is retried). Any error is taken as "try again later".
+type TagInvalidator interface {
+	InvalidateTags(ctx context.Context, tags ...string) error
+}
+
 var (
 	// ErrClosed is returned by Do and Invalidate after Close.
 	ErrClosed = errors.New("cacheaside: outbox: closed")
@@ -29,6 +37,11 @@ var (
 	ErrUnknownCache = errors.New("cacheaside: outbox: unknown cache")
 	// ErrNoKeys is returned by Invalidate given no key, or an empty one.
 	ErrNoKeys = errors.New("cacheaside: outbox: no keys")
+	// ErrNoTags is returned by InvalidateTags given no tag, or an empty one.
+	ErrNoTags = errors.New("cacheaside: outbox: no tags")
+	// ErrTagsUnsupported is wrapped by the error of InvalidateTags for a cache whose
+	// registered Invalidator does not implement TagInvalidator.
+	ErrTagsUnsupported = errors.New("cacheaside: outbox: the cache does not support tags")
 	// ErrInvalidOption is wrapped by the error of New for an invalid option.
 	ErrInvalidOption = errors.New("cacheaside: outbox: invalid option")
 )
@@ -159,7 +172,7 @@ func Schema(table string) string {
 	return fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %[1]s (
 	id              bigserial   PRIMARY KEY,
 	cache           text        NOT NULL,
-	keys            text        NOT NULL, -- a JSON array of strings
+	keys            text        NOT NULL, -- a JSON array of keys, or {"tags": [...]}
 	created_at      timestamptz NOT NULL DEFAULT now(),
 	next_attempt_at timestamptz NOT NULL DEFAULT now(),
 	attempts        integer     NOT NULL DEFAULT 0,
@@ -195,14 +208,30 @@ func (b *Outbox) Statements(cache string, keys ...string) ([]Statement, error) {
 	if err != nil {
 		return nil, err
 	}
+	return b.statements(cache, payload), nil
+}
+
+// TagStatements is Statements for InvalidateTags: the statements that write a row naming tags
+// of cache, for a transaction of another API than database/sql (pgxoutbox.InvalidateTags). It
+// returns the errors InvalidateTags returns for bad input.
+func (b *Outbox) TagStatements(cache string, tags ...string) ([]Statement, error) {
+	payload, err := b.encodeTags(cache, tags)
+	if err != nil {
+		return nil, err
+	}
+	return b.statements(cache, payload), nil
+}
+
+func (b *Outbox) statements(cache string, payload []byte) []Statement {
 	out := []Statement{{SQL: b.q.insert, Args: []any{cache, string(payload), 0.0}}}
 	if b.cfg.notify {
 		out = append(out, Statement{SQL: b.q.notify})
 	}
-	return out, nil
+	return out
 }
 
-// encode checks Invalidate's input and returns the row's keys column.
+// encode checks Invalidate's input and returns the row's keys column: a JSON array of keys,
+// the format of every release.
 func (b *Outbox) encode(cache string, keys []string) ([]byte, error) {
 	if b.closed.Load() {
 		return nil, ErrClosed
@@ -218,6 +247,62 @@ func (b *Outbox) encode(cache string, keys []string) ([]byte, error) {
 		return nil, fmt.Errorf("cacheaside: outbox: encoding keys: %w", err)
 	}
 	return payload, nil
+}
+
+// tagPayload is a tag row's keys column: a JSON object, so that a release that knows only key
+// rows (a JSON array) fails to decode it and parks it rather than delivering tags as keys.
+type tagPayload struct {
+	Tags []string `json:"tags"`
+}
+
+// encodeTags checks InvalidateTags' input and returns the row's keys column.
+func (b *Outbox) encodeTags(cache string, tags []string) ([]byte, error) {
+	if b.closed.Load() {
+		return nil, ErrClosed
+	}
+	if len(tags) == 0 || slices.Contains(tags, "") {
+		return nil, ErrNoTags
+	}
+	inv := b.cfg.caches[cache]
+	if inv == nil {
+		return nil, fmt.Errorf("%w %q: register it with WithCache", ErrUnknownCache, cache)
+	}
+	if _, ok := inv.(TagInvalidator); !ok {
+		return nil, fmt.Errorf("%w: cache %q: %T has no InvalidateTags method", ErrTagsUnsupported, cache, inv)
+	}
+	payload, err := json.Marshal(tagPayload{Tags: tags})
+	if err != nil {
+		return nil, fmt.Errorf("cacheaside: outbox: encoding tags: %w", err)
+	}
+	return payload, nil
+}
+
+// decode reads a row's keys column: a JSON array of keys, or an object {"tags": [...]}. A
+// row of neither form (or of a form a later release added), or with no key or tag or an empty
+// one, is an error: the row is parked.
+func decode(col string) (keys, tags []string, err error) {
+	if s := strings.TrimLeft(col, " \t\r\n"); s != "" && s[0] == '{' {
+		dec := json.NewDecoder(strings.NewReader(s))
+		dec.DisallowUnknownFields()
+		var p tagPayload
+		if err := dec.Decode(&p); err != nil {
+			return nil, nil, err
+		}
+		if dec.More() {
+			return nil, nil, errors.New("trailing data after the tags")
+		}
+		if len(p.Tags) == 0 || slices.Contains(p.Tags, "") {
+			return nil, nil, errors.New("no tags, or an empty tag")
+		}
+		return nil, p.Tags, nil
+	}
+	if err := json.Unmarshal([]byte(col), &keys); err != nil {
+		return nil, nil, err
+	}
+	if len(keys) == 0 || slices.Contains(keys, "") {
+		return nil, nil, errors.New("no keys, or an empty key")
+	}
+	return keys, nil, nil
 }
 
 // Statement is one SQL statement and its arguments ($1, $2, ... placeholders).
@@ -251,6 +336,31 @@ func (b *Outbox) Invalidate(ctx context.Context, tx *sql.Tx, cache string, keys 
 	if err != nil {
 		return err
 	}
+	return b.write(ctx, tx, cache, payload)
+}
+
+// InvalidateTags writes into tx a row naming tags of the cache registered as cache: after tx
+// commits, every entry tagged with one of them is invalidated at least once, through the
+// cache's InvalidateTags (TagInvalidator); never if tx rolls back. Delivery is as for
+// Invalidate: by Do right after the commit, else by a relay; rows of keys and of tags of one
+// cache in one delivery are delivered with one Invalidate and one InvalidateTags, and each row
+// is deleted only once its own delivery succeeded.
+//
+// It returns ErrNoTags for no tag or an empty one, an error wrapping ErrTagsUnsupported for a
+// cache whose Invalidator does not implement TagInvalidator, and otherwise the errors of
+// Invalidate. A release of this package older than InvalidateTags parks a tag row (it cannot
+// decode it) instead of delivering it: upgrade every process that runs a relay on the table
+// before writing tag rows.
+func (b *Outbox) InvalidateTags(ctx context.Context, tx *sql.Tx, cache string, tags ...string) error {
+	payload, err := b.encodeTags(cache, tags)
+	if err != nil {
+		return err
+	}
+	return b.write(ctx, tx, cache, payload)
+}
+
+// write inserts a row of cache with payload into tx, claimed for Do's delivery if tx is Do's.
+func (b *Outbox) write(ctx context.Context, tx *sql.Tx, cache string, payload []byte) error {
 	if tx == nil {
 		return errors.New("cacheaside: outbox: nil transaction")
 	}
@@ -436,22 +546,20 @@ func (b *Outbox) claim(ctx context.Context) ([]row, error) {
 	return b.queryRows(ctx, b.q.claim, args...)
 }
 
-// deliver invalidates claimed rows, grouped by cache (one Invalidate per cache), deletes
-// those delivered and reschedules the others with backoff. Rows that do not decode are
-// parked. It returns the number of rows delivered.
+// deliver invalidates claimed rows, grouped by cache: one Invalidate for the key rows of a
+// cache, one InvalidateTags for its tag rows. It deletes the rows whose call succeeded and
+// reschedules the others with backoff. Rows that do not decode are parked. It returns the
+// number of rows delivered.
 func (b *Outbox) deliver(ctx context.Context, rows []row) int {
-	type group struct {
-		ids  []int64
-		keys []string
+	type part struct {
+		ids   []int64
+		names []string // keys, or tags
 	}
+	type group struct{ keys, tags part }
 	groups := make(map[string]*group)
 	var order []string
 	for _, r := range rows {
-		var keys []string
-		err := json.Unmarshal([]byte(r.keys), &keys)
-		if err == nil && (len(keys) == 0 || slices.Contains(keys, "")) {
-			err = errors.New("no keys, or an empty key")
-		}
+		keys, tags, err := decode(r.keys)
 		if err != nil {
 			b.park(ctx, r, err)
 			continue
@@ -462,43 +570,63 @@ func (b *Outbox) deliver(ctx context.Context, rows []row) int {
 			groups[r.cache] = g
 			order = append(order, r.cache)
 		}
-		g.ids = append(g.ids, r.id)
-		g.keys = append(g.keys, keys...)
+		if tags != nil {
+			g.tags.ids = append(g.tags.ids, r.id)
+			g.tags.names = append(g.tags.names, tags...)
+		} else {
+			g.keys.ids = append(g.keys.ids, r.id)
+			g.keys.names = append(g.keys.names, keys...)
+		}
 	}
 	delivered := 0
 	for _, name := range order {
 		g := groups[name]
 		inv := b.cfg.caches[name]
-		err := invalidate(ctx, inv, g.keys)
-		if err != nil {
+		failed := false
+		if len(g.keys.ids) > 0 {
+			err := invalidate(ctx, inv, g.keys.names)
+			delivered += b.settle(ctx, g.keys.ids, err)
+			failed = err != nil
+		}
+		if len(g.tags.ids) > 0 {
+			err := invalidateTags(ctx, name, inv, g.tags.names)
+			delivered += b.settle(ctx, g.tags.ids, err)
+			failed = failed || err != nil
+		}
+		if failed {
 			b.down[name].Store(time.Now().Add(b.cfg.poll).UnixNano())
 		} else {
 			b.down[name].Store(0)
 		}
-		if err == nil {
-			// Delivered: delete. If the delete fails the rows come back after their lease and
-			// are delivered again, which at-least-once allows.
-			if _, derr := b.db.ExecContext(ctx, b.q.del, idArray(g.ids)); derr != nil {
-				b.logErr("deleting delivered rows", derr)
-			}
-			b.deliveries.Add(uint64(len(g.ids)))
-			delivered += len(g.ids)
-			continue
-		}
-		b.retries.Add(uint64(len(g.ids)))
-		msg := err.Error()
-		if len(msg) > 512 {
-			msg = msg[:512]
-		}
-		// Reschedule on a context of its own: ctx may be what ran out.
-		rctx, cancel := context.WithTimeout(context.Background(), b.cfg.lease/2)
-		_, rerr := b.db.ExecContext(rctx, b.q.retry, msg, b.cfg.retryMin.Seconds(), b.cfg.retryMax.Seconds(), idArray(g.ids))
-		cancel()
-		if rerr != nil {
-			b.logErr("rescheduling rows", rerr) // they come back after their lease
-		}
 	}
 	return delivered
+}
+
+// settle deletes the rows ids if their delivery succeeded (err nil), else reschedules them
+// with backoff; it returns the number of rows delivered.
+func (b *Outbox) settle(ctx context.Context, ids []int64, err error) int {
+	if err == nil {
+		// Delivered: delete. If the delete fails the rows come back after their lease and
+		// are delivered again, which at-least-once allows.
+		if _, derr := b.db.ExecContext(ctx, b.q.del, idArray(ids)); derr != nil {
+			b.logErr("deleting delivered rows", derr)
+		}
+		b.deliveries.Add(uint64(len(ids)))
+		return len(ids)
+	}
+	b.retries.Add(uint64(len(ids)))
+	msg := err.Error()
+	if len(msg) > 512 {
+		msg = msg[:512]
+	}
+	// Reschedule on a context of its own: ctx may be what ran out.
+	rctx, cancel := context.WithTimeout(context.Background(), b.cfg.lease/2)
+	_, rerr := b.db.ExecContext(rctx, b.q.retry, msg, b.cfg.retryMin.Seconds(), b.cfg.retryMax.Seconds(), idArray(ids))
+	cancel()
+	if rerr != nil {
+		b.logErr("rescheduling rows", rerr) // they come back after their lease
+	}
+	return 0
 }
 
 // invalidate calls inv, turning a panic into an error so that one bad Invalidator cannot kill
@@ -512,6 +640,23 @@ func invalidate(ctx context.Context, inv Invalidator, keys []string) (err error)
 	return inv.Invalidate(ctx, keys...)
 }
 
+// invalidateTags calls inv's InvalidateTags, as invalidate does Invalidate. An Invalidator
+// without it (this process registered under cache another type than the process that wrote
+// the row) is a failure like any other: the row is retried, by this process or one whose
+// cache supports tags, never dropped.
+func invalidateTags(ctx context.Context, cache string, inv Invalidator, tags []string) (err error) {
+	ti, ok := inv.(TagInvalidator)
+	if !ok {
+		return fmt.Errorf("%w: cache %q: %T has no InvalidateTags method", ErrTagsUnsupported, cache, inv)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("InvalidateTags panicked: %v", p)
+		}
+	}()
+	return ti.InvalidateTags(ctx, tags...)
+}
+
 // park keeps a row that cannot be decoded aside: never retried, never deleted.
 func (b *Outbox) park(ctx context.Context, r row, cause error) {
 	b.parks.Add(1)
@@ -519,7 +664,7 @@ func (b *Outbox) park(ctx context.Context, r row, cause error) {
 		l.LogAttrs(context.Background(), slog.LevelError, "cacheaside: outbox: row cannot be decoded; parked (kept, not retried)",
 			slog.String("table", b.cfg.table), slog.Int64("id", r.id), slog.String("cache", r.cache), slog.String("error", cause.Error()))
 	}
-	if _, err := b.db.ExecContext(ctx, b.q.park, "cannot decode keys: "+cause.Error(), r.id); err != nil {
+	if _, err := b.db.ExecContext(ctx, b.q.park, "cannot decode the row: "+cause.Error(), r.id); err != nil {
 		b.logErr("parking a row", err) // it comes back after its lease, and is parked then
 	}
 }

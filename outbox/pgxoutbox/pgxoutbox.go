@@ -1,7 +1,7 @@
-// Package pgxoutbox is the pgx-native side of package outbox: Invalidate in a pgx.Tx, and a
-// Listener that wakes an Outbox's relay on LISTEN/NOTIFY, so that rows written in
-// transactions of your own are delivered at once instead of at the relay's next poll. It is a
-// package of its own so that package outbox links no driver.
+// Package pgxoutbox is the pgx-native side of package outbox: Invalidate and InvalidateTags
+// in a pgx.Tx, and a Listener that wakes an Outbox's relay on LISTEN/NOTIFY, so that rows
+// written in transactions of your own are delivered at once instead of at the relay's next
+// poll. It is a package of its own so that package outbox links no driver.
 //
 //	box, _ := outbox.New(db, outbox.WithCache("users", users), outbox.WithNotify())
 //	l, _ := pgxoutbox.Listen(connString, box)
@@ -10,6 +10,7 @@
 //	tx, _ := conn.Begin(ctx) // pgx
 //	_, _ = tx.Exec(ctx, `UPDATE users SET name = $1 WHERE id = $2`, name, id)
 //	_ = pgxoutbox.Invalidate(ctx, box, tx, "users", "42")
+//	_ = pgxoutbox.InvalidateTags(ctx, box, tx, "users", "team:7") // entries loaded with cacheaside.Tags("team:7")
 //	_ = tx.Commit(ctx) // the NOTIFY wakes every listening relay
 package pgxoutbox
 
@@ -32,6 +33,22 @@ func Invalidate(ctx context.Context, box *outbox.Outbox, tx pgx.Tx, cache string
 	if err != nil {
 		return err
 	}
+	return exec(ctx, tx, stmts)
+}
+
+// InvalidateTags writes into tx, a pgx transaction, a row naming tags of the cache registered
+// in box as cache, as box.InvalidateTags does in a database/sql transaction of your own: every
+// entry tagged with one of them is invalidated at least once after tx commits, by a relay. It
+// returns the errors of box.InvalidateTags.
+func InvalidateTags(ctx context.Context, box *outbox.Outbox, tx pgx.Tx, cache string, tags ...string) error {
+	stmts, err := box.TagStatements(cache, tags...)
+	if err != nil {
+		return err
+	}
+	return exec(ctx, tx, stmts)
+}
+
+func exec(ctx context.Context, tx pgx.Tx, stmts []outbox.Statement) error {
 	for _, s := range stmts {
 		if _, err := tx.Exec(ctx, s.SQL, s.Args...); err != nil {
 			return fmt.Errorf("cacheaside: outbox: %w", err)

@@ -157,3 +157,84 @@ func TestListenerRetriesAndCloses(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// tagInvalidator records the tags delivered to it.
+type tagInvalidator chan []string
+
+func (c tagInvalidator) Invalidate(context.Context, ...string) error { return nil }
+
+func (c tagInvalidator) InvalidateTags(_ context.Context, tags ...string) error {
+	c <- tags
+	return nil
+}
+
+// InvalidateTags in a pgx transaction: delivered by the relay after the commit, not after a
+// rollback; a cache without tag support is refused.
+func TestInvalidateTags(t *testing.T) {
+	db, table := setup(t)
+	got := make(tagInvalidator, 10)
+	box, err := outbox.New(db, outbox.WithTable(table), outbox.WithCache("lists", got),
+		outbox.WithCache("keys-only", make(invalidator, 1)), outbox.WithPollInterval(10*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer box.Close()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, pgDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, commit := range []bool{false, true} {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tag := "product:rolled-back"
+		if commit {
+			tag = "product:42"
+		}
+		if err := pgxoutbox.InvalidateTags(ctx, box, tx, "lists", tag); err != nil {
+			t.Fatal(err)
+		}
+		if commit {
+			err = tx.Commit(ctx)
+		} else {
+			err = tx.Rollback(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case tags := <-got:
+		if len(tags) != 1 || tags[0] != "product:42" {
+			t.Fatalf("delivered %v, want [product:42]", tags)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("not delivered 30s after the commit")
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var n int
+		if err := db.QueryRow(`SELECT count(*) FROM ` + table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d rows left 30s after the delivery", n)
+		}
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if err := pgxoutbox.InvalidateTags(ctx, box, tx, "keys-only", "t"); !errors.Is(err, outbox.ErrTagsUnsupported) {
+		t.Fatalf("cache without tags: %v", err)
+	}
+	if err := pgxoutbox.InvalidateTags(ctx, box, tx, "lists"); !errors.Is(err, outbox.ErrNoTags) {
+		t.Fatalf("no tags: %v", err)
+	}
+}
