@@ -256,8 +256,12 @@ func (s *RedisStore) GetOrLeaseMany(ctx context.Context, keys []string, token st
 func (s *RedisStore) readMany(ctx context.Context, keys []string) ([]Lookup, []int, error) {
 	pipe := s.client.Pipeline()
 	cmds := make([]*redis.StringCmd, len(keys))
+	args := make([]any, 3*len(keys)) // one allocation for every command's arguments
 	for i, k := range keys {
-		cmds[i] = pipe.HGet(ctx, k, "v")
+		a := args[3*i : 3*i+3 : 3*i+3]
+		a[0], a[1], a[2] = "hget", k, "v"
+		cmds[i] = redis.NewStringCmd(ctx, a...) // what pipe.HGet builds
+		_ = pipe.Process(ctx, cmds[i])          // queued: its error comes with Exec
 	}
 	_, _ = pipe.Exec(ctx) // each command's error is read below
 	out := make([]Lookup, len(keys))

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
@@ -300,4 +302,121 @@ func TestMissRatio(t *testing.T) {
 	s.batchPath = batchReadFirst
 	s.batchMisses.record(100, 100)
 	require.True(t, s.readFirst())
+}
+
+// BenchmarkBatchPaths compares GetOrLeaseMany's two paths, each forced, on batches of 100 keys
+// with a share of misses (deleted before each batch, outside the timer) on the real Redis and
+// Cluster: where reading first stops paying is where the adaptive choice should switch.
+func BenchmarkBatchPaths(b *testing.B) {
+	for _, mk := range []func() backend{redisBackend, clusterBackend} {
+		be := mk()
+		b.Run(be.name, func(b *testing.B) {
+			raw := be.client(b)
+			prefix := testPrefix(b)
+			keys := make([]string, 100)
+			value := []byte(strings.Repeat("v", 100))
+			for i := range keys {
+				keys[i] = prefix + strconv.Itoa(i)
+			}
+			b.Cleanup(func() { raw.Del(bg(), keys...) })
+			b.Run("hits-interleaved", func(b *testing.B) {
+				read, script := NewRedisStore(raw), NewRedisStore(raw)
+				read.batchPath, script.batchPath = batchReadFirst, batchScriptFirst
+				for _, k := range keys {
+					raw.HSet(bg(), k, "v", value)
+				}
+				var tRead, tScript time.Duration
+				for b.Loop() {
+					t0 := time.Now()
+					if _, err := read.GetOrLeaseMany(bg(), keys, "t", time.Minute); err != nil {
+						b.Fatal(err)
+					}
+					t1 := time.Now()
+					if _, err := script.GetOrLeaseMany(bg(), keys, "t", time.Minute); err != nil {
+						b.Fatal(err)
+					}
+					tRead += t1.Sub(t0)
+					tScript += time.Since(t1)
+				}
+				b.ReportMetric(float64(tRead.Nanoseconds())/float64(b.N), "read-ns/op")
+				b.ReportMetric(float64(tScript.Nanoseconds())/float64(b.N), "script-ns/op")
+				b.ReportMetric(float64(tRead)/float64(tScript), "read/script")
+			})
+			for _, missing := range []int{0, 25, 50, 75, 100} {
+				for _, p := range batchPaths[:2] {
+					b.Run(fmt.Sprintf("miss%d/%s", missing, strings.ReplaceAll(p.name, " ", "-")), func(b *testing.B) {
+						s := NewRedisStore(raw)
+						s.batchPath = p.path
+						for range b.N {
+							b.StopTimer()
+							tok := stNewToken()
+							pipe := raw.Pipeline()
+							for i, k := range keys {
+								if i < missing {
+									pipe.Del(bg(), k)
+								} else {
+									pipe.HSet(bg(), k, "v", value)
+								}
+							}
+							if _, err := pipe.Exec(bg()); err != nil {
+								b.Fatal(err)
+							}
+							b.StartTimer()
+							if _, err := s.GetOrLeaseMany(bg(), keys, tok, time.Minute); err != nil {
+								b.Fatal(err)
+							}
+						}
+					})
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkBatchPathsCache is BenchmarkBatchPaths's hits through a Cache: the same 100 cached
+// keys read by GetOrLoadMany over a store forced to each path, interleaved in one loop.
+func BenchmarkBatchPathsCache(b *testing.B) {
+	for _, mk := range []func() backend{redisBackend, clusterBackend} {
+		be := mk()
+		b.Run(be.name, func(b *testing.B) {
+			raw := be.client(b)
+			prefix := testPrefix(b)
+			read, script := NewRedisStore(raw), NewRedisStore(raw)
+			read.batchPath, script.batchPath = batchReadFirst, batchScriptFirst
+			cr := newTestCache[string](b, read, WithPrefix(prefix), WithStoreTimeout(time.Second))
+			cs := newTestCache[string](b, script, WithPrefix(prefix), WithStoreTimeout(time.Second))
+			keys := make([]string, 100)
+			for i := range keys {
+				keys[i] = strconv.Itoa(i)
+			}
+			value := strings.Repeat("v", 100)
+			load := func(_ context.Context, missing []string) (map[string]string, error) {
+				out := map[string]string{}
+				for _, k := range missing {
+					out[k] = value
+				}
+				return out, nil
+			}
+			if _, err := cr.GetOrLoadMany(bg(), keys, load); err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _, _ = cr.InvalidatePattern(bg(), "*") })
+			var tRead, tScript time.Duration
+			for b.Loop() {
+				t0 := time.Now()
+				if m, err := cr.GetOrLoadMany(bg(), keys, load); err != nil || len(m) != 100 {
+					b.Fatal(err)
+				}
+				t1 := time.Now()
+				if m, err := cs.GetOrLoadMany(bg(), keys, load); err != nil || len(m) != 100 {
+					b.Fatal(err)
+				}
+				tRead += t1.Sub(t0)
+				tScript += time.Since(t1)
+			}
+			b.ReportMetric(float64(tRead.Nanoseconds())/float64(b.N), "read-ns/op")
+			b.ReportMetric(float64(tScript.Nanoseconds())/float64(b.N), "script-ns/op")
+			b.ReportMetric(float64(tRead)/float64(tScript), "read/script")
+		})
+	}
 }
