@@ -5,9 +5,10 @@ import (
 	"errors"
 )
 
-// GetOrLoadMany returns the values of keys, reading every key in one store round trip (one per
-// node on Cluster) and calling load once with exactly the keys that were not cached and whose
-// lease this call won (in chunks, with WithBatchLoadSize). A key that load leaves out of its
+// GetOrLoadMany returns the values of keys, reading every key in one store lookup (on Redis:
+// one round trip per node when every key is cached, two with misses, as it reads first and
+// leases only the misses; see RedisStore.GetOrLeaseMany) and calling load once with exactly the
+// keys that were not cached and whose lease this call won (in chunks, with WithBatchLoadSize). A key that load leaves out of its
 // map is not found: it is cached as such for the negative TTL and absent from the result, as
 // are cached not-found keys. Duplicate keys are read once.
 //
@@ -87,7 +88,7 @@ type pendingKey[T any] struct {
 	owner bool
 }
 
-// resolveMany makes one pass over keys: one read-or-lease round trip for all of them; hits go
+// resolveMany makes one pass over keys: one read-or-lease lookup for all of them; hits go
 // to b, won keys are loaded, the others joined or waited for. It returns the keys that must be
 // read again.
 func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) ([]string, error) {

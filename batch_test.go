@@ -548,7 +548,9 @@ func TestGetOrLoadManyRoundTrips(t *testing.T) {
 		got, err := c.GetOrLoadMany(bg(), keys, load)
 		require.NoError(t, err)
 		require.Len(t, got, 100)
-		require.Equal(t, 2, counter.maxPerNode(), "round trips per node of a 100-key batch of misses: %v", counter.perNode())
+		// Read (plain HGETs), lease the misses, fill: the store has not seen a run of batches
+		// of misses, so it reads first (redis_batch.go).
+		require.Equal(t, 3, counter.maxPerNode(), "round trips per node of a 100-key batch of misses: %v", counter.perNode())
 		require.Len(t, counter.perNode(), nodes, "100 keys reach every master")
 
 		counter.reset()

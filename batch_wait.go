@@ -57,6 +57,9 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 		tok := c.tokens.next()
 		qs := pick(sks, idx)
 		lks, err := storeCallN(c, ctx, opGetOrLeaseMany, len(qs), func(ctx context.Context) ([]Lookup, error) {
+			if rs, ok := c.store.(*RedisStore); ok {
+				return rs.pollMany(ctx, qs, tok, c.leaseTTL) // held keys: straight to the script
+			}
 			return c.store.GetOrLeaseMany(ctx, qs, tok, c.leaseTTL)
 		})
 		if err != nil || len(lks) != len(qs) {

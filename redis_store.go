@@ -27,7 +27,9 @@ var (
 // present value). Every read-or-lease, fill and release is one Lua script on one key, so
 // every script touches a single hash slot and works on Cluster; a batch runs the same steps
 // for many keys in one script call per hash slot (per up to 256 keys on a standalone or
-// Sentinel server), all calls in one pipeline: one round trip per node (see redis_batch.go).
+// Sentinel server), all calls in one pipeline: one round trip per node. A batch read first
+// reads the values with plain pipelined HGETs and runs the script for the misses only: one
+// round trip per node when every key is a hit, two with misses (see redis_batch.go).
 // Expiry of values and of
 // leases is Redis's (PEXPIRE and the server's TIME); client clocks never decide who holds a
 // lease.
@@ -44,6 +46,11 @@ type RedisStore struct {
 	cluster    *redis.ClusterClient
 	ring       *redis.Ring
 	pubsub     pubsubTiming // invalidation subscriber's liveness (broadcast_redis.go); zero: defaults
+
+	// Batch reads (redis_batch.go): the recent share of misses, which picks the path, unless
+	// tests force one with batchPath.
+	batchMisses missRatio
+	batchPath   int
 }
 
 // RedisOption configures a RedisStore.

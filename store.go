@@ -22,8 +22,8 @@ type Store interface {
 	GetOrLease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error)
 
 	// GetOrLeaseMany is GetOrLease for several keys with one token, in as few round trips as
-	// the store allows (RedisStore: one per node, whatever the number of keys). The result has
-	// one Lookup per key, in order.
+	// the store allows (RedisStore: one per node when every key holds a value, two with misses,
+	// whatever the number of keys). The result has one Lookup per key, in order.
 	GetOrLeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]Lookup, error)
 
 	// Lease grants a lease to token whether or not the key holds a value (to refresh or

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -153,31 +155,28 @@ func BenchmarkBatch(b *testing.B) {
 		return nil
 	}
 
+	// The floor of a plain string per key: the same envelopes copied to string keys, read with
+	// one MGET and decoded the same way.
+	strKeys := copyToStrings(b, client, storeKeys)
+	floorMGET := func() error {
+		vals, err := client.MGet(ctx, strKeys...).Result()
+		if err != nil {
+			return err
+		}
+		return decodeAll(vals, keys, schema)
+	}
+
 	// Interleaved: each iteration runs the batch and the other read once each, so a load that
 	// drifts on a shared machine weighs on both alike; it reports the ratio of their times.
 	for _, other := range []struct {
 		name string
 		fn   func() error
-	}{{"FloorPipelinedHGET", floor}, {"SequentialGetOrLoad", sequential}} {
-		b.Run("GetOrLoadManyVs"+other.name, func(b *testing.B) {
-			var tMany, tOther time.Duration
-			for b.Loop() {
-				start := time.Now()
-				if err := many(); err != nil {
-					b.Fatal(err)
-				}
-				mid := time.Now()
-				if err := other.fn(); err != nil {
-					b.Fatal(err)
-				}
-				tMany += mid.Sub(start)
-				tOther += time.Since(mid)
-			}
-			b.ReportMetric(float64(tMany.Nanoseconds())/float64(b.N), "many-ns/op")
-			b.ReportMetric(float64(tOther.Nanoseconds())/float64(b.N), "other-ns/op")
-			b.ReportMetric(float64(tMany)/float64(tOther), "many/other")
-		})
+	}{{"FloorPipelinedHGET", floor}, {"FloorMGET", floorMGET}, {"SequentialGetOrLoad", sequential}} {
+		b.Run("GetOrLoadManyVs"+other.name, func(b *testing.B) { interleaved(b, many, other.fn) })
 	}
+	// Batches with misses: every key (AllMiss) or every other key (HalfMiss) deleted before each
+	// read (outside the timer), so the batch leases, loads and fills them.
+	missCases(b, prefix, c, keys, load, func(ks []string) error { return client.Unlink(ctx, ks...).Err() })
 
 	for _, bc := range []struct {
 		name string
@@ -187,6 +186,7 @@ func BenchmarkBatch(b *testing.B) {
 		{"GetOrLoadManyDefaultClient", manyPlain},
 		{"SequentialGetOrLoad", sequential},
 		{"FloorPipelinedHGET", floor},
+		{"FloorMGET", floorMGET},
 		{"GetOrLoadManyL1", manyL1},
 		{"sturdyc", sturdycBatch},
 	} {
@@ -213,6 +213,219 @@ func BenchmarkBatch(b *testing.B) {
 			})
 		})
 	}
+	b.Run("Cluster", func(b *testing.B) { batchCluster(b, load, keys, noLoad) })
+}
+
+// interleaved runs many and other once each per iteration and reports their times and ratio.
+func interleaved(b *testing.B, many, other func() error) {
+	var tMany, tOther time.Duration
+	for b.Loop() {
+		start := time.Now()
+		if err := many(); err != nil {
+			b.Fatal(err)
+		}
+		mid := time.Now()
+		if err := other(); err != nil {
+			b.Fatal(err)
+		}
+		tMany += mid.Sub(start)
+		tOther += time.Since(mid)
+	}
+	b.ReportMetric(float64(tMany.Nanoseconds())/float64(b.N), "many-ns/op")
+	b.ReportMetric(float64(tOther.Nanoseconds())/float64(b.N), "other-ns/op")
+	b.ReportMetric(float64(tMany)/float64(tOther), "many/other")
+}
+
+// missCases benchmarks batches of keys with misses on c (whose store keys are storePrefix+key): AllMiss deletes every key before each
+// read, HalfMiss every other key (with unlink, outside the timer); the batch then leases, loads
+// and fills them.
+func missCases(b *testing.B, storePrefix string, c *cacheaside.Cache[product], keys []string, load func(context.Context, []string) (map[string]product, error), unlink func([]string) error) {
+	ctx := context.Background()
+	storeKeys := func(step int) []string {
+		var ks []string
+		for i := 0; i < len(keys); i += step {
+			ks = append(ks, storePrefix+keys[i])
+		}
+		return ks
+	}
+	for _, mc := range []struct {
+		name string
+		gone []string
+	}{{"AllMiss", storeKeys(1)}, {"HalfMiss", storeKeys(2)}} {
+		b.Run("GetOrLoadMany"+mc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for range b.N {
+				b.StopTimer()
+				if err := unlink(mc.gone); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				m, err := c.GetOrLoadMany(ctx, keys, load)
+				if err == nil && len(m) != len(keys) {
+					err = fmt.Errorf("got %d values", len(m))
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkBatch's Cluster cases: the same batch of 100 keys on the 3-master Cluster
+// (CACHEASIDE_CLUSTER_ADDRS), against the floor of a pipelined HGET per key (one pipeline per
+// node, as go-redis sends it), and with misses.
+func batchCluster(b *testing.B, load func(context.Context, []string) (map[string]product, error), keys []string, noLoad func(context.Context, []string) (map[string]product, error)) {
+	addrs := []string{"127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"}
+	if a := os.Getenv("CACHEASIDE_CLUSTER_ADDRS"); a != "" {
+		addrs = strings.Split(a, ",")
+	}
+	conn, err := net.DialTimeout("tcp", addrs[0], time.Second)
+	if err != nil {
+		b.Skipf("Redis Cluster at %s is not answering: %v", addrs[0], err)
+	}
+	conn.Close()
+	ctx := context.Background()
+	client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, ContextTimeoutEnabled: true})
+	b.Cleanup(func() { client.Close() })
+	prefix := "cacheaside-bench:batchc:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+	c, err := cacheaside.New[product](cacheaside.NewRedisStore(client), cacheaside.WithPrefix(prefix),
+		cacheaside.WithTTL(10*time.Minute), cacheaside.WithStoreTimeout(time.Second))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_, _ = c.InvalidatePattern(context.Background(), "*")
+		c.Close()
+	})
+	if _, err := c.GetOrLoadMany(ctx, keys, load); err != nil {
+		b.Fatal(err)
+	}
+	many := func() error {
+		m, err := c.GetOrLoadMany(ctx, keys, noLoad)
+		if err == nil && len(m) != len(keys) {
+			err = fmt.Errorf("got %d values", len(m))
+		}
+		return err
+	}
+	schema := envelope.Schema(cacheaside.JSONCodec{}.Name(), envelope.DescribeType(reflect.TypeFor[product]()))
+	floor := func() error {
+		pipe := client.Pipeline()
+		cmds := make([]*redis.StringCmd, len(keys))
+		for i, k := range keys {
+			cmds[i] = pipe.HGet(ctx, prefix+k, "v")
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
+		out := make(map[string]product, len(keys))
+		for i, cmd := range cmds {
+			raw, err := cmd.Bytes()
+			if err != nil {
+				return err
+			}
+			_, payload, ok := envelope.Decode(raw, schema)
+			if !ok {
+				return fmt.Errorf("bad envelope at %s", keys[i])
+			}
+			var p product
+			if err := json.Unmarshal(payload, &p); err != nil {
+				return err
+			}
+			out[keys[i]] = p
+		}
+		return nil
+	}
+	// The floor of a plain string per key: the same envelopes copied to string keys, one GET
+	// each, pipelined.
+	sks := make([]string, len(keys))
+	for i, k := range keys {
+		sks[i] = prefix + k
+	}
+	strKeys := copyToStrings(b, client, sks)
+	floorGET := func() error {
+		pipe := client.Pipeline()
+		cmds := make([]*redis.StringCmd, len(strKeys))
+		for i, k := range strKeys {
+			cmds[i] = pipe.Get(ctx, k)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
+		vals := make([]any, len(cmds))
+		for i, cmd := range cmds {
+			vals[i] = cmd.Val()
+		}
+		return decodeAll(vals, keys, schema)
+	}
+	b.Run("GetOrLoadManyVsFloorPipelinedHGET", func(b *testing.B) { interleaved(b, many, floor) })
+	b.Run("GetOrLoadManyVsFloorPipelinedGET", func(b *testing.B) { interleaved(b, many, floorGET) })
+	for _, bc := range []struct {
+		name string
+		fn   func() error
+	}{{"GetOrLoadMany", many}, {"FloorPipelinedHGET", floor}, {"FloorPipelinedGET", floorGET}} {
+		b.Run(bc.name+"/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := bc.fn(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	missCases(b, prefix, c, keys, load, func(ks []string) error {
+		pipe := client.Pipeline()
+		for _, k := range ks {
+			pipe.Unlink(ctx, k)
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	})
+}
+
+// copyToStrings copies the value field of each hash in keys to a plain string key (its name
+// with a ":str" suffix), for the GET and MGET floors (MGET only on a standalone server: on
+// Cluster the keys span every slot).
+func copyToStrings(b *testing.B, client redis.UniversalClient, keys []string) []string {
+	ctx := context.Background()
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		v, err := client.HGet(ctx, k, "v").Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		out[i] = k + ":str"
+		if err := client.Set(ctx, out[i], v, 10*time.Minute).Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Cleanup(func() {
+		for _, k := range out {
+			client.Unlink(context.Background(), k)
+		}
+	})
+	return out
+}
+
+// decodeAll decodes the envelopes of a batch's floor read (strings, in keys' order).
+func decodeAll(vals []any, keys []string, schema uint32) error {
+	out := make(map[string]product, len(keys))
+	for i, v := range vals {
+		raw, ok := v.(string)
+		if !ok {
+			return fmt.Errorf("no value at %s", keys[i])
+		}
+		_, payload, ok := envelope.Decode([]byte(raw), schema)
+		if !ok {
+			return fmt.Errorf("bad envelope at %s", keys[i])
+		}
+		var p product
+		if err := json.Unmarshal(payload, &p); err != nil {
+			return err
+		}
+		out[keys[i]] = p
+	}
+	return nil
 }
 
 // warmL1 reads the batch until read reports it was served from the L1: the first reads fill it
