@@ -4,18 +4,23 @@ package cacheaside
 //
 //	caller                         store (one atomic script per key)
 //	------                         ---------------------------------
+//	(plain read of the value ─────▶ hit: return it; a miss goes on to GetOrLease: lookup.go)
 //	GetOrLease(k, tok) ─────────▶  value?      ─▶ hit: return it
 //	                               live lease? ─▶ held by L: wait for L's fill (poll with
-//	                                              backoff; join L's flight if it is ours)
+//	                                              backoff, woken by the fill: wake.go; join
+//	                                              L's flight if it is ours)
 //	                               else        ─▶ grant tok (PX = lease TTL)
 //	load from the database
 //	Fill(k, tok, value) ────────▶  stored only if k's lease is still tok
 //	Invalidate(k) ──────────────▶  delete value and lease: every outstanding token is void,
 //	                               so a load that began before it can never store its value
 //
-// Tokens are per load, never per process. Each call asks the store itself before joining any
-// flight in this process, so a call that begins after an Invalidate never joins a load that
-// began before it. A fill the store refused is not handed to callers who joined: they read
+// Tokens are per load, never per process, and made only for a lookup that may be granted one.
+// Each call asks the store itself before joining any flight in this process, so a call that
+// begins after an Invalidate never joins a load that began before it. A plain read that finds
+// a value needs no lease: the value is as fresh as the read (an Invalidate deletes it; a fill
+// that lands after one holds a lease granted after it). Only a miss must go through the
+// read-or-lease before joining anything. A fill the store refused is not handed to callers who joined: they read
 // again.
 
 import (

@@ -25,7 +25,9 @@ var (
 //
 // Each entry is one hash at the cache key, with the encoded value in field "v" and the lease
 // token in field "t" (and its expiry, server time, in "e" when it guards a refresh of a
-// present value). Every read-or-lease, fill and release is one Lua script on one key, so
+// present value; "w" when another caller waits for the lease's fill, see wake.go). A hit is
+// a plain HGET of "v" (a Cache sends the read-or-lease script first only after recent misses:
+// lookup.go). Every read-or-lease, fill and release is one Lua script on one key, so
 // every script touches a single hash slot and works on Cluster; a batch runs the same steps
 // for many keys in one script call per hash slot (per up to 256 keys on a standalone or
 // Sentinel server), all calls in one pipeline: one round trip per node (see redis_batch.go).
@@ -37,7 +39,8 @@ var (
 // ContextTimeoutEnabled. For any other client (the default), each operation runs on its own
 // goroutine and the caller leaves at the deadline Cache gives it (WithStoreTimeout), so a
 // hung Redis costs callers at most that timeout. Build the client with
-// ContextTimeoutEnabled: true to skip the goroutine.
+// ContextTimeoutEnabled: true to skip the goroutine (a hit then runs on the caller's
+// goroutine, with no timer of its own: storebound.go).
 type RedisStore struct {
 	client     redis.UniversalClient
 	trusted    bool // the client enforces context deadlines itself
@@ -230,7 +233,9 @@ func (s *RedisStore) readValue(ctx context.Context, key string) ([]byte, error) 
 }
 
 func (s *RedisStore) hget(ctx context.Context, key string) ([]byte, error) {
-	v, err := s.client.HGet(ctx, key, "v").Result()
+	cmd := redis.NewStringCmd(ctx, "hget", key, "v") // HGet would box the field too
+	_ = s.client.Process(ctx, cmd)
+	v, err := cmd.Result()
 	switch {
 	case err == nil:
 		return stringBytes(v), nil
