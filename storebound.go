@@ -52,8 +52,9 @@ func (d *deadlines) get(now time.Time) *sharedDeadline {
 	}
 	until := now.Add(d.slice)
 	deadline := until.Add(d.timeout)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	_ = cancel // its timer ends it at the deadline; calls may still use it until then
+	// Never cancelled before its deadline: its timer ends it, and calls of the slice use it
+	// until then (the last one may start just before the slice ends).
+	ctx, _ := context.WithDeadline(context.Background(), deadline) //nolint:gosec // G118: ended by its own timer, see above
 	s := &sharedDeadline{ctx: ctx, deadline: deadline, until: until}
 	d.cur.Store(s)
 	return s
