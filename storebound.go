@@ -12,8 +12,8 @@ import (
 // Every store call is bounded by the store timeout (guarantee 3: a hung store costs a caller
 // at most that, then it fails open). context.WithTimeout per call costs a timer, a cancel
 // context and their allocations on every hit. Calls that start within the same slice of time
-// (boundSlice) share one deadline instead: that slice's end plus the store timeout, carried by
-// one context whose timer fires once for all of them. A call is thus bounded by the store
+// (boundSlice) share one deadline instead: that slice's end plus the store timeout, with one
+// timer that fires once for all of them. A call is thus bounded by the store
 // timeout plus at most one slice, and costs one small allocation (its boundCtx, which keeps
 // the caller's values for tracing and client hooks).
 
@@ -21,9 +21,11 @@ import (
 // timeout plus at most 1/boundSlices of it (50 ms: 3.1 ms).
 const boundSlices = 16
 
-// sharedDeadline is the deadline of the store calls that start within one slice.
+// sharedDeadline is the deadline of the store calls that start within one slice: done is
+// closed by one timer at deadline, after expired is set.
 type sharedDeadline struct {
-	ctx      context.Context // a background context with deadline: Done and Err
+	done     chan struct{}
+	expired  atomic.Bool
 	deadline time.Time
 	until    time.Time // calls starting after this take the next slice
 }
@@ -52,10 +54,11 @@ func (d *deadlines) get(now time.Time) *sharedDeadline {
 	}
 	until := now.Add(d.slice)
 	deadline := until.Add(d.timeout)
-	// Never cancelled before its deadline: its timer ends it, and calls of the slice use it
-	// until then (the last one may start just before the slice ends).
-	ctx, _ := context.WithDeadline(context.Background(), deadline) //nolint:gosec // G118: ended by its own timer, see above
-	s := &sharedDeadline{ctx: ctx, deadline: deadline, until: until}
+	s := &sharedDeadline{done: make(chan struct{}), deadline: deadline, until: until}
+	time.AfterFunc(deadline.Sub(now), func() {
+		s.expired.Store(true)
+		close(s.done)
+	})
 	d.cur.Store(s)
 	return s
 }
@@ -68,8 +71,14 @@ type boundCtx struct {
 }
 
 func (b *boundCtx) Deadline() (time.Time, bool) { return b.d.deadline, true }
-func (b *boundCtx) Done() <-chan struct{}       { return b.d.ctx.Done() }
-func (b *boundCtx) Err() error                  { return b.d.ctx.Err() }
+func (b *boundCtx) Done() <-chan struct{}       { return b.d.done }
+
+func (b *boundCtx) Err() error {
+	if b.d.expired.Load() {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
 
 // Value keeps the caller's values, but not the cancel context context.Cause looks for: the
 // caller's (a detached context) has none, and Cause must then report Err.
