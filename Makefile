@@ -201,7 +201,7 @@ bench: redis
 	$(BENCH_GO_TEST) -bench '^Benchmark(RedisHit|MemoryHit|L1Hit|MissFill|HitMetrics|Batch)$$' -benchmem -count $(BENCH_COUNT) -benchtime $(BENCH_TIME) . | tee bench.out
 	$(BENCH_GO_TEST) -bench '^Benchmark(Codec|CodecHit|CodecHitParallel|Compression)$$' -benchmem -count $(CODEC_COUNT) -benchtime $(CODEC_TIME) . | tee -a bench.out
 	$(BENCH_GO_TEST) -bench '^BenchmarkHotKeyExpiry$$' -benchmem -count 1 -benchtime $(HOTKEY_READS)x . | tee -a bench.out
-	$(BENCH_GO_TEST) -bench '^Benchmark(ColdKeyInstances|StaleSetRace)$$' -count 1 -benchtime $(BENCH_RUNS)x . | tee -a bench.out
+	$(BENCH_GO_TEST) -bench '^Benchmark(ColdKeyInstances|StaleSetRace|LeaseWaiters)$$' -count 1 -benchtime $(BENCH_RUNS)x . | tee -a bench.out
 	$(BENCH_GO_TEST) -bench '^BenchmarkOutbox$$' -benchmem -count 1 -benchtime $(OUTBOX_TIME) . | tee -a bench.out
 	$(BENCH_GO_TEST) -bench '^BenchmarkTagHit$$' -benchmem -count $(BENCH_COUNT) -benchtime $(BENCH_TIME) . | tee -a bench.out
 	$(BENCH_GO_TEST) -bench '^BenchmarkInvalidateTags$$' -benchmem -count 1 -benchtime $(TAGS_INVALIDATIONS)x . | tee -a bench.out

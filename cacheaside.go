@@ -18,20 +18,25 @@ import (
 // use. Values handed to several callers of one shared load are the same value: treat them as
 // read-only.
 type Cache[T any] struct {
-	store    Store
-	cfg      config
-	schema   uint32
-	leaseTTL time.Duration
-	tokens   *tokens
-	gens     *generations
-	breaker  *breaker.Breaker
-	warm     atomic.Bool      // the store has answered once
-	lookups  *lookupShards[T] // nil for a store without round trips (MemoryStore)
-	mem      InProcessStore   // the store, when it is in this process: no timeouts, hits peeked
-	tagStore TagStore         // the store's tag index (tags.go); nil if it has none
-	obs      *observer        // metrics, logs and traces: metrics.go
-	vc       valueCodec[T]    // the codec, bound to T (codec.go)
-	wire     wire             // compression, encryption, limits (wire.go)
+	store     Store
+	cfg       config
+	schema    uint32
+	leaseTTL  time.Duration
+	tokens    *tokens
+	gens      *generations
+	breaker   *breaker.Breaker
+	warm      atomic.Bool      // the store has answered once
+	lookups   *lookupShards[T] // nil for a store without round trips (MemoryStore)
+	mem       InProcessStore   // the store, when it is in this process: no timeouts, hits peeked
+	tagStore  TagStore         // the store's tag index (tags.go); nil if it has none
+	deadlines *deadlines       // shared deadlines of store calls (storebound.go); nil with mem
+	plain     valueReader      // the store's plain read, if it has one (lookup.go)
+	wakes     *wakes           // wake-ups of lease waiters (wake.go); nil if the store has none
+	// scriptFirst > 0: lookups send the lease script first, not a plain read (lookup.go).
+	scriptFirst atomic.Int32
+	obs         *observer     // metrics, logs and traces: metrics.go
+	vc          valueCodec[T] // the codec, bound to T (codec.go)
+	wire        wire          // compression, encryption, limits (wire.go)
 
 	// Local cache and invalidation broadcast (local.go, broadcast.go).
 	l1      *local[T]   // nil without WithLocalCache
@@ -118,7 +123,10 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		c.mem = m
 	} else {
 		c.lookups = newLookupShards[T]()
+		c.deadlines = newDeadlines(cfg.storeTimeout)
+		c.plain, _ = store.(valueReader)
 	}
+	c.wakes = newWakes(store, cfg.prefix)
 	if c.leaseTTL == 0 {
 		c.leaseTTL = cfg.loadTimeout
 	}

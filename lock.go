@@ -4,18 +4,23 @@ package cacheaside
 //
 //	caller                         store (one atomic script per key)
 //	------                         ---------------------------------
+//	(plain read of the value ─────▶ hit: return it; a miss goes on to GetOrLease: lookup.go)
 //	GetOrLease(k, tok) ─────────▶  value?      ─▶ hit: return it
 //	                               live lease? ─▶ held by L: wait for L's fill (poll with
-//	                                              backoff; join L's flight if it is ours)
+//	                                              backoff, woken by the fill: wake.go; join
+//	                                              L's flight if it is ours)
 //	                               else        ─▶ grant tok (PX = lease TTL)
 //	load from the database
 //	Fill(k, tok, value) ────────▶  stored only if k's lease is still tok
 //	Invalidate(k) ──────────────▶  delete value and lease: every outstanding token is void,
 //	                               so a load that began before it can never store its value
 //
-// Tokens are per load, never per process. Each call asks the store itself before joining any
-// flight in this process, so a call that begins after an Invalidate never joins a load that
-// began before it. A fill the store refused is not handed to callers who joined: they read
+// Tokens are per load, never per process, and made only for a lookup that may be granted one.
+// Each call asks the store itself before joining any flight in this process, so a call that
+// begins after an Invalidate never joins a load that began before it. A plain read that finds
+// a value needs no lease: the value is as fresh as the read (an Invalidate deletes it; a fill
+// that lands after one holds a lease granted after it). Only a miss must go through the
+// read-or-lease before joining anything. A fill the store refused is not handed to callers who joined: they read
 // again.
 
 import (
@@ -71,9 +76,9 @@ func storeCallN[T, R any](c *Cache[T], ctx context.Context, op storeOp, n int, c
 // has its own budget: invalidate.go). warm is whether the store had answered when the call
 // began.
 func storeCallWithin[T, R any](c *Cache[T], ctx context.Context, op storeOp, warm bool, timeout time.Duration, call func(context.Context) (R, error)) (R, error) {
-	octx, cancel := ctx, func() {}
+	octx, cancel := ctx, noCancel
 	if c.mem == nil { // an in-process store neither blocks nor honours deadlines
-		octx, cancel = context.WithTimeout(ctx, timeout)
+		octx, cancel = c.bound(ctx, timeout) // storebound.go: no timer per call
 	}
 	octx, obs := c.obs.storeStart(octx, op)
 	r, err := call(octx)
@@ -115,7 +120,7 @@ func (c *Cache[T]) storeTimeout(warm bool, n int) time.Duration {
 // background, instead of blocking the key in every process until it expires. The caller then
 // gets ctx.Err().
 func (c *Cache[T]) lookup(ctx context.Context, sk, tok string) (Lookup, error) {
-	lk, err := storeCall(c, context.WithoutCancel(ctx), opGetOrLease, func(ctx context.Context) (Lookup, error) {
+	lk, err := storeCall(c, detach(ctx), opGetOrLease, func(ctx context.Context) (Lookup, error) {
 		return c.store.GetOrLease(ctx, sk, tok, c.leaseTTL)
 	})
 	return c.unlessLeft(ctx, sk, tok, lk, err)
@@ -317,8 +322,9 @@ func (c *Cache[T]) joinOrWait(ctx context.Context, sk, holder string, holderTTL 
 }
 
 // waitLease polls the store, with backoff never past the holder's lease, until the key holds
-// a value, or the lease is gone and this flight is granted its own (then it loads). If the
-// key stays leased for longer than a lease and a load together, it loads without storing.
+// a value, or the lease is gone and this flight is granted its own (then it loads). A fill or
+// release of the key published by the store (wake.go) ends a sleep at once. If the key stays
+// leased for longer than a lease and a load together, it loads without storing.
 func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holderTTL time.Duration, load func(context.Context) (T, error)) {
 	ctx, span := c.obs.leaseWaitStart(ctx, sk)
 	defer endLeaseWait(span, f)
@@ -326,6 +332,9 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 	backoff := c.cfg.leaseWaitMin
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	filled, unwatch := c.watchFills(sk) // wake.go: the fill wakes us; polling is the fallback
+	defer unwatch()
+	wake := filled()
 	for {
 		sleep := backoff
 		if holderTTL > 0 && holderTTL+time.Millisecond < sleep {
@@ -338,8 +347,11 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 			f.err = ctx.Err()
 			return
 		case <-timer.C:
+		case <-wake: // filled or released: read at once
+			timer.Stop() // (Go 1.23 timers: Reset needs no drain)
 		}
 		backoff = min(backoff*2, c.cfg.leaseWaitMax)
+		wake = filled() // before the read: a fill after it wakes the next sleep
 
 		tok := c.tokens.next()
 		lk, err := c.lookup(ctx, sk, tok)

@@ -23,12 +23,10 @@ type lookupShards[T any] struct {
 }
 
 type lookupShard[T any] struct {
-	mu   sync.Mutex
-	keys map[string]*lookupSlot[T] // keys with a lookup in flight
-}
-
-type lookupSlot[T any] struct {
-	next *sharedLookup[T] // shared by the calls that arrived since; nil if none
+	mu sync.Mutex
+	// keys with a lookup in flight, each with the next lookup, shared by the calls that
+	// arrived since (nil if none): a key's first call allocates nothing.
+	keys map[string]*sharedLookup[T]
 }
 
 // sharedLookup is one read-or-lease round trip and its outcome.
@@ -47,7 +45,7 @@ type sharedLookup[T any] struct {
 func newLookupShards[T any]() *lookupShards[T] {
 	l := &lookupShards[T]{seed: maphash.MakeSeed()}
 	for i := range l.shards {
-		l.shards[i].keys = make(map[string]*lookupSlot[T])
+		l.shards[i].keys = make(map[string]*sharedLookup[T])
 	}
 	return l
 }
@@ -64,18 +62,17 @@ func (c *Cache[T]) read(ctx context.Context, sk string, gen uint64, load func(co
 	}
 	sh := c.lookups.shard(sk)
 	sh.mu.Lock()
-	slot, busy := sh.keys[sk]
+	s, busy := sh.keys[sk]
 	if !busy {
-		sh.keys[sk] = &lookupSlot[T]{}
+		sh.keys[sk] = nil
 		sh.mu.Unlock()
 		lk, f, err = c.readOwn(ctx, sk, gen, load)
 		c.handOver(sh, sk)
 		return lk, f, err
 	}
-	s := slot.next
 	if s == nil {
 		s = &sharedLookup[T]{done: make(chan struct{}), ctx: context.WithoutCancel(ctx), gen: gen, load: load}
-		slot.next = s
+		sh.keys[sk] = s
 	}
 	sh.mu.Unlock()
 	c.obs.coalesced(ctx, coalescedLookup)
@@ -97,6 +94,43 @@ type lookupError struct {
 func (e *lookupError) Error() string { return e.err.Error() }
 func (e *lookupError) Unwrap() error { return e.err }
 
+// Plain reads first, or the lease script first (Cache.scriptFirst). With a store that has a
+// plain read (RedisStore: HGET), a hit costs one HGET, about a GET, where the script costs the
+// server more (EVALSHA); but a miss then costs an HGET and the script, one round trip more. So
+// the Cache adapts: after any miss it sends the script first for the next scriptWindow lookups
+// that find a value, then goes back to plain reads. A workload that mostly hits reads plainly;
+// one that mostly misses keeps a miss at one round trip before the load. In the steady state
+// of either, the choice costs one atomic load per lookup, shared by every core.
+const scriptWindow = 16
+
+// valueReader is an optional interface of a Store: a plain read of a key's value, without
+// lease or script. RedisStore implements it.
+type valueReader interface {
+	// readValue returns the key's value, or nil if it holds none (a bare lease, nothing, or
+	// something that is not an entry: the read-or-lease deals with it).
+	readValue(ctx context.Context, key string) ([]byte, error)
+}
+
+// readValue is the plain read of readOwn, bounded and accounted as the read-or-lease is.
+func (c *Cache[T]) readValue(ctx context.Context, sk string) ([]byte, error) {
+	v, err := storeCall(c, detach(ctx), opGetOrLease, func(ctx context.Context) ([]byte, error) {
+		return c.plain.readValue(ctx, sk)
+	})
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return v, err
+}
+
+// detach is context.WithoutCancel, without an allocation for a context that has no
+// cancellation already (context.Background()).
+func detach(ctx context.Context) context.Context {
+	if ctx.Done() == nil {
+		return ctx
+	}
+	return context.WithoutCancel(ctx)
+}
+
 // readOwn is one read-or-lease round trip, starting the load flight if it wins the lease.
 func (c *Cache[T]) readOwn(ctx context.Context, sk string, gen uint64, load func(context.Context) (T, error)) (Lookup, *flight[T], error) {
 	if c.mem != nil {
@@ -105,10 +139,32 @@ func (c *Cache[T]) readOwn(ctx context.Context, sk string, gen uint64, load func
 			return Lookup{Value: v}, nil, nil
 		}
 	}
+	plain := c.plain != nil && c.scriptFirst.Load() <= 0
+	if plain {
+		// A plain read (no lease, no token, no script): a value is a hit, as fresh as the
+		// read-or-lease's would be. Only a miss needs the lease script, which follows.
+		v, err := c.readValue(ctx, sk)
+		switch {
+		case err != nil:
+			return Lookup{}, nil, err // no lease can have been granted
+		case v != nil:
+			return Lookup{Value: v}, nil, nil
+		}
+		c.scriptFirst.Store(scriptWindow)
+	}
 	tok := c.tokens.next()
 	lk, err := c.lookup(ctx, sk, tok)
 	if err != nil {
 		return lk, nil, &lookupError{tok, err}
+	}
+	if c.plain != nil && !plain {
+		if lk.Value == nil {
+			if c.scriptFirst.Load() != scriptWindow {
+				c.scriptFirst.Store(scriptWindow)
+			}
+		} else if c.scriptFirst.Add(-1) < 0 {
+			c.scriptFirst.Store(0)
+		}
 	}
 	if !lk.Granted {
 		return lk, nil, nil
@@ -125,14 +181,13 @@ func (c *Cache[T]) readOwn(ctx context.Context, sk string, gen uint64, load func
 // goroutine the Cache owns; otherwise the key has no lookup in flight any more.
 func (c *Cache[T]) handOver(sh *lookupShard[T], sk string) {
 	sh.mu.Lock()
-	slot := sh.keys[sk]
-	s := slot.next
+	s := sh.keys[sk]
 	if s == nil {
 		delete(sh.keys, sk)
 		sh.mu.Unlock()
 		return
 	}
-	slot.next = nil
+	sh.keys[sk] = nil // in flight, nothing queued behind it yet
 	sh.mu.Unlock()
 
 	if !c.breaker.Allow() {

@@ -178,6 +178,9 @@ func (s *MemoryStore) Fill(ctx context.Context, key, token string, value []byte,
 		stored = true
 		return &memEntry{value: value, expires: now + int64(ttl)}, otter.WriteOp
 	})
+	if stored {
+		s.wake(key) // wake.go
+	}
 	return stored, nil
 }
 
@@ -204,6 +207,9 @@ func (s *MemoryStore) Release(ctx context.Context, key, token string) (bool, err
 			return &memEntry{value: e.value, expires: e.expires}, otter.WriteOp
 		}
 	})
+	if held {
+		s.wake(key) // wake.go
+	}
 	return held, nil
 }
 

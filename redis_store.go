@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/cacheaside/cacheaside/internal/slot"
 	"github.com/redis/go-redis/v9"
@@ -24,7 +25,9 @@ var (
 //
 // Each entry is one hash at the cache key, with the encoded value in field "v" and the lease
 // token in field "t" (and its expiry, server time, in "e" when it guards a refresh of a
-// present value). Every read-or-lease, fill and release is one Lua script on one key, so
+// present value; "w" when another caller waits for the lease's fill, see wake.go). A hit is
+// a plain HGET of "v" (a Cache sends the read-or-lease script first only after recent misses:
+// lookup.go). Every read-or-lease, fill and release is one Lua script on one key, so
 // every script touches a single hash slot and works on Cluster; a batch runs the same steps
 // for many keys in one script call per hash slot (per up to 256 keys on a standalone or
 // Sentinel server), all calls in one pipeline: one round trip per node. A batch read first
@@ -38,7 +41,8 @@ var (
 // ContextTimeoutEnabled. For any other client (the default), each operation runs on its own
 // goroutine and the caller leaves at the deadline Cache gives it (WithStoreTimeout), so a
 // hung Redis costs callers at most that timeout. Build the client with
-// ContextTimeoutEnabled: true to skip the goroutine.
+// ContextTimeoutEnabled: true to skip the goroutine (a hit then runs on the caller's
+// goroutine, with no timer of its own: storebound.go).
 type RedisStore struct {
 	client     redis.UniversalClient
 	trusted    bool // the client enforces context deadlines itself
@@ -84,7 +88,9 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisOption) *RedisStor
 	return s
 }
 
-// Replies of getOrLease and lease: {1, value} | {2, holder, holderTTLms} | {3} granted.
+// Replies of lease (and of the batch scripts, redis_batch.go): {1, value} | {2, holder,
+// holderTTLms} | {3} granted. getOrLease answers a hit with the bare value (a bulk string, no
+// array for the client to build and copy) and a grant with the bare integer 3.
 const (
 	replyValue   = 1
 	replyHeld    = 2
@@ -92,31 +98,43 @@ const (
 )
 
 // A key that is not a hash (garbage written by someone else) is deleted and treated as empty.
+// A caller that finds the key held sets "w" (someone waits): the fill or release of the lease
+// then publishes the key on wakeChannel, and the waiters read again at once (lock.go).
 var getOrLeaseScript = redis.NewScript(`
-local r = redis.pcall('HMGET', KEYS[1], 'v', 't')
-if r.err then
-  redis.call('DEL', KEYS[1])
-  r = {false, false}
-end
-if r[1] then return {1, r[1]} end
-if r[2] then return {2, r[2], redis.call('PTTL', KEYS[1])} end
-redis.call('HSET', KEYS[1], 't', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {3}
-`)
-
-var leaseScript = redis.NewScript(`
-local r = redis.pcall('HMGET', KEYS[1], 'v', 't', 'e')
+local r = redis.pcall('HMGET', KEYS[1], 'v', 't', 'w')
 if r.err then
   redis.call('DEL', KEYS[1])
   r = {false, false, false}
 end
+if r[1] then return r[1] end
+if r[2] then
+  if not r[3] then redis.call('HSET', KEYS[1], 'w', '1') end
+  return {2, r[2], redis.call('PTTL', KEYS[1])}
+end
+redis.call('HSET', KEYS[1], 't', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 3
+`)
+
+var leaseScript = redis.NewScript(`
+local r = redis.pcall('HMGET', KEYS[1], 'v', 't', 'e', 'w')
+if r.err then
+  redis.call('DEL', KEYS[1])
+  r = {false, false, false, false}
+end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 if r[2] then
-  if not r[1] then return {2, r[2], redis.call('PTTL', KEYS[1])} end
-  local left = (tonumber(r[3]) or 0) - ms
-  if left > 0 then return {2, r[2], left} end
+  local left = -1
+  if not r[1] then
+    left = redis.call('PTTL', KEYS[1])
+  else
+    left = (tonumber(r[3]) or 0) - ms
+  end
+  if left > 0 or not r[1] then
+    if not r[4] then redis.call('HSET', KEYS[1], 'w', '1') end
+    return {2, r[2], left}
+  end
 end
 redis.call('HSET', KEYS[1], 't', ARGV[1], 'e', string.format('%d', ms + tonumber(ARGV[2])))
 if not r[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -125,28 +143,32 @@ return {3}
 
 // A lease on a present value ends at "e" (server time); a bare lease ends with its key. The
 // fill overwrites "v" and drops the lease fields rather than deleting the key first: a script
-// may not write a key it deleted while its slot migrates (Cluster).
+// may not write a key it deleted while its slot migrates (Cluster). If someone waits ("w"),
+// it publishes the key on ARGV[4] (classic PUBLISH: on Cluster it reaches the subscribers of
+// every node).
 var fillScript = redis.NewScript(`
-local r = redis.pcall('HMGET', KEYS[1], 't', 'e')
+local r = redis.pcall('HMGET', KEYS[1], 't', 'e', 'w')
 if r.err or r[1] ~= ARGV[1] then return 0 end
 if r[2] then
   local now = redis.call('TIME')
   if tonumber(r[2]) <= tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then return 0 end
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2])
-redis.call('HDEL', KEYS[1], 't', 'e')
+redis.call('HDEL', KEYS[1], 't', 'e', 'w')
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if r[3] then redis.call('PUBLISH', ARGV[4], KEYS[1]) end
 return 1
 `)
 
 var releaseScript = redis.NewScript(`
-local r = redis.pcall('HMGET', KEYS[1], 't', 'e', 'v')
+local r = redis.pcall('HMGET', KEYS[1], 't', 'e', 'v', 'w')
 if r.err or r[1] ~= ARGV[1] then return 0 end
+if r[4] then redis.call('PUBLISH', ARGV[2], KEYS[1]) end
 if not r[3] then
   redis.call('DEL', KEYS[1])
   return 1
 end
-redis.call('HDEL', KEYS[1], 't', 'e')
+redis.call('HDEL', KEYS[1], 't', 'e', 'w')
 local now = redis.call('TIME')
 if tonumber(r[2]) <= tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then return 0 end
 return 1
@@ -211,6 +233,37 @@ func (s *RedisStore) GetOrLease(ctx context.Context, key, token string, leaseTTL
 	})
 }
 
+// readValue implements valueReader (lookup.go) with HGET: no script, no lease.
+func (s *RedisStore) readValue(ctx context.Context, key string) ([]byte, error) {
+	if _, ok := ctx.Deadline(); s.trusted || !ok {
+		return s.hget(ctx, key)
+	}
+	return guard(ctx, false, func(ctx context.Context) ([]byte, error) { return s.hget(ctx, key) })
+}
+
+func (s *RedisStore) hget(ctx context.Context, key string) ([]byte, error) {
+	cmd := redis.NewStringCmd(ctx, "hget", key, "v") // HGet would box the field too
+	_ = s.client.Process(ctx, cmd)
+	v, err := cmd.Result()
+	switch {
+	case err == nil:
+		return stringBytes(v), nil
+	case errors.Is(err, redis.Nil), isWrongType(err):
+		return nil, nil // no value; not a hash: the read-or-lease deletes it
+	}
+	return nil, err
+}
+
+// stringBytes returns the bytes of a reply string without copying them: go-redis builds each
+// reply string from its own read (it is never shared or modified), and the Cache never
+// modifies the bytes of a read (ImmutableReads).
+func stringBytes(s string) []byte {
+	if s == "" {
+		return []byte{} // an empty value is a value (bad data, replaced), not "none"
+	}
+	return unsafe.Slice(unsafe.StringData(s), len(s)) //nolint:gosec // read-only, see above
+}
+
 // Lease implements Store.
 func (s *RedisStore) Lease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error) {
 	return guard(ctx, s.trusted, func(ctx context.Context) (Lookup, error) {
@@ -218,11 +271,28 @@ func (s *RedisStore) Lease(ctx context.Context, key, token string, leaseTTL time
 	})
 }
 
+// parseLookup reads a reply of getOrLeaseScript (a bare value, a bare 3, or an array) or of
+// leaseScript (an array).
 func parseLookup(cmd *redis.Cmd) (Lookup, error) {
-	reply, err := cmd.Slice()
+	r, err := cmd.Result()
 	if err != nil {
 		return Lookup{}, err
 	}
+	switch r := r.(type) {
+	case string:
+		return Lookup{Value: stringBytes(r)}, nil
+	case int64:
+		if r == replyGranted {
+			return Lookup{Granted: true}, nil
+		}
+		return Lookup{}, fmt.Errorf("cacheaside: unexpected script reply: %d", r)
+	case []any:
+		return parseLookupArray(r)
+	}
+	return Lookup{}, fmt.Errorf("cacheaside: unexpected script reply type %T", r)
+}
+
+func parseLookupArray(reply []any) (Lookup, error) {
 	if len(reply) == 0 {
 		return Lookup{}, errors.New("cacheaside: empty script reply")
 	}
@@ -233,7 +303,7 @@ func parseLookup(cmd *redis.Cmd) (Lookup, error) {
 		if !ok {
 			return Lookup{}, fmt.Errorf("cacheaside: unexpected value type %T in a script reply", reply[1])
 		}
-		return Lookup{Value: []byte(v)}, nil
+		return Lookup{Value: stringBytes(v)}, nil
 	case code == replyHeld && len(reply) == 3:
 		h, _ := reply[1].(string)
 		ttl, _ := reply[2].(int64)
@@ -297,7 +367,7 @@ func isNoScript(err error) bool {
 // Fill implements Store.
 func (s *RedisStore) Fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error) {
 	return guard(ctx, s.trusted, func(ctx context.Context) (bool, error) {
-		n, err := fillScript.Run(ctx, s.client, []string{key}, token, value, ms(ttl)).Int()
+		n, err := fillScript.Run(ctx, s.client, []string{key}, token, value, ms(ttl), wakeChannel).Int()
 		return n == 1, err
 	})
 }
@@ -305,7 +375,7 @@ func (s *RedisStore) Fill(ctx context.Context, key, token string, value []byte, 
 // Release implements Store.
 func (s *RedisStore) Release(ctx context.Context, key, token string) (bool, error) {
 	return guard(ctx, s.trusted, func(ctx context.Context) (bool, error) {
-		n, err := releaseScript.Run(ctx, s.client, []string{key}, token).Int()
+		n, err := releaseScript.Run(ctx, s.client, []string{key}, token, wakeChannel).Int()
 		return n == 1, err
 	})
 }

@@ -14,8 +14,11 @@
 //
 // Cases:
 //
-//	BenchmarkRedisHit/<impl>/{serial,parallel}    a hit in Redis, decoded: ours, go-redis-cache,
-//	                                              floor-go-redis-get-json
+//	BenchmarkRedisHit/<impl>/{serial,parallel}    a hit in Redis, decoded, with cpu-ns/op (this
+//	                                              process's CPU): ours, go-redis-cache,
+//	                                              floor-go-redis-get-json (ContextTimeoutEnabled
+//	                                              clients); ours-default-client,
+//	                                              floor-default-client-get-json (go-redis defaults)
 //	BenchmarkMemoryHit/<impl>/{serial,parallel}   a hit in process memory: ours-memory (the
 //	                                              MemoryStore, decoding each hit), sturdyc,
 //	                                              go-redis-cache-local, floor-otter
@@ -43,6 +46,10 @@
 //	BenchmarkColdKeyInstances/<impl>              8 instances on separate clients, 200 goroutines,
 //	                                              one cold key: loader calls (ours: 1); ours,
 //	                                              go-redis-cache, sturdyc
+//	BenchmarkLeaseWaiters/{standalone,cluster}    8 instances x 25 goroutines, one cold key per op,
+//	                                              a 50 ms load: p50/p99/max latency minus the
+//	                                              load (the waiters of another instance's lease,
+//	                                              woken by its fill), loader calls per op; ours
 //	BenchmarkStaleSetRace/<impl>                  slow loaders race write-then-invalidate on 50
 //	                                              keys: entries left stale at rest (ours: 0); ours,
 //	                                              go-redis-cache, sturdyc

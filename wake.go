@@ -1,0 +1,114 @@
+package cacheaside
+
+// Waking the waiters of another process's lease when it is filled.
+//
+// A call that finds a key leased by another process waits for the fill (waitLease, lock.go).
+// Polling alone costs a waiter up to its backoff (100 ms at most, by default) after the fill.
+// So the store records that someone waits (RedisStore: field "w" of the key's hash, set by the
+// read-or-lease that found the lease held), and the fill or release of that lease publishes
+// the key on wakeChannel; every Cache that has a waiter subscribes to the channel (lazily, on
+// its store's Broadcaster, one subscription per Cache) and wakes its waiters of the key, which
+// read the store again at once. Nothing depends on the message: the polling stays, and a
+// message lost (the subscription down, a Ring whose shards do not share pub/sub, a fill by an
+// older version) only leaves the waiter to it. A message never serves a value: the waiter
+// reads the store, with the same read-or-lease as any call (guarantee 2 is the lease's).
+
+import (
+	"context"
+	"strings"
+	"sync"
+)
+
+// wakeChannel carries the store keys whose lease was filled or released while someone waited
+// for it.
+const wakeChannel = "cacheaside:wake"
+
+// wakeStore is an optional interface of a Broadcaster Store whose fills and releases publish
+// on wakeChannel the keys someone waits for (RedisStore, MemoryStore).
+type wakeStore interface {
+	Broadcaster
+	wakesWaiters()
+}
+
+func (s *RedisStore) wakesWaiters()  {}
+func (s *MemoryStore) wakesWaiters() {}
+
+// wakes is a Cache's waiters per store key, and its subscription to wakeChannel.
+type wakes struct {
+	bus     Broadcaster
+	prefix  string
+	started sync.Once
+	mu      sync.Mutex
+	keys    map[string]*wakeSlot
+}
+
+// wakeSlot is the waiters of one key: ch is closed (and replaced) when the key is published.
+type wakeSlot struct {
+	ch chan struct{}
+	n  int // waiters watching it
+}
+
+// watchFills returns the wake-ups of sk: ch() is a channel closed at the next message for sk
+// after ch() was called, and unwatch ends the watch. Without a wake transport it returns nils:
+// a nil channel, never ready.
+func (c *Cache[T]) watchFills(sk string) (ch func() <-chan struct{}, unwatch func()) {
+	w := c.wakes
+	if w == nil {
+		return func() <-chan struct{} { return nil }, func() {}
+	}
+	w.started.Do(func() {
+		sub := w.bus.Subscribe(wakeChannel)
+		c.background(func() { sub.Run(c.life, w.on) })
+	})
+	w.mu.Lock()
+	s := w.keys[sk]
+	if s == nil {
+		s = &wakeSlot{ch: make(chan struct{})}
+		w.keys[sk] = s
+	}
+	s.n++
+	w.mu.Unlock()
+	return func() <-chan struct{} {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			return s.ch
+		}, func() {
+			w.mu.Lock()
+			if s.n--; s.n == 0 && w.keys[sk] == s {
+				delete(w.keys, sk)
+			}
+			w.mu.Unlock()
+		}
+}
+
+// on handles the wake subscription's events: a message names a store key.
+func (w *wakes) on(ev SubscriptionEvent, msg []byte) {
+	if ev != SubscriptionMessage || !strings.HasPrefix(string(msg), w.prefix) {
+		return // Live and Lost change nothing: the waiters poll anyway
+	}
+	w.mu.Lock()
+	if s := w.keys[string(msg)]; s != nil {
+		close(s.ch)
+		s.ch = make(chan struct{})
+	}
+	w.mu.Unlock()
+}
+
+// newWakes returns the wake-ups of a Cache over store, or nil if the store has none.
+func newWakes(store Store, prefix string) *wakes {
+	ws, ok := store.(wakeStore)
+	if !ok {
+		return nil
+	}
+	return &wakes{bus: ws, prefix: prefix, keys: make(map[string]*wakeSlot)}
+}
+
+// wake publishes key on wakeChannel if any Cache watches it (MemoryStore's fills and releases).
+func (s *MemoryStore) wake(key string) {
+	s.bus.mu.RLock()
+	none := len(s.bus.subs[wakeChannel]) == 0
+	s.bus.mu.RUnlock()
+	if !none {
+		_ = s.Publish(context.Background(), wakeChannel, []byte(key))
+	}
+}
