@@ -164,6 +164,7 @@ func BenchmarkTagHit(b *testing.B) {
 					return c.GetOrLoad(ctx, keyOf(i), loaders[i], opts[i]...)
 				}, &calls)
 			})
+			var seq atomic.Int64 // miss keys are new across every run of the cases
 			for _, tagged := range []bool{false, true} {
 				name := "miss-untagged"
 				if tagged {
@@ -171,17 +172,16 @@ func BenchmarkTagHit(b *testing.B) {
 				}
 				b.Run(name, func(b *testing.B) {
 					b.ReportAllocs()
-					n := 0
 					for b.Loop() {
+						n := int(seq.Add(1))
 						var o []cacheaside.CallOption
 						if tagged {
 							o = opts[n%hitKeys]
 						}
-						key := name + ":" + strconv.Itoa(n)
+						key := "miss:" + strconv.Itoa(n)
 						if _, err := c.GetOrLoad(ctx, key, func(context.Context) (User, error) { return newUser(n), nil }, o...); err != nil {
 							b.Fatal(err)
 						}
-						n++
 					}
 				})
 			}
