@@ -69,7 +69,7 @@ func (c *Cache[T]) resolveAll(ctx context.Context, keys []string, b *batch[T]) e
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if c.closed.Load() {
+		if c.life.isClosed() {
 			return ErrClosed
 		}
 		again, err := c.resolveMany(ctx, pending, b)
@@ -199,7 +199,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 	}
 	var remote []int // held by leases of other processes (or of loads already over here)
 	for _, i := range held {
-		if f := c.joinable(flightKey{sks[i], lks[i].Holder}, 0); f != nil {
+		if f := c.flights.joinable(flightKey{sks[i], lks[i].Holder}, 0); f != nil {
 			waits = append(waits, pendingKey[T]{keys[i], f, false})
 		} else {
 			remote = append(remote, i)

@@ -23,7 +23,7 @@ func (c *Cache[T]) loadMany(ctx context.Context, keys, sks []string, gens []uint
 	for i, sk := range sks {
 		fks[i] = flightKey{sk, tok}
 	}
-	return c.launchMany(ctx, fks, gens, 0, func(lctx context.Context, fs []*flight[T]) {
+	return c.flights.launchMany(ctx, fks, gens, 0, func(lctx context.Context, fs []*flight[T]) {
 		c.runChunksTagged(lctx, fs, keys, sks, tok, load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
 			c.settleMany(ctx, fs[lo:hi], keys[lo:hi], sks[lo:hi], tok, m, err, pe, delta)
 		})
@@ -50,7 +50,7 @@ func (c *Cache[T]) runChunks(ctx context.Context, fs []*flight[T], keys []string
 		case <-ctx.Done():
 			wg.Wait()
 			done(ctx, lo, len(keys), nil, ErrClosed, nil, 0)
-			c.finish(fs[lo:]...)
+			c.flights.finish(fs[lo:]...)
 			return
 		}
 		wg.Add(1)
@@ -75,7 +75,7 @@ func (c *Cache[T]) runChunk(ctx context.Context, fs []*flight[T], keys []string,
 			done(lctx, lo, hi, nil, errLoaderExit, nil, 0)
 		}
 		cancel()
-		c.finish(chunk...)
+		c.flights.finish(chunk...)
 	}()
 	missing := append([]string(nil), keys[lo:hi]...)
 	lctx, obs := c.obs.loadStartMany(lctx, missing)
@@ -256,7 +256,7 @@ func (c *Cache[T]) abandonMany(ctx context.Context, tok string, sks []string, lk
 // The values are never filled under tok: the load may have read the source before the lease
 // was granted, and before an Invalidate that the lease, granted after it, did not see.
 func (c *Cache[T]) loadManyWithoutStore(ctx context.Context, keys, sks []string, tok string, b *batch[T]) error {
-	fs := c.launchMany(ctx, nil, make([]uint64, len(keys)), 0, func(lctx context.Context, fs []*flight[T]) {
+	fs := c.flights.launchMany(ctx, nil, make([]uint64, len(keys)), 0, func(lctx context.Context, fs []*flight[T]) {
 		c.stats.storeless.Add(1)
 		c.runChunks(lctx, fs, keys, b.load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
 			setOutcome(fs[lo:hi], keys[lo:hi], m, err, pe)

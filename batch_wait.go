@@ -21,7 +21,7 @@ func (c *Cache[T]) waitMany(ctx context.Context, keys, sks []string, gens []uint
 		fks[i] = flightKey{sks[i], lk.Holder}
 		ttls[i] = lk.HolderTTL
 	}
-	return c.launchMany(ctx, fks, gens, 0, func(lctx context.Context, fs []*flight[T]) {
+	return c.flights.launchMany(ctx, fks, gens, 0, func(lctx context.Context, fs []*flight[T]) {
 		c.pollMany(lctx, fs, keys, sks, ttls, load)
 	})
 }
@@ -96,14 +96,10 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 				held = append(held, i)
 			}
 		}
-		c.finish(settled...)
+		c.flights.finish(settled...)
 		if len(won) > 0 {
 			wfs, wkeys, wsks := pick(fs, won), pick(keys, won), pick(sks, won)
-			c.mu.Lock()
-			for j, f := range wfs {
-				c.register(f, flightKey{wsks[j], tok})
-			}
-			c.mu.Unlock()
+			c.flights.joinAs(wfs, tokenKeys(wsks, tok))
 			c.runChunksTagged(ctx, wfs, wkeys, wsks, tok, load, func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
 				c.settleMany(ctx, wfs[lo:hi], wkeys[lo:hi], wsks[lo:hi], tok, m, err, pe, delta)
 			})

@@ -181,11 +181,7 @@ func (c *Cache[T]) onBroadcast(ev SubscriptionEvent, msg []byte) {
 func (c *Cache[T]) startLocal(bus Broadcaster) {
 	c.l1 = newLocal[T](c.cfg.localMax, c.cfg.localTTL, c.cfg.beta > 0)
 	sub := bus.Subscribe(c.channel)
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		sub.Run(c.life, c.onBroadcast)
-	}()
+	c.life.goOwned(func() { sub.Run(c.life.ctx, c.onBroadcast) })
 }
 
 // Liveness of a Redis subscription (broadcast_redis.go): after pubsubIdle without traffic it

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,15 +50,9 @@ type Cache[T any] struct {
 	stats    stats
 	backoff  refreshBackoff // keys whose background refresh failed lately (refresh_backoff.go)
 
-	mu      sync.Mutex
-	flights map[flightKey]*flight[T]
-	seq     atomic.Uint64 // numbers flights in launch order
-	closed  atomic.Bool
-	calls   *callGate // the calls running (gate.go): Close waits for them
-
-	life context.Context // cancelled by Close
-	stop context.CancelFunc
-	wg   sync.WaitGroup // flights and the breaker's prober
+	life    *lifecycle      // goroutines, the context Close cancels, closed (lifecycle.go)
+	flights *flightGroup[T] // the flights in this process (flight.go)
+	calls   *callGate       // the calls running (gate.go): Close waits for them
 
 	// unsafeSkipLeaseCheck breaks guarantee 2 on purpose: a finished load overwrites the key
 	// (it voids every lease and fills under a fresh one) instead of filling only if its own
@@ -100,7 +93,10 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	if cfg.localMax > 0 && bus == nil {
 		return nil, fmt.Errorf("%w: WithLocalCache needs a store that broadcasts invalidations (a Broadcaster, as RedisStore and MemoryStore are); %T is not", ErrInvalidOption, store)
 	}
+	life := newLifecycle()
 	c := &Cache[T]{
+		life:     life,
+		flights:  newFlightGroup[T](life),
 		store:    store,
 		cfg:      cfg,
 		schema:   schemaOf(cfg.codec, schema), // schema.go
@@ -108,7 +104,7 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		tokens:   newTokens(),
 		calls:    newCallGate(),
 		gens:     newGenerations(),
-		flights:  make(map[flightKey]*flight[T]),
+
 		vc:       vc,
 		wire:     newWire(cfg, store),
 		bus:      bus,
@@ -136,20 +132,17 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	if err := c.obs.register(); err != nil {
 		return nil, err
 	}
-	c.life, c.stop = context.WithCancel(context.Background())
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		c.breaker.Run(c.life, cfg.probeInterval, max(cfg.storeTimeout, cfg.connectTimeout), func(ctx context.Context) error {
+	c.life.goOwned(func() {
+		c.breaker.Run(c.life.ctx, cfg.probeInterval, max(cfg.storeTimeout, cfg.connectTimeout), func(ctx context.Context) error {
 			ctx, obs := c.obs.storeStart(ctx, opPing)
 			err := store.Ping(ctx)
-			c.obs.storeEnd(obs, err, c.life.Err() != nil)
+			c.obs.storeEnd(obs, err, c.life.closing())
 			if err == nil {
 				c.warm.Store(true)
 			}
 			return err
 		})
-	}()
+	})
 	if cfg.localMax > 0 {
 		c.startLocal(bus)
 	}
@@ -193,7 +186,7 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 	if load == nil {
 		return zero, errNilLoader
 	}
-	if c.closed.Load() {
+	if c.life.isClosed() {
 		return zero, ErrClosed
 	}
 	if e := c.l1Hit(key); e != nil { // local.go
@@ -216,7 +209,7 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 		if err := ctx.Err(); err != nil {
 			return zero, err
 		}
-		if c.closed.Load() {
+		if c.life.isClosed() {
 			return zero, ErrClosed
 		}
 		gen := c.gens.load(key)
@@ -261,7 +254,7 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 				f, owner = c.joinOrWait(ctx, sk, lk.Holder, lk.HolderTTL, gen, load)
 			}
 		}
-		if f == nil && !c.closed.Load() {
+		if f == nil && !c.life.isClosed() {
 			f, owner = c.loadWithoutStore(ctx, sk, tok, gen, load)
 		} else if f == nil && tok != "" {
 			c.abandon(ctx, sk, tok) // closing: the failed lookup may have been granted it
@@ -300,11 +293,9 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 // granted, and before an Invalidate that the lease, granted after it, did not see.
 func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uint64, load func(context.Context) (T, error)) (*flight[T], bool) {
 	k := flightKey{key: sk}
-	since := c.seq.Load()
+	since := c.flights.lastSeq()
 	for {
-		c.mu.Lock()
-		f := c.flights[k]
-		c.mu.Unlock()
+		f := c.flights.get(k)
 		if f == nil {
 			break
 		}
@@ -324,7 +315,7 @@ func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uin
 			return nil, false
 		}
 	}
-	return c.launch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+	return c.flights.launch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		c.stats.storeless.Add(1)
 		lctx, obs := c.obs.loadStart(lctx, sk)
 		defer obs.end()
@@ -334,23 +325,6 @@ func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uin
 			c.abandon(lctx, sk, tok)
 		}
 	}), true
-}
-
-// background runs fn on a goroutine the Cache owns (Close waits for it), unless the Cache is
-// closed. It reports whether it started fn.
-func (c *Cache[T]) background(fn func()) bool {
-	c.mu.Lock()
-	if c.closed.Load() {
-		c.mu.Unlock()
-		return false
-	}
-	c.wg.Add(1)
-	c.mu.Unlock()
-	go func() {
-		defer c.wg.Done()
-		fn()
-	}()
-	return true
 }
 
 // decode reads a stored entry at store key sk and its header (h.NotFound() for a cached
@@ -404,15 +378,11 @@ func (c *Cache[T]) encode(ctx context.Context, sk string, v T, notFound bool, de
 // context ended first (they get ctx.Err()) or they had their value already. Close is
 // idempotent and always returns nil.
 func (c *Cache[T]) Close() error {
-	c.mu.Lock()
-	if c.closed.Swap(true) {
-		c.mu.Unlock()
+	if !c.life.close() {
 		return nil
 	}
-	c.mu.Unlock()
-	c.stop()
 	<-c.calls.close() // running calls return: their flights end now
-	c.wg.Wait()
+	c.life.wait()
 	c.obs.unregister()
 	if c.l1 != nil {
 		c.l1.stop()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"runtime/debug"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -24,8 +26,22 @@ type flight[T any] struct {
 	finished bool // done is closed; only the goroutine running the flight reads or sets it
 
 	gen  uint64      // invalidation generation at start
-	seq  uint64      // launch order in its Cache, for store-less joins
-	regs []flightKey // where it is registered in Cache.flights
+	seq  uint64      // launch order in its group, for store-less joins
+	regs []flightKey // where it is registered in its group
+}
+
+// flightGroup is a Cache's flights in this process, by key and lease token, and the
+// goroutines that run them (owned by the Cache's lifecycle: Close cancels and waits for them).
+// Registering, joining and finishing a flight each take the group's lock once.
+type flightGroup[T any] struct {
+	life *lifecycle
+	mu   sync.Mutex
+	m    map[flightKey]*flight[T]
+	seq  atomic.Uint64 // numbers flights in launch order
+}
+
+func newFlightGroup[T any](life *lifecycle) *flightGroup[T] {
+	return &flightGroup[T]{life: life, m: make(map[flightKey]*flight[T])}
 }
 
 type flightKey struct {
@@ -36,15 +52,49 @@ type flightKey struct {
 // errLoaderExit is the error of a load whose loader called runtime.Goexit.
 var errLoaderExit = errors.New("cacheaside: loader called runtime.Goexit")
 
-// register makes f joinable under k. The caller holds c.mu.
-func (c *Cache[T]) register(f *flight[T], k flightKey) {
-	c.flights[k] = f
+// register makes f joinable under k. The caller holds g.mu.
+func (g *flightGroup[T]) register(f *flight[T], k flightKey) {
+	g.m[k] = f
 	f.regs = append(f.regs, k)
 }
 
+// joinAs makes the running flights fs joinable under their keys ks too (a wait or a refresh
+// that was just granted its own lease, under that lease's token).
+func (g *flightGroup[T]) joinAs(fs []*flight[T], ks []flightKey) {
+	g.mu.Lock()
+	for i, f := range fs {
+		g.register(f, ks[i])
+	}
+	g.mu.Unlock()
+}
+
+// get returns the flight registered under k, or nil.
+func (g *flightGroup[T]) get(k flightKey) *flight[T] {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.m[k]
+}
+
+// lastSeq is the number of the last flight launched: flights launched after this call have
+// a greater seq.
+func (g *flightGroup[T]) lastSeq() uint64 { return g.seq.Load() }
+
+// count returns how many flights are registered under token (tests: refreshMarker).
+func (g *flightGroup[T]) count(token string) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for k := range g.m {
+		if k.token == token {
+			n++
+		}
+	}
+	return n
+}
+
 // launch registers a new flight under k and runs fn for it; see launchMany.
-func (c *Cache[T]) launch(ctx context.Context, k flightKey, gen uint64, timeout time.Duration, fn func(ctx context.Context, f *flight[T])) *flight[T] {
-	fs := c.launchMany(ctx, []flightKey{k}, []uint64{gen}, timeout, func(ctx context.Context, fs []*flight[T]) {
+func (g *flightGroup[T]) launch(ctx context.Context, k flightKey, gen uint64, timeout time.Duration, fn func(ctx context.Context, f *flight[T])) *flight[T] {
+	fs := g.launchMany(ctx, []flightKey{k}, []uint64{gen}, timeout, func(ctx context.Context, fs []*flight[T]) {
 		fn(ctx, fs[0])
 	})
 	if fs == nil {
@@ -58,8 +108,8 @@ func (c *Cache[T]) launch(ctx context.Context, k flightKey, gen uint64, timeout 
 // timeout is 0), and cancelled by Close. Each flight completes when fn finishes it (finish)
 // or, at the latest, when fn returns. A nil keys registers none (flights nobody may join). It
 // returns nil after Close.
-func (c *Cache[T]) launchMany(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, fn func(ctx context.Context, fs []*flight[T])) []*flight[T] {
-	fs, _ := c.spawn(ctx, keys, gens, timeout, spawnAll, func(ctx context.Context, fs []*flight[T], _ []int) {
+func (g *flightGroup[T]) launchMany(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, fn func(ctx context.Context, fs []*flight[T])) []*flight[T] {
+	fs, _ := g.spawn(ctx, keys, gens, timeout, spawnAll, func(ctx context.Context, fs []*flight[T], _ []int) {
 		fn(ctx, fs)
 	})
 	return fs
@@ -69,14 +119,14 @@ func (c *Cache[T]) launchMany(ctx context.Context, keys []flightKey, gens []uint
 // registered in one step: two callers never both start one for a key. fn gets the new
 // flights and the indexes of their keys in keys. Nothing runs if every key is taken, or after
 // Close.
-func (c *Cache[T]) launchFree(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, fn func(ctx context.Context, fs []*flight[T], idx []int)) {
-	c.spawn(ctx, keys, gens, timeout, spawnFree, fn)
+func (g *flightGroup[T]) launchFree(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, fn func(ctx context.Context, fs []*flight[T], idx []int)) {
+	g.spawn(ctx, keys, gens, timeout, spawnFree, fn)
 }
 
 // joinOrLaunch returns the flight registered under k, or registers and runs a new one with fn
 // (see launchMany), in one step: two callers never both start one. started reports which.
-func (c *Cache[T]) joinOrLaunch(ctx context.Context, k flightKey, gen uint64, timeout time.Duration, fn func(ctx context.Context, f *flight[T])) (f *flight[T], started bool) {
-	fs, joined := c.spawn(ctx, []flightKey{k}, []uint64{gen}, timeout, spawnJoin, func(ctx context.Context, fs []*flight[T], _ []int) {
+func (g *flightGroup[T]) joinOrLaunch(ctx context.Context, k flightKey, gen uint64, timeout time.Duration, fn func(ctx context.Context, f *flight[T])) (f *flight[T], started bool) {
+	fs, joined := g.spawn(ctx, []flightKey{k}, []uint64{gen}, timeout, spawnJoin, func(ctx context.Context, fs []*flight[T], _ []int) {
 		fn(ctx, fs[0])
 	})
 	if fs == nil {
@@ -96,47 +146,47 @@ const (
 
 // spawn is launchMany, with mode for the keys already taken. fn gets the flights it runs and,
 // with spawnFree, the indexes of their keys in keys.
-func (c *Cache[T]) spawn(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, mode spawnMode, fn func(ctx context.Context, fs []*flight[T], idx []int)) (_ []*flight[T], joined bool) {
+func (g *flightGroup[T]) spawn(ctx context.Context, keys []flightKey, gens []uint64, timeout time.Duration, mode spawnMode, fn func(ctx context.Context, fs []*flight[T], idx []int)) (_ []*flight[T], joined bool) {
 	n := len(keys)
 	if keys == nil {
 		n = len(gens)
 	}
 	fs := make([]*flight[T], n)
 	for i := range fs {
-		fs[i] = &flight[T]{done: make(chan struct{}), gen: gens[i], seq: c.seq.Add(1)}
+		fs[i] = &flight[T]{done: make(chan struct{}), gen: gens[i], seq: g.seq.Add(1)}
 	}
 	var idx []int
-	c.mu.Lock()
-	if c.closed.Load() {
-		c.mu.Unlock()
+	if !g.life.add() { // closed
 		return nil, false
 	}
+	g.mu.Lock()
 	switch {
-	case mode == spawnJoin && len(keys) == 1 && c.flights[keys[0]] != nil:
-		f := c.flights[keys[0]]
-		c.mu.Unlock()
+	case mode == spawnJoin && len(keys) == 1 && g.m[keys[0]] != nil:
+		f := g.m[keys[0]]
+		g.mu.Unlock()
+		g.life.done()
 		return []*flight[T]{f}, true
 	case mode == spawnFree:
 		free := fs[:0]
 		for i, k := range keys {
-			if c.flights[k] == nil {
-				c.register(fs[i], k)
+			if g.m[k] == nil {
+				g.register(fs[i], k)
 				free, idx = append(free, fs[i]), append(idx, i)
 			}
 		}
 		if fs = free; len(fs) == 0 {
-			c.mu.Unlock()
+			g.mu.Unlock()
+			g.life.done()
 			return nil, false
 		}
 	default:
 		for i, k := range keys {
-			c.register(fs[i], k)
+			g.register(fs[i], k)
 		}
 	}
-	c.wg.Add(1)
-	c.mu.Unlock()
+	g.mu.Unlock()
 	go func() {
-		defer c.wg.Done()
+		defer g.life.done()
 		var lctx context.Context
 		var cancel context.CancelFunc
 		if timeout > 0 {
@@ -144,7 +194,7 @@ func (c *Cache[T]) spawn(ctx context.Context, keys []flightKey, gens []uint64, t
 		} else {
 			lctx, cancel = context.WithCancel(context.WithoutCancel(ctx))
 		}
-		stop := context.AfterFunc(c.life, cancel)
+		stop := context.AfterFunc(g.life.ctx, cancel)
 		completed := false
 		defer func() {
 			stop()
@@ -152,7 +202,7 @@ func (c *Cache[T]) spawn(ctx context.Context, keys []flightKey, gens []uint64, t
 			if !completed {
 				exited(fs)
 			}
-			c.finish(fs...)
+			g.finish(fs...)
 		}()
 		fn(lctx, fs, idx)
 		completed = true
@@ -173,20 +223,20 @@ func exited[T any](fs []*flight[T]) {
 // finish completes the flights not completed yet: they can no longer be joined, and their
 // callers get their outcome. Only the goroutine running a flight calls it (or one it waits
 // for), after setting the outcome.
-func (c *Cache[T]) finish(fs ...*flight[T]) {
-	c.mu.Lock()
+func (g *flightGroup[T]) finish(fs ...*flight[T]) {
+	g.mu.Lock()
 	for _, f := range fs {
 		if f.finished {
 			continue
 		}
 		for _, r := range f.regs {
-			if c.flights[r] == f {
-				delete(c.flights, r)
+			if g.m[r] == f {
+				delete(g.m, r)
 			}
 		}
 	}
-	c.mu.Unlock()
-	closing := c.life.Err() != nil
+	g.mu.Unlock()
+	closing := g.life.closing()
 	for _, f := range fs {
 		if !f.finished {
 			if closing && f.err != nil && errors.Is(f.err, context.Canceled) {
@@ -200,10 +250,10 @@ func (c *Cache[T]) finish(fs ...*flight[T]) {
 
 // joinable returns the flight registered under k, if any. For a store-less key it must also
 // have begun at generation gen.
-func (c *Cache[T]) joinable(k flightKey, gen uint64) *flight[T] {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	f := c.flights[k]
+func (g *flightGroup[T]) joinable(k flightKey, gen uint64) *flight[T] {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	f := g.m[k]
 	if f != nil && k.token == "" && f.gen != gen {
 		return nil
 	}
@@ -244,4 +294,13 @@ func callLoader[R any](ctx context.Context, load func(context.Context) (R, error
 		normal = true
 	}()
 	return v, err, pe
+}
+
+// tokenKeys returns the flight keys of sks under one lease token.
+func tokenKeys(sks []string, tok string) []flightKey {
+	ks := make([]flightKey, len(sks))
+	for i, sk := range sks {
+		ks[i] = flightKey{sk, tok}
+	}
+	return ks
 }

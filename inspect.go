@@ -130,7 +130,7 @@ func (c *Cache[T]) InspectValue(ctx context.Context, key string) (KeyInfo, any, 
 func (c *Cache[T]) inspect(ctx context.Context, key string, withValue bool) (KeyInfo, any, error) {
 	sk := c.cfg.prefix + key
 	info := KeyInfo{Key: key, StoreKey: sk, Codec: c.cfg.codec.Name()}
-	if c.closed.Load() {
+	if c.life.isClosed() {
 		return info, nil, ErrClosed
 	}
 	is, ok := c.store.(InspectStore)

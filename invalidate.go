@@ -49,7 +49,7 @@ const (
 // (WithLocalCache) drops them from it on receipt. It does so with or without a local cache of
 // its own, so instances that have one stay coherent with those that do not.
 func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
-	if c.closed.Load() {
+	if c.life.isClosed() {
 		return ErrClosed
 	}
 	if len(keys) == 0 {
@@ -99,7 +99,7 @@ func (c *Cache[T]) invalidateKeys(ctx context.Context, deadline time.Time, keys,
 // Then it tells every instance to clear its local cache (WithLocalCache) of this prefix
 // entirely, as Invalidate does for keys.
 func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, error) {
-	if c.closed.Load() {
+	if c.life.isClosed() {
 		return 0, ErrClosed
 	}
 	if pattern == "" {

@@ -1161,7 +1161,7 @@ func churn(t testing.TB, sc linzScenario, tg *linzTarget, prefix string, stop <-
 			readers.Add(1)
 			go func() {
 				defer readers.Done()
-				for n := 1; !c.closed.Load(); n++ {
+				for n := 1; !c.life.isClosed(); n++ {
 					read(gen%8*3+r, c, n)
 				}
 			}()

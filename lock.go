@@ -208,7 +208,7 @@ func (c *Cache[T]) freeLeases(ctx context.Context, tok string, sks []string, tri
 		}
 		c.stats.unreleased.Add(uint64(len(sks))) // they expire with their lease TTL
 	}
-	if !c.background(run) {
+	if !c.life.goOwned(run) {
 		run()
 	}
 }
@@ -304,7 +304,7 @@ func (c *Cache[T]) loadUnder(ctx context.Context, f *flight[T], sk, tok string, 
 
 // startLoad starts the flight of a caller that was just granted the lease tok.
 func (c *Cache[T]) startLoad(ctx context.Context, sk, tok string, gen uint64, load func(context.Context) (T, error)) *flight[T] {
-	return c.launch(ctx, flightKey{sk, tok}, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+	return c.flights.launch(ctx, flightKey{sk, tok}, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		c.loadUnder(lctx, f, sk, tok, load)
 	})
 }
@@ -312,7 +312,7 @@ func (c *Cache[T]) startLoad(ctx context.Context, sk, tok string, gen uint64, lo
 // joinOrWait returns the flight of holder's lease: this process's own if holder is one of its
 // loads, else a new flight that waits for the holder's fill.
 func (c *Cache[T]) joinOrWait(ctx context.Context, sk, holder string, holderTTL time.Duration, gen uint64, load func(context.Context) (T, error)) (f *flight[T], owner bool) {
-	f, started := c.joinOrLaunch(ctx, flightKey{sk, holder}, gen, c.leaseTTL+2*c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+	f, started := c.flights.joinOrLaunch(ctx, flightKey{sk, holder}, gen, c.leaseTTL+2*c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		c.waitLease(lctx, f, sk, holderTTL, load)
 	})
 	if f != nil && !started {
@@ -373,9 +373,7 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 			c.abandon(ctx, sk, tok) // it may have granted the lease all the same
 			return
 		case lk.Granted:
-			c.mu.Lock()
-			c.register(f, flightKey{sk, tok})
-			c.mu.Unlock()
+			c.flights.joinAs([]*flight[T]{f}, []flightKey{{sk, tok}})
 			lctx, cancel := context.WithTimeout(ctx, c.cfg.loadTimeout)
 			defer cancel()
 			c.loadUnder(lctx, f, sk, tok, load)

@@ -196,7 +196,7 @@ func (c *Cache[T]) handOver(sh *lookupShard[T], sk string) {
 		c.handOver(sh, sk)
 		return
 	}
-	sent := c.background(func() {
+	sent := c.life.goOwned(func() {
 		s.lk, s.f, s.err = c.readOwn(s.ctx, sk, s.gen, s.load)
 		close(s.done)
 		c.handOver(sh, sk)

@@ -167,7 +167,7 @@ func (c *Cache[T]) runChunksTagged(ctx context.Context, fs []*flight[T], keys, s
 // again. An empty tag is refused; a store without TagStore gives an error wrapping
 // ErrTagsUnsupported.
 func (c *Cache[T]) InvalidateTags(ctx context.Context, tags ...string) error {
-	if c.closed.Load() {
+	if c.life.isClosed() {
 		return ErrClosed
 	}
 	if len(tags) == 0 {

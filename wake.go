@@ -58,7 +58,7 @@ func (c *Cache[T]) watchFills(sk string) (ch func() <-chan struct{}, unwatch fun
 	}
 	w.started.Do(func() {
 		sub := w.bus.Subscribe(wakeChannel)
-		c.background(func() { sub.Run(c.life, w.on) })
+		c.life.goOwned(func() { sub.Run(c.life.ctx, w.on) })
 	})
 	w.mu.Lock()
 	s := w.keys[sk]

@@ -140,17 +140,7 @@ func (c *Cache[T]) orStale(ctx context.Context, v T, err error, s *staleValue[T]
 const refreshMarker = "\x00refresh"
 
 // refreshes returns how many background refreshes are running (tests).
-func (c *Cache[T]) refreshes() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for k := range c.flights {
-		if k.token == refreshMarker {
-			n++
-		}
-	}
-	return n
-}
+func (c *Cache[T]) refreshes() int { return c.flights.count(refreshMarker) }
 
 // refresh reloads key in the background with load, unless this process is refreshing it
 // already. seen is the stored entry the caller was served; early says it had not expired
@@ -163,7 +153,7 @@ func (c *Cache[T]) refresh(ctx context.Context, key string, gen uint64, seen []b
 	if !c.breaker.Allow() || !c.backoff.allow(sk, c.now()) { // refresh_backoff.go
 		return // a sick store (an L1 hit can get here with the breaker open), or a recent failure
 	}
-	c.joinOrLaunch(ctx, flightKey{sk, refreshMarker}, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+	c.flights.joinOrLaunch(ctx, flightKey{sk, refreshMarker}, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		c.refreshUnder(lctx, f, sk, seen, early, load)
 	})
 }
@@ -192,9 +182,7 @@ func (c *Cache[T]) refreshUnder(ctx context.Context, f *flight[T], sk string, se
 		_, _ = c.release(ctx, sk, tok)
 		return
 	}
-	c.mu.Lock()
-	c.register(f, flightKey{sk, tok})
-	c.mu.Unlock()
+	c.flights.joinAs([]*flight[T]{f}, []flightKey{{sk, tok}})
 	c.stats.refreshes.Add(1)
 	if early {
 		c.obs.earlyRefresh()
@@ -237,7 +225,7 @@ func (c *Cache[T]) refreshMany(ctx context.Context, reqs []refreshReq, load func
 	if len(allowed) == 0 {
 		return
 	}
-	c.launchFree(ctx, fks, gens, 0, func(lctx context.Context, fs []*flight[T], idx []int) {
+	c.flights.launchFree(ctx, fks, gens, 0, func(lctx context.Context, fs []*flight[T], idx []int) {
 		c.refreshManyUnder(lctx, fs, pick(allowed, idx), load)
 	})
 }
@@ -289,18 +277,16 @@ func (c *Cache[T]) refreshManyUnder(ctx context.Context, fs []*flight[T], reqs [
 		}
 	}
 	_, _ = c.releaseMany(ctx, tok, pick(sks, replaced))
-	c.finish(pick(fs, append(skipped, replaced...))...) // a later hit may refresh them again
+	c.flights.finish(pick(fs, append(skipped, replaced...))...) // a later hit may refresh them again
 	if len(same) == 0 {
 		return
 	}
 	rfs, rsks := pick(fs, same), pick(sks, same)
 	rkeys := make([]string, len(same))
-	c.mu.Lock()
 	for j, i := range same {
 		rkeys[j] = reqs[i].key
-		c.register(rfs[j], flightKey{rsks[j], tok})
 	}
-	c.mu.Unlock()
+	c.flights.joinAs(rfs, tokenKeys(rsks, tok))
 	for _, i := range same {
 		c.stats.refreshes.Add(1)
 		if reqs[i].early {
