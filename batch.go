@@ -98,20 +98,20 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 		sks[i] = c.cfg.prefix + k
 		gens[i] = c.gens.load(k)
 	}
-	tok := c.tokens.next()
+	tok := c.gw.tokens.next()
 	var lks []Lookup
 	err := errBreakerOpen
-	if c.breaker.Allow() {
+	if c.gw.breaker.Allow() {
 		// Detached from the caller's cancellation, as lookup is: leases granted to a caller
 		// that left are released.
-		lks, err = storeCallN(c, context.WithoutCancel(ctx), opGetOrLeaseMany, len(sks), func(ctx context.Context) ([]Lookup, error) {
-			lks, err := c.store.GetOrLeaseMany(ctx, sks, tok, c.leaseTTL)
+		lks, err = storeCallN(c.gw, context.WithoutCancel(ctx), opGetOrLeaseMany, len(sks), func(ctx context.Context) ([]Lookup, error) {
+			lks, err := c.gw.store.GetOrLeaseMany(ctx, sks, tok, c.gw.leaseTTL)
 			return oneEach(lks, err, len(sks))
 		})
 	}
 	if ctx.Err() != nil {
 		if err == nil {
-			c.abandonMany(ctx, tok, sks, lks)
+			c.gw.abandonMany(ctx, tok, sks, lks)
 		}
 		return nil, ctx.Err()
 	}
@@ -166,10 +166,10 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 	var bare []int // keys to replace that the store then failed to lease
 	if len(bad) > 0 {
 		// Leased together, like the misses: one more round trip (per node) for all of them.
-		blks, err := c.leaseOverMany(ctx, pick(sks, bad), tok)
+		blks, err := c.gw.leaseOverMany(ctx, pick(sks, bad), tok)
 		switch {
 		case err != nil && ctx.Err() != nil:
-			c.abandonMany(ctx, tok, pick(sks, won), nil)
+			c.gw.abandonMany(ctx, tok, pick(sks, won), nil)
 			return nil, ctx.Err()
 		case err != nil:
 			bare = bad
@@ -190,7 +190,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 		wkeys := pick(keys, won)
 		fs := c.loadMany(ctx, wkeys, pick(sks, won), pick(gens, won), tok, b.load)
 		if fs == nil { // closed since the lookup: its leases are not used
-			c.abandonMany(ctx, tok, pick(sks, won), nil)
+			c.gw.abandonMany(ctx, tok, pick(sks, won), nil)
 			return nil, ErrClosed
 		}
 		for j, f := range fs {

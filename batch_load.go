@@ -111,7 +111,7 @@ func setOutcome[T any](fs []*flight[T], keys []string, m map[string]T, err error
 func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []string, tok string, m map[string]T, err error, pe *PanicError, delta time.Duration) {
 	setOutcome(fs, keys, m, err, pe)
 	if pe != nil || (err != nil && !errors.Is(err, ErrNotFound)) {
-		_, _ = c.releaseMany(ctx, tok, sks)
+		_, _ = c.gw.releaseMany(ctx, tok, sks)
 		return
 	}
 	entries := make([]FillEntry, 0, len(keys))
@@ -128,7 +128,7 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 	}
 	if len(unstorable) > 0 {
 		c.stats.storeless.Add(1)
-		held, rerr := c.releaseMany(ctx, tok, pick(sks, unstorable))
+		held, rerr := c.gw.releaseMany(ctx, tok, pick(sks, unstorable))
 		for j, i := range unstorable {
 			fs[i].retry = rerr != nil || !held[j]
 		}
@@ -136,8 +136,8 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 	if len(entries) == 0 {
 		return
 	}
-	stored, ferr := storeCallN(c, context.WithoutCancel(ctx), opFillMany, len(entries), func(ctx context.Context) ([]bool, error) {
-		return c.store.FillMany(ctx, tok, entries)
+	stored, ferr := storeCallN(c.gw, context.WithoutCancel(ctx), opFillMany, len(entries), func(ctx context.Context) ([]bool, error) {
+		return c.gw.store.FillMany(ctx, tok, entries)
 	})
 	if ferr != nil {
 		// Some fills may not have reached the store (on Cluster, one node's may fail alone):
@@ -147,7 +147,7 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 		for i, e := range entries {
 			fsks[i] = e.Key
 		}
-		c.abandonMany(ctx, tok, fsks, nil)
+		c.gw.abandonMany(ctx, tok, fsks, nil)
 	}
 	for i, f := range filled {
 		f.retry = ferr != nil || i >= len(stored) || !stored[i]
@@ -158,95 +158,6 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 			c.stats.storeless.Add(1)
 		}
 	}
-}
-
-// releaseMany ends tok's leases on sks, in one round trip (per node) if the store implements
-// ReleaseManyStore, and reports per key whether tok held it. If the store fails, the release
-// is retried in the background (freeLeases).
-func (c *Cache[T]) releaseMany(ctx context.Context, tok string, sks []string) ([]bool, error) {
-	held, err := c.releaseManyOnce(ctx, tok, sks)
-	if err != nil {
-		c.freeLeases(ctx, tok, sks, releaseAttempts-1)
-	}
-	return held, err
-}
-
-// releaseManyOnce is one attempt of releaseMany.
-func (c *Cache[T]) releaseManyOnce(ctx context.Context, tok string, sks []string) ([]bool, error) {
-	return c.releaseManyWithin(ctx, tok, sks, c.storeTimeout(c.warm.Load(), len(sks)))
-}
-
-// releaseManyWithin is one attempt of releaseMany, its store calls bounded by timeout.
-func (c *Cache[T]) releaseManyWithin(ctx context.Context, tok string, sks []string, timeout time.Duration) ([]bool, error) {
-	ctx = context.WithoutCancel(ctx)
-	rs, ok := c.store.(ReleaseManyStore)
-	if !ok || len(sks) == 1 {
-		held := make([]bool, len(sks))
-		var errs []error
-		for i, sk := range sks {
-			var err error
-			held[i], err = storeCallWithin(c, ctx, opRelease, c.warm.Load(), timeout, func(ctx context.Context) (bool, error) {
-				return c.store.Release(ctx, sk, tok)
-			})
-			errs = append(errs, err)
-		}
-		return held, errors.Join(errs...)
-	}
-	held, err := storeCallWithin(c, ctx, opRelease, c.warm.Load(), timeout, func(ctx context.Context) ([]bool, error) {
-		held, err := rs.ReleaseMany(ctx, tok, sks)
-		return oneEach(held, err, len(sks))
-	})
-	if err != nil {
-		held = make([]bool, len(sks))
-	}
-	return held, err
-}
-
-// leaseOverMany is leaseOver for several keys under one token: one round trip (per node) if
-// the store implements LeaseManyStore, else one Lease per key, stopping at the first failure.
-// Like lookup it runs detached from ctx's cancellation: if the caller left meanwhile, the
-// leases granted are released in the background and it returns ctx.Err().
-func (c *Cache[T]) leaseOverMany(ctx context.Context, sks []string, tok string) ([]Lookup, error) {
-	dctx := context.WithoutCancel(ctx)
-	var lks []Lookup
-	var err error
-	if ls, ok := c.store.(LeaseManyStore); ok {
-		lks, err = storeCallN(c, dctx, opLease, len(sks), func(ctx context.Context) ([]Lookup, error) {
-			lks, err := ls.LeaseMany(ctx, sks, tok, c.leaseTTL)
-			return oneEach(lks, err, len(sks))
-		})
-	} else {
-		lks = make([]Lookup, len(sks))
-		for i := 0; i < len(sks) && err == nil; i++ {
-			lks[i], err = storeCall(c, dctx, opLease, func(ctx context.Context) (Lookup, error) {
-				return c.store.Lease(ctx, sks[i], tok, c.leaseTTL)
-			})
-		}
-	}
-	if err != nil {
-		lks = nil // the store may have granted any of them
-	}
-	if ctx.Err() != nil {
-		c.abandonMany(ctx, tok, sks, lks)
-		return nil, ctx.Err()
-	}
-	return lks, err
-}
-
-// abandonMany releases, in the background, the leases granted to tok that will not be
-// filled (a caller that left, a failed fill, Close): those of sks whose lookup says Granted,
-// or all of sks if lks is nil. See freeLeases.
-func (c *Cache[T]) abandonMany(ctx context.Context, tok string, sks []string, lks []Lookup) {
-	granted := sks
-	if lks != nil {
-		granted = nil
-		for i, lk := range lks {
-			if lk.Granted {
-				granted = append(granted, sks[i])
-			}
-		}
-	}
-	c.freeLeases(ctx, tok, granted, releaseAttempts)
 }
 
 // loadManyWithoutStore loads keys without waiting on the store, in chunks as loadMany does, on
@@ -263,7 +174,7 @@ func (c *Cache[T]) loadManyWithoutStore(ctx context.Context, keys, sks []string,
 			if tok == "" {
 				return
 			}
-			c.freeLeases(ctx, tok, sks[lo:hi], releaseAttempts)
+			c.gw.freeLeases(ctx, tok, sks[lo:hi], releaseAttempts)
 		})
 	})
 	if fs == nil {

@@ -27,7 +27,7 @@ func (c *Cache[T]) waitMany(ctx context.Context, keys, sks []string, gens []uint
 }
 
 func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []string, ttls []time.Duration, load func(context.Context, []string) (map[string]T, error)) {
-	giveUp := time.Now().Add(c.leaseTTL + c.cfg.loadTimeout)
+	giveUp := time.Now().Add(c.gw.leaseTTL + c.cfg.loadTimeout)
 	backoff := c.cfg.leaseWaitMin
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -54,19 +54,19 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 		}
 		backoff = min(backoff*2, c.cfg.leaseWaitMax)
 
-		tok := c.tokens.next()
+		tok := c.gw.tokens.next()
 		qs := pick(sks, idx)
-		lks, err := storeCallN(c, ctx, opGetOrLeaseMany, len(qs), func(ctx context.Context) ([]Lookup, error) {
-			if rs, ok := c.store.(*RedisStore); ok {
-				return rs.pollMany(ctx, qs, tok, c.leaseTTL) // held keys: straight to the script
+		lks, err := storeCallN(c.gw, ctx, opGetOrLeaseMany, len(qs), func(ctx context.Context) ([]Lookup, error) {
+			if rs, ok := c.gw.store.(*RedisStore); ok {
+				return rs.pollMany(ctx, qs, tok, c.gw.leaseTTL) // held keys: straight to the script
 			}
-			return c.store.GetOrLeaseMany(ctx, qs, tok, c.leaseTTL)
+			return c.gw.store.GetOrLeaseMany(ctx, qs, tok, c.gw.leaseTTL)
 		})
 		if err != nil || len(lks) != len(qs) {
 			for _, i := range idx {
 				fs[i].retry = true // the store failed: callers read again, and go without it
 			}
-			c.abandonMany(ctx, tok, qs, nil) // it may have granted leases all the same
+			c.gw.abandonMany(ctx, tok, qs, nil) // it may have granted leases all the same
 			return
 		}
 		var settled []*flight[T]

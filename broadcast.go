@@ -158,7 +158,7 @@ func (c *Cache[T]) onBroadcast(ev SubscriptionEvent, msg []byte) {
 	case SubscriptionMessage:
 		sender, all, keys, ok := decodeMsg(msg)
 		switch {
-		case ok && sender == c.tokens.id:
+		case ok && sender == c.gw.tokens.id:
 			return // this instance applied it before publishing
 		case !ok:
 			c.l1Flush() // a message this version cannot read: assume the worst

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cacheaside/cacheaside/internal/breaker"
 	"github.com/cacheaside/cacheaside/internal/envelope"
 )
 
@@ -17,20 +16,12 @@ import (
 // use. Values handed to several callers of one shared load are the same value: treat them as
 // read-only.
 type Cache[T any] struct {
-	store     Store
-	cfg       config
-	schema    uint32
-	leaseTTL  time.Duration
-	tokens    *tokens
-	gens      *generations
-	breaker   *breaker.Breaker
-	warm      atomic.Bool      // the store has answered once
-	lookups   *lookupShards[T] // nil for a store without round trips (MemoryStore)
-	mem       InProcessStore   // the store, when it is in this process: no timeouts, hits peeked
-	tagStore  TagStore         // the store's tag index (tags.go); nil if it has none
-	deadlines *deadlines       // shared deadlines of store calls (storebound.go); nil with mem
-	plain     valueReader      // the store's plain read, if it has one (lookup.go)
-	wakes     *wakes           // wake-ups of lease waiters (wake.go); nil if the store has none
+	gw      *gateway // every store call, bounded, metered, breaker-guarded (gateway.go)
+	cfg     config
+	schema  uint32
+	gens    *generations
+	lookups *lookupShards[T] // nil for a store without round trips (MemoryStore)
+	wakes   *wakes           // wake-ups of lease waiters (wake.go); nil if the store has none
 	// scriptFirst > 0: lookups send the lease script first, not a plain read (lookup.go).
 	scriptFirst atomic.Int32
 	obs         *observer     // metrics, logs and traces: metrics.go
@@ -97,14 +88,10 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	c := &Cache[T]{
 		life:     life,
 		flights:  newFlightGroup[T](life),
-		store:    store,
 		cfg:      cfg,
 		schema:   schemaOf(cfg.codec, schema), // schema.go
-		leaseTTL: cfg.leaseTTL,
-		tokens:   newTokens(),
 		calls:    newCallGate(),
 		gens:     newGenerations(),
-
 		vc:       vc,
 		wire:     newWire(cfg, store),
 		bus:      bus,
@@ -114,31 +101,23 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		now:      func() int64 { return time.Now().UnixNano() },
 		rand:     rand.Float64,
 	}
-	c.tagStore, _ = store.(TagStore)
-	if m, inProcess := store.(InProcessStore); inProcess {
-		c.mem = m
-	} else {
+	_, inProcess := store.(InProcessStore)
+	if !inProcess {
 		c.lookups = newLookupShards[T]()
-		c.deadlines = newDeadlines(cfg.storeTimeout)
-		c.plain, _ = store.(valueReader)
 	}
 	c.wakes = newWakes(store, cfg.prefix)
-	if c.leaseTTL == 0 {
-		c.leaseTTL = cfg.loadTimeout
-	}
-	c.obs = newObserver(&c.cfg, c.lookups != nil)
-	c.breaker = breaker.New(cfg.breakerFailures, c.obs.breakerChanged)
-	c.obs.breaker = c.breaker
+	c.obs = newObserver(&c.cfg, !inProcess)
+	c.gw = newGateway(store, &c.cfg, c.obs, life)
 	if err := c.obs.register(); err != nil {
 		return nil, err
 	}
 	c.life.goOwned(func() {
-		c.breaker.Run(c.life.ctx, cfg.probeInterval, max(cfg.storeTimeout, cfg.connectTimeout), func(ctx context.Context) error {
+		c.gw.breaker.Run(c.life.ctx, cfg.probeInterval, max(cfg.storeTimeout, cfg.connectTimeout), func(ctx context.Context) error {
 			ctx, obs := c.obs.storeStart(ctx, opPing)
 			err := store.Ping(ctx)
 			c.obs.storeEnd(obs, err, c.life.closing())
 			if err == nil {
-				c.warm.Store(true)
+				c.gw.warm.Store(true)
 			}
 			return err
 		})
@@ -217,7 +196,7 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 		owner := false
 		tok := ""               // the lease token of a lookup that failed: the store may have granted it
 		var stale staleValue[T] // an expired value seen by this pass, for stale-if-error
-		if c.breaker.Allow() {
+		if c.gw.breaker.Allow() {
 			lk, lf, err := c.read(ctx, sk, gen, load)
 			if err == nil && lk.Value != nil {
 				v, h, ok := c.decode(sk, lk.Value)
@@ -235,8 +214,8 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 					}
 					stale = c.keepStale(v, h) // expired: replace it like bad data
 				}
-				tok = c.tokens.next()
-				if lk, err = c.leaseOver(ctx, sk, tok); err == nil && lk.Granted {
+				tok = c.gw.tokens.next()
+				if lk, err = c.gw.leaseOver(ctx, sk, tok); err == nil && lk.Granted {
 					lf = c.startLoad(ctx, sk, tok, gen, load)
 				}
 			}
@@ -257,7 +236,7 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 		if f == nil && !c.life.isClosed() {
 			f, owner = c.loadWithoutStore(ctx, sk, tok, gen, load)
 		} else if f == nil && tok != "" {
-			c.abandon(ctx, sk, tok) // closing: the failed lookup may have been granted it
+			c.gw.abandon(ctx, sk, tok) // closing: the failed lookup may have been granted it
 		}
 		if f == nil {
 			if err := ctx.Err(); err != nil {
@@ -302,7 +281,7 @@ func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uin
 		if f.seq > since {
 			c.obs.coalesced(ctx, coalescedFlight)
 			if tok != "" {
-				c.abandon(ctx, sk, tok)
+				c.gw.abandon(ctx, sk, tok)
 			}
 			return f, false
 		}
@@ -310,7 +289,7 @@ func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uin
 		case <-f.done: // it is unregistered before done closes
 		case <-ctx.Done():
 			if tok != "" {
-				c.abandon(ctx, sk, tok)
+				c.gw.abandon(ctx, sk, tok)
 			}
 			return nil, false
 		}
@@ -322,7 +301,7 @@ func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uin
 		f.val, f.err, f.panicked = callLoader(lctx, load)
 		c.obs.loadDone(&obs, f.err, f.panicked)
 		if tok != "" {
-			c.abandon(lctx, sk, tok)
+			c.gw.abandon(lctx, sk, tok)
 		}
 	}), true
 }

@@ -179,7 +179,7 @@ func checkFailsOpen(t *testing.T, c *Cache[string]) {
 				t.Errorf("call %d: GetOrLoad(%q) = %q, %v; want %q, nil", i, key, v, err, valueOf(key))
 			}
 			if i == 0 {
-				openAfterFirst = c.breaker.Open()
+				openAfterFirst = c.gw.breaker.Open()
 			}
 		}
 		total = time.Since(start)
@@ -194,7 +194,7 @@ func checkFailsOpen(t *testing.T, c *Cache[string]) {
 	if total > 5*time.Second {
 		t.Errorf("50 calls took %v, want < 5s: the store is not bounded, or every call waits on it", total)
 	}
-	if !c.breaker.Open() {
+	if !c.gw.breaker.Open() {
 		t.Errorf("breaker is closed after 50 calls on an unusable store; want open")
 	}
 	if last40 > time.Second {
@@ -306,7 +306,7 @@ func checkConcurrentOneKey(t *testing.T, c *Cache[string]) {
 	var loads, entered atomic.Int64
 	load := func(ctx context.Context) (string, error) {
 		loads.Add(1)
-		for deadline := time.Now().Add(10 * time.Second); entered.Load() < callers || !c.breaker.Open(); {
+		for deadline := time.Now().Add(10 * time.Second); entered.Load() < callers || !c.gw.breaker.Open(); {
 			if time.Now().After(deadline) {
 				break // the checks below fail: the breaker stays closed, or callers were lost
 			}
@@ -340,7 +340,7 @@ func checkConcurrentOneKey(t *testing.T, c *Cache[string]) {
 		wg.Wait()
 	})
 	t.Logf("%d concurrent callers: loader calls %d, fastest %v, slowest %v, breaker open: %v",
-		callers, loads.Load(), slices.Min(durs), slices.Max(durs), c.breaker.Open())
+		callers, loads.Load(), slices.Min(durs), slices.Max(durs), c.gw.breaker.Open())
 	for i := range callers {
 		if errs[i] != nil || vals[i] != valueOf("hot") {
 			t.Errorf("caller %d: GetOrLoad = %q, %v; want %q, nil", i, vals[i], errs[i], valueOf("hot"))
@@ -352,7 +352,7 @@ func checkConcurrentOneKey(t *testing.T, c *Cache[string]) {
 	if slowest := slices.Max(durs); slowest > 5*time.Second {
 		t.Errorf("slowest concurrent caller took %v, want < 5s", slowest)
 	}
-	if !c.breaker.Open() {
+	if !c.gw.breaker.Open() {
 		t.Errorf("breaker closed after the hung store failed; want open")
 	}
 }
@@ -399,8 +399,8 @@ func TestFailOpenRecovers(t *testing.T) {
 		}
 		downTook = time.Since(down)
 	})
-	t.Logf("20 calls with the store down took %v; breaker open: %v", downTook, c.breaker.Open())
-	if !c.breaker.Open() {
+	t.Logf("20 calls with the store down took %v; breaker open: %v", downTook, c.gw.breaker.Open())
+	if !c.gw.breaker.Open() {
 		t.Fatalf("breaker closed after 20 calls with the store down; want open")
 	}
 	if downTook > 5*time.Second {
@@ -412,7 +412,7 @@ func TestFailOpenRecovers(t *testing.T) {
 	}
 	restarted := time.Now()
 	deadline := restarted.Add(5 * time.Second)
-	for c.breaker.Open() {
+	for c.gw.breaker.Open() {
 		if time.Now().After(deadline) {
 			t.Fatalf("breaker still open 5s after the store came back")
 		}
@@ -439,7 +439,7 @@ func TestFailOpenRecovers(t *testing.T) {
 	if !cachedAgain {
 		t.Fatalf("values not cached again within 5s of the store coming back")
 	}
-	if c.breaker.Open() {
+	if c.gw.breaker.Open() {
 		t.Errorf("breaker open again after the store came back")
 	}
 }
@@ -518,7 +518,7 @@ func TestFailOpenCallerCancelIsNotAStoreFailure(t *testing.T) {
 		}); !isCancel(err) {
 			t.Fatalf("GetOrLoadMany with a cancelled context = %v, want context.Canceled", err)
 		}
-		if c.breaker.Open() {
+		if c.gw.breaker.Open() {
 			t.Fatalf("breaker opened by callers whose context was cancelled")
 		}
 	})
@@ -548,14 +548,14 @@ func TestFailOpenCallerCancelIsNotAStoreFailure(t *testing.T) {
 			if !isCancel(err) {
 				t.Fatalf("cache %d: GetOrLoadMany cancelled during the store call = %v, want context.Canceled", i, err)
 			}
-			if c.breaker.Open() {
+			if c.gw.breaker.Open() {
 				t.Fatalf("cache %d: breaker opened by a caller that left during the store call", i)
 			}
 			// The store is fine: the cache still uses it.
 			if v, err := c.GetOrLoad(bg(), "k2", load("k2")); err != nil || v != valueOf("k2") {
 				t.Fatalf("cache %d: GetOrLoad after the cancellations = %q, %v", i, v, err)
 			}
-			if c.breaker.Open() {
+			if c.gw.breaker.Open() {
 				t.Fatalf("cache %d: breaker open after a successful call", i)
 			}
 		}
@@ -604,7 +604,7 @@ func TestFailOpenCallerCancelIsNotAStoreFailure(t *testing.T) {
 						default:
 							t.Errorf("GetOrLoad(%q) = %q, %v; want the value or context.Canceled", key, v, err)
 						}
-						if c.breaker.Open() {
+						if c.gw.breaker.Open() {
 							sawOpen.Store(true)
 						}
 						if i%10 == 0 {
@@ -616,7 +616,7 @@ func TestFailOpenCallerCancelIsNotAStoreFailure(t *testing.T) {
 			wg.Wait()
 		})
 		t.Logf("%d calls: %d returned the value, %d were cancelled", workers*perWorker, ok.Load(), cancelled.Load())
-		if sawOpen.Load() || c.breaker.Open() {
+		if sawOpen.Load() || c.gw.breaker.Open() {
 			t.Fatalf("breaker opened on a healthy store by callers cancelling their contexts")
 		}
 	})
@@ -631,11 +631,11 @@ func TestFailOpenNoGoroutinePileUp(t *testing.T) {
 		return func(context.Context) (string, error) { return valueOf(key), nil }
 	}
 	within(t, 10*time.Second, "calls until the breaker opens", func() {
-		for i := 0; i < 10 && !c.breaker.Open(); i++ {
+		for i := 0; i < 10 && !c.gw.breaker.Open(); i++ {
 			_, _ = c.GetOrLoad(bg(), "k", load("k"))
 		}
 	})
-	if !c.breaker.Open() {
+	if !c.gw.breaker.Open() {
 		t.Fatalf("breaker not open after calls on a hung store")
 	}
 
@@ -695,7 +695,7 @@ func TestFailOpenQueuedLookupSkipsOpenBreaker(t *testing.T) {
 	client := failOpenClient(t, &redis.Options{Addr: h.addr()})
 	store := &lookupCounter{Store: NewRedisStore(client)}
 	c := newTestCache[string](t, store)
-	store.open = c.breaker.Open
+	store.open = c.gw.breaker.Open
 
 	const callers = 20
 	start := make(chan struct{})

@@ -58,12 +58,12 @@ type CacheInfo struct {
 // Info returns the cache's configuration. It is cheap and safe to call at any time, also after
 // Close.
 func (c *Cache[T]) Info() CacheInfo {
-	_, inspectable := c.store.(InspectStore)
+	_, inspectable := c.gw.store.(InspectStore)
 	return CacheInfo{
 		Prefix:      c.cfg.prefix,
 		Type:        reflect.TypeFor[T]().String(),
 		Codec:       c.cfg.codec.Name(),
-		Store:       fmt.Sprintf("%T", c.store),
+		Store:       fmt.Sprintf("%T", c.gw.store),
 		TTL:         c.cfg.ttl,
 		NegativeTTL: c.cfg.negativeTTL,
 		LocalCache:  c.cfg.localMax,
@@ -133,15 +133,15 @@ func (c *Cache[T]) inspect(ctx context.Context, key string, withValue bool) (Key
 	if c.life.isClosed() {
 		return info, nil, ErrClosed
 	}
-	is, ok := c.store.(InspectStore)
+	is, ok := c.gw.store.(InspectStore)
 	if !ok {
-		return info, nil, fmt.Errorf("cacheaside: inspect: %T does not implement InspectStore: %w", c.store, errors.ErrUnsupported)
+		return info, nil, fmt.Errorf("cacheaside: inspect: %T does not implement InspectStore: %w", c.gw.store, errors.ErrUnsupported)
 	}
 	if c.l1Hit(key) != nil {
 		info.L1 = true
 	}
 	sctx, cancel := ctx, func() {}
-	if c.mem == nil {
+	if c.gw.mem == nil {
 		sctx, cancel = context.WithTimeout(ctx, max(c.cfg.storeTimeout, c.cfg.connectTimeout))
 	}
 	e, err := is.Inspect(sctx, sk)

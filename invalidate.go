@@ -76,7 +76,7 @@ func (c *Cache[T]) invalidateKeys(ctx context.Context, deadline time.Time, keys,
 	for _, k := range keys {
 		c.gens.bump(k)
 	}
-	removed, err = c.deleteAndPublish(ctx, deadline, sks, encodeKeysMsg(c.tokens.id, keys))
+	removed, err = c.deleteAndPublish(ctx, deadline, sks, encodeKeysMsg(c.gw.tokens.id, keys))
 	for _, k := range keys {
 		c.gens.bump(k)
 	}
@@ -111,8 +111,8 @@ func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, 
 	n, removed := 0, false
 	err := c.retryInvalidation(ctx, c.invalidateDeadline(), true, func(ctx context.Context, warm bool, timeout time.Duration) error {
 		if !removed {
-			m, err := storeCallWithin(c, ctx, opDeletePattern, warm, timeout, func(ctx context.Context) (int, error) {
-				return c.store.DeletePattern(ctx, full)
+			m, err := storeCallWithin(c.gw, ctx, opDeletePattern, warm, timeout, func(ctx context.Context) (int, error) {
+				return c.gw.store.DeletePattern(ctx, full)
 			})
 			n += m // a failed scan removed some: they count, and are gone
 			if err != nil {
@@ -120,7 +120,7 @@ func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, 
 			}
 			removed = true
 		}
-		return c.publish(ctx, warm, timeout, encodeAllMsg(c.tokens.id, pattern))
+		return c.publish(ctx, warm, timeout, encodeAllMsg(c.gw.tokens.id, pattern))
 	})
 	c.l1Flush() // bumps the epoch again
 	if err != nil {
@@ -146,7 +146,7 @@ func (c *Cache[T]) retryInvalidation(ctx context.Context, deadline time.Time, wh
 		if !whole {
 			timeout = min(left, invalidateAttempt)
 		}
-		err := attempt(ctx, c.warm.Load(), max(timeout, time.Millisecond))
+		err := attempt(ctx, c.gw.warm.Load(), max(timeout, time.Millisecond))
 		if err == nil {
 			return nil
 		}
@@ -184,12 +184,12 @@ type deletePublisher interface {
 // one round trip when the store can, else as two store calls, with retries (retryInvalidation).
 // removed reports whether the delete succeeded, even if the publish did not.
 func (c *Cache[T]) deleteAndPublish(ctx context.Context, deadline time.Time, sks []string, msg []byte) (removed bool, err error) {
-	dp, both := c.store.(deletePublisher)
+	dp, both := c.gw.store.(deletePublisher)
 	both = both && c.bus != nil
 	err = c.retryInvalidation(ctx, deadline, false, func(ctx context.Context, warm bool, timeout time.Duration) error {
 		if !removed && both {
 			var done bool
-			_, err := storeCallWithin(c, ctx, opDelete, warm, timeout, func(ctx context.Context) (struct{}, error) {
+			_, err := storeCallWithin(c.gw, ctx, opDelete, warm, timeout, func(ctx context.Context) (struct{}, error) {
 				ok, err := dp.deleteAndPublish(ctx, sks, c.channel, msg)
 				done = ok
 				return struct{}{}, err
@@ -204,8 +204,8 @@ func (c *Cache[T]) deleteAndPublish(ctx context.Context, deadline time.Time, sks
 			both = false // the store cannot do both at once: from now on, two calls
 		}
 		if !removed {
-			_, err := storeCallWithin(c, ctx, opDelete, warm, timeout, func(ctx context.Context) (struct{}, error) {
-				return struct{}{}, c.store.Delete(ctx, sks...)
+			_, err := storeCallWithin(c.gw, ctx, opDelete, warm, timeout, func(ctx context.Context) (struct{}, error) {
+				return struct{}{}, c.gw.store.Delete(ctx, sks...)
 			})
 			if err != nil {
 				return err
@@ -223,7 +223,7 @@ func (c *Cache[T]) publish(ctx context.Context, warm bool, timeout time.Duration
 	if c.bus == nil {
 		return nil
 	}
-	_, err := storeCallWithin(c, ctx, opPublish, warm, timeout, func(ctx context.Context) (struct{}, error) {
+	_, err := storeCallWithin(c.gw, ctx, opPublish, warm, timeout, func(ctx context.Context) (struct{}, error) {
 		return struct{}{}, c.bus.Publish(ctx, c.channel, msg)
 	})
 	if err != nil {

@@ -39,7 +39,7 @@ func waitLive[T any](t testing.TB, cs ...*Cache[T]) {
 // read that still returns the value was served by L1.
 func removeBehindBack[T any](t testing.TB, c *Cache[T], key string) {
 	t.Helper()
-	if err := c.store.Delete(bg(), c.cfg.prefix+key); err != nil {
+	if err := c.gw.store.Delete(bg(), c.cfg.prefix+key); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -440,7 +440,7 @@ func TestLocalSubscriptionLossFlushesAndBypasses(t *testing.T) {
 	removeBehindBack(t, c, "k")
 	read(7, "after a message naming the key")
 	removeBehindBack(t, c, "k")
-	bus.emit(SubscriptionMessage, encodeKeysMsg(c.tokens.id, []string{"k"}))
+	bus.emit(SubscriptionMessage, encodeKeysMsg(c.gw.tokens.id, []string{"k"}))
 	read(7, "its own message changes nothing")
 	bus.emit(SubscriptionMessage, encodeAllMsg("another instance", "*"))
 	read(8, "after a pattern message")

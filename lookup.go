@@ -111,17 +111,6 @@ type valueReader interface {
 	readValue(ctx context.Context, key string) ([]byte, error)
 }
 
-// readValue is the plain read of readOwn, bounded and accounted as the read-or-lease is.
-func (c *Cache[T]) readValue(ctx context.Context, sk string) ([]byte, error) {
-	v, err := storeCall(c, detach(ctx), opGetOrLease, func(ctx context.Context) ([]byte, error) {
-		return c.plain.readValue(ctx, sk)
-	})
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	return v, err
-}
-
 // detach is context.WithoutCancel, without an allocation for a context that has no
 // cancellation already (context.Background()).
 func detach(ctx context.Context) context.Context {
@@ -133,17 +122,17 @@ func detach(ctx context.Context) context.Context {
 
 // readOwn is one read-or-lease round trip, starting the load flight if it wins the lease.
 func (c *Cache[T]) readOwn(ctx context.Context, sk string, gen uint64, load func(context.Context) (T, error)) (Lookup, *flight[T], error) {
-	if c.mem != nil {
+	if c.gw.mem != nil {
 		// An in-process hit needs no token, no timeout and no breaker: nothing can fail.
-		if v := c.mem.Peek(sk); v != nil {
+		if v := c.gw.mem.Peek(sk); v != nil {
 			return Lookup{Value: v}, nil, nil
 		}
 	}
-	plain := c.plain != nil && c.scriptFirst.Load() <= 0
+	plain := c.gw.plain != nil && c.scriptFirst.Load() <= 0
 	if plain {
 		// A plain read (no lease, no token, no script): a value is a hit, as fresh as the
 		// read-or-lease's would be. Only a miss needs the lease script, which follows.
-		v, err := c.readValue(ctx, sk)
+		v, err := c.gw.readValue(ctx, sk)
 		switch {
 		case err != nil:
 			return Lookup{}, nil, err // no lease can have been granted
@@ -152,12 +141,12 @@ func (c *Cache[T]) readOwn(ctx context.Context, sk string, gen uint64, load func
 		}
 		c.scriptFirst.Store(scriptWindow)
 	}
-	tok := c.tokens.next()
-	lk, err := c.lookup(ctx, sk, tok)
+	tok := c.gw.tokens.next()
+	lk, err := c.gw.lookup(ctx, sk, tok)
 	if err != nil {
 		return lk, nil, &lookupError{tok, err}
 	}
-	if c.plain != nil && !plain {
+	if c.gw.plain != nil && !plain {
 		if lk.Value == nil {
 			if c.scriptFirst.Load() != scriptWindow {
 				c.scriptFirst.Store(scriptWindow)
@@ -171,7 +160,7 @@ func (c *Cache[T]) readOwn(ctx context.Context, sk string, gen uint64, load func
 	}
 	f := c.startLoad(ctx, sk, tok, gen, load)
 	if f == nil { // closed since the lookup was sent: the lease is not used
-		c.abandon(ctx, sk, tok)
+		c.gw.abandon(ctx, sk, tok)
 		return Lookup{}, nil, ErrClosed
 	}
 	return lk, f, nil
@@ -190,7 +179,7 @@ func (c *Cache[T]) handOver(sh *lookupShard[T], sk string) {
 	sh.keys[sk] = nil // in flight, nothing queued behind it yet
 	sh.mu.Unlock()
 
-	if !c.breaker.Allow() {
+	if !c.gw.breaker.Allow() {
 		s.err = errBreakerOpen // the sharers go to their loader without asking the store
 		close(s.done)
 		c.handOver(sh, sk)

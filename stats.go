@@ -76,7 +76,7 @@ func (c *Cache[T]) Stats() Stats {
 	s.UnopenedValues = c.wire.rejects[rejectSealed].Load() + c.wire.rejects[rejectPlain].Load()
 	s.InvalidationFailures = c.stats.invalFailed.Load()
 	s.TagFailures = c.stats.tagFailures.Load()
-	s.UnreleasedLeases = c.stats.unreleased.Load()
+	s.UnreleasedLeases = c.gw.unreleased.Load()
 	return s
 }
 

@@ -30,7 +30,7 @@ func TestInProcessStoreByInterface(t *testing.T) {
 	defer m.Close()
 	ps := &peekStore{Store: m, m: m}
 	c := newTestCache[string](t, ps)
-	require.NotNil(t, c.mem)
+	require.NotNil(t, c.gw.mem)
 	require.Nil(t, c.lookups, "no lookup coalescing for an in-process store")
 	for range 3 {
 		v, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "v", nil })
@@ -41,7 +41,7 @@ func TestInProcessStoreByInterface(t *testing.T) {
 	require.EqualValues(t, 2, c.Stats().Hits)
 
 	hidden := newTestCache[string](t, struct{ Store }{m})
-	require.Nil(t, hidden.mem)
+	require.Nil(t, hidden.gw.mem)
 	require.NotNil(t, hidden.lookups)
 }
 

@@ -84,16 +84,4 @@ func (b *boundCtx) Err() error {
 // caller's (a detached context) has none, and Cause must then report Err.
 func (b *boundCtx) Value(key any) any { return b.Context.Value(key) }
 
-// bound returns ctx bounded by timeout, and the function that releases what the bound holds.
-// Calls on a detached context (no Done channel) with the store timeout share a deadline (see
-// above); any other call gets its own context.WithTimeout.
-func (c *Cache[T]) bound(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
-	if timeout == c.cfg.storeTimeout && ctx.Done() == nil {
-		if _, has := ctx.Deadline(); !has {
-			return &boundCtx{ctx, c.deadlines.get(time.Now())}, noCancel
-		}
-	}
-	return context.WithTimeout(ctx, timeout)
-}
-
 func noCancel() {}

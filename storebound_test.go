@@ -18,17 +18,17 @@ func TestStoreCallsShareDeadlines(t *testing.T) {
 	c := newTestCache[string](t, redisBackend().newStore(t), WithStoreTimeout(40*time.Millisecond))
 	parent := context.WithValue(context.Background(), boundKey{}, "v")
 	start := time.Now()
-	a, cancelA := c.bound(parent, c.cfg.storeTimeout)
+	a, cancelA := c.gw.bound(parent, c.cfg.storeTimeout)
 	defer cancelA()
-	b, cancelB := c.bound(detach(parent), c.cfg.storeTimeout)
+	b, cancelB := c.gw.bound(detach(parent), c.cfg.storeTimeout)
 	defer cancelB()
-	if time.Since(start) < c.deadlines.slice { // the two calls began in one slice
+	if time.Since(start) < c.gw.deadlines.slice { // the two calls began in one slice
 		require.Equal(t, a.Done(), b.Done(), "calls of one slice share one deadline")
 	}
 	da, ok := a.Deadline()
 	require.True(t, ok)
 	require.GreaterOrEqual(t, da.Sub(start), c.cfg.storeTimeout)
-	require.LessOrEqual(t, time.Until(da), c.cfg.storeTimeout+c.deadlines.slice)
+	require.LessOrEqual(t, time.Until(da), c.cfg.storeTimeout+c.gw.deadlines.slice)
 	require.Equal(t, "v", a.Value(boundKey{}))
 	require.NoError(t, a.Err())
 
@@ -39,11 +39,11 @@ func TestStoreCallsShareDeadlines(t *testing.T) {
 	// A context that can be cancelled, or another timeout, gets a context of its own.
 	live, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	own, cancelOwn := c.bound(live, c.cfg.storeTimeout)
+	own, cancelOwn := c.gw.bound(live, c.cfg.storeTimeout)
 	defer cancelOwn()
 	_, shared := own.(*boundCtx)
 	require.False(t, shared)
-	own, cancelOwn2 := c.bound(parent, time.Second)
+	own, cancelOwn2 := c.gw.bound(parent, time.Second)
 	defer cancelOwn2()
 	_, shared = own.(*boundCtx)
 	require.False(t, shared)

@@ -73,8 +73,8 @@ func (o *callOptions) tagged() bool { return o != nil && (len(o.tags) > 0 || o.t
 
 // checkTags refuses a call with tags on a store without a tag index.
 func (c *Cache[T]) checkTags(ctx context.Context) error {
-	if o, _ := ctx.Value(callKey{}).(*callOptions); o.tagged() && c.tagStore == nil {
-		return fmt.Errorf("cacheaside: Tags with %T: %w", c.store, ErrTagsUnsupported)
+	if o, _ := ctx.Value(callKey{}).(*callOptions); o.tagged() && c.gw.tags == nil {
+		return fmt.Errorf("cacheaside: Tags with %T: %w", c.gw.store, ErrTagsUnsupported)
 	}
 	return nil
 }
@@ -84,7 +84,7 @@ func (c *Cache[T]) checkTags(ctx context.Context) error {
 // error means the keys must not be filled: the load goes on without storing.
 func (c *Cache[T]) tagLoads(ctx context.Context, sks []string) error {
 	o, _ := ctx.Value(callKey{}).(*callOptions)
-	if !o.tagged() || c.tagStore == nil {
+	if !o.tagged() || c.gw.tags == nil {
 		return nil
 	}
 	tagged := make(map[string][]string, len(o.tags))
@@ -105,15 +105,15 @@ func (c *Cache[T]) tagLoads(ctx context.Context, sks []string) error {
 	if len(tagged) == 0 {
 		return nil
 	}
-	life := c.leaseTTL + max(c.fillTTL(ctx, false), c.fillTTL(ctx, true)) + c.extraTTL + tagLifeSlack
-	add := func(ctx context.Context) (struct{}, error) { return struct{}{}, c.tagStore.AddTags(ctx, tagged, life) }
+	life := c.gw.leaseTTL + max(c.fillTTL(ctx, false), c.fillTTL(ctx, true)) + c.extraTTL + tagLifeSlack
+	add := func(ctx context.Context) (struct{}, error) { return struct{}{}, c.gw.tags.AddTags(ctx, tagged, life) }
 	ctx = context.WithoutCancel(ctx)
-	_, err := storeCallN(c, ctx, opAddTags, len(sks), add)
+	_, err := storeCallN(c.gw, ctx, opAddTags, len(sks), add)
 	if err != nil {
 		// The tags' nodes are not the key's: on a Cluster the first record may have to
 		// connect to one. Once more, with the time a connection is given.
-		timeout := max(c.cfg.connectTimeout, c.storeTimeout(true, len(sks)))
-		_, err = storeCallWithin(c, ctx, opAddTags, true, timeout, add)
+		timeout := max(c.cfg.connectTimeout, c.gw.storeTimeout(true, len(sks)))
+		_, err = storeCallWithin(c.gw, ctx, opAddTags, true, timeout, add)
 	}
 	if err != nil {
 		c.stats.tagFailures.Add(1)
@@ -142,7 +142,7 @@ func (c *Cache[T]) runChunksTagged(ctx context.Context, fs []*flight[T], keys, s
 		}
 	}
 	if err := c.tagLoadsBefore(ctx, sks); err != nil {
-		c.freeLeases(ctx, tok, sks, releaseAttempts)
+		c.gw.freeLeases(ctx, tok, sks, releaseAttempts)
 		c.stats.storeless.Add(1)
 		settle = func(_ context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, _ time.Duration) {
 			setOutcome(fs[lo:hi], keys[lo:hi], m, err, pe)
@@ -173,8 +173,8 @@ func (c *Cache[T]) InvalidateTags(ctx context.Context, tags ...string) error {
 	if len(tags) == 0 {
 		return nil
 	}
-	if c.tagStore == nil {
-		return fmt.Errorf("cacheaside: invalidate tags with %T: %w", c.store, ErrTagsUnsupported)
+	if c.gw.tags == nil {
+		return fmt.Errorf("cacheaside: invalidate tags with %T: %w", c.gw.store, ErrTagsUnsupported)
 	}
 	for _, t := range tags {
 		if t == "" {
@@ -190,8 +190,8 @@ func (c *Cache[T]) InvalidateTags(ctx context.Context, tags ...string) error {
 	deadline := c.invalidateDeadline()
 	var found [][]TaggedKey
 	err := c.retryInvalidation(ctx, deadline, false, func(ctx context.Context, warm bool, timeout time.Duration) error {
-		r, err := storeCallWithin(c, ctx, opTaggedKeys, warm, timeout, func(ctx context.Context) ([][]TaggedKey, error) {
-			return c.tagStore.TaggedKeys(ctx, names)
+		r, err := storeCallWithin(c.gw, ctx, opTaggedKeys, warm, timeout, func(ctx context.Context) ([][]TaggedKey, error) {
+			return c.gw.tags.TaggedKeys(ctx, names)
 		})
 		if err == nil && len(r) != len(names) {
 			err = fmt.Errorf("cacheaside: store answered %d tags for %d", len(r), len(names))
@@ -236,8 +236,8 @@ func (c *Cache[T]) InvalidateTags(ctx context.Context, tags ...string) error {
 // a stale entry: so it is not the caller's error.
 func (c *Cache[T]) untag(ctx context.Context, deadline time.Time, tagged map[string][]TaggedKey) {
 	timeout := max(min(time.Until(deadline), invalidateAttempt), time.Millisecond)
-	_, err := storeCallWithin(c, ctx, opRemoveTags, c.warm.Load(), timeout, func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, c.tagStore.RemoveTags(ctx, tagged)
+	_, err := storeCallWithin(c.gw, ctx, opRemoveTags, c.gw.warm.Load(), timeout, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, c.gw.tags.RemoveTags(ctx, tagged)
 	})
 	if err != nil {
 		c.stats.tagFailures.Add(1)

@@ -341,8 +341,8 @@ func TestInvalidateFailure(t *testing.T) {
 func TestInvalidateIgnoresBreaker(t *testing.T) {
 	b := redisBackend()
 	c := backendCache[string](t, b)
-	c.breaker.Trip()
-	require.False(t, c.breaker.Allow())
+	c.gw.breaker.Trip()
+	require.False(t, c.gw.breaker.Allow())
 	raw := b.client(t)
 	sk := c.cfg.prefix + "k"
 	require.NoError(t, raw.HSet(bg(), sk, "v", "old").Err())

@@ -150,7 +150,7 @@ func (c *Cache[T]) refreshes() int { return c.flights.count(refreshMarker) }
 // and stopped by Close.
 func (c *Cache[T]) refresh(ctx context.Context, key string, gen uint64, seen []byte, early bool, load func(context.Context) (T, error)) {
 	sk := c.cfg.prefix + key
-	if !c.breaker.Allow() || !c.backoff.allow(sk, c.now()) { // refresh_backoff.go
+	if !c.gw.breaker.Allow() || !c.backoff.allow(sk, c.now()) { // refresh_backoff.go
 		return // a sick store (an L1 hit can get here with the breaker open), or a recent failure
 	}
 	c.flights.joinOrLaunch(ctx, flightKey{sk, refreshMarker}, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
@@ -161,13 +161,13 @@ func (c *Cache[T]) refresh(ctx context.Context, key string, gen uint64, seen []b
 // refreshUnder takes sk's lease over its value and, if the store still holds seen, loads and
 // fills under it. Once the lease is granted the flight is joinable under it, like any load.
 func (c *Cache[T]) refreshUnder(ctx context.Context, f *flight[T], sk string, seen []byte, early bool, load func(context.Context) (T, error)) {
-	tok := c.tokens.next()
-	lk, err := c.leaseOver(ctx, sk, tok)
+	tok := c.gw.tokens.next()
+	lk, err := c.gw.leaseOver(ctx, sk, tok)
 	switch {
 	case err != nil && ctx.Err() == nil:
 		// The store failed, or only timed out: it may have granted the lease all the same.
 		// Free it rather than leave the key leased, for every process, until the lease TTL.
-		_, _ = c.release(ctx, sk, tok)
+		_, _ = c.gw.release(ctx, sk, tok)
 		return
 	case err != nil || !lk.Granted:
 		return // closing, or another process is refreshing it
@@ -175,11 +175,11 @@ func (c *Cache[T]) refreshUnder(ctx context.Context, f *flight[T], sk string, se
 	// Only the lease holder fills and Delete voids the lease, so what the store holds now
 	// stays until this fill or an Invalidate. Anything but seen means another refresh filled
 	// the key since the caller read it, or it was removed: nothing to do.
-	cur, err := storeCall(c, context.WithoutCancel(ctx), opGetOrLease, func(ctx context.Context) (Lookup, error) {
-		return c.store.GetOrLease(ctx, sk, tok, c.leaseTTL)
+	cur, err := storeCall(c.gw, context.WithoutCancel(ctx), opGetOrLease, func(ctx context.Context) (Lookup, error) {
+		return c.gw.store.GetOrLease(ctx, sk, tok, c.gw.leaseTTL)
 	})
 	if err != nil || !bytes.Equal(cur.Value, seen) {
-		_, _ = c.release(ctx, sk, tok)
+		_, _ = c.gw.release(ctx, sk, tok)
 		return
 	}
 	c.flights.joinAs([]*flight[T]{f}, []flightKey{{sk, tok}})
@@ -208,7 +208,7 @@ type refreshReq struct {
 // filled in one round trip. Keys this process is refreshing already, and keys whose refreshes
 // are backed off, are left out. The caller does not wait for it.
 func (c *Cache[T]) refreshMany(ctx context.Context, reqs []refreshReq, load func(context.Context, []string) (map[string]T, error)) {
-	if !c.breaker.Allow() {
+	if !c.gw.breaker.Allow() {
 		return // as in refresh
 	}
 	now := c.now()
@@ -234,15 +234,15 @@ func (c *Cache[T]) refreshMany(ctx context.Context, reqs []refreshReq, load func
 // token: loaded together, each settled with its chunk. lctx ends only with Close; each chunk
 // has its own load timeout.
 func (c *Cache[T]) refreshManyUnder(ctx context.Context, fs []*flight[T], reqs []refreshReq, load func(context.Context, []string) (map[string]T, error)) {
-	tok := c.tokens.next()
+	tok := c.gw.tokens.next()
 	sks := make([]string, len(reqs))
 	for i, r := range reqs {
 		sks[i] = r.sk
 	}
-	lks, err := c.leaseOverMany(ctx, sks, tok)
+	lks, err := c.gw.leaseOverMany(ctx, sks, tok)
 	if err != nil {
 		if ctx.Err() == nil {
-			_, _ = c.releaseMany(ctx, tok, sks) // as in refreshUnder
+			_, _ = c.gw.releaseMany(ctx, tok, sks) // as in refreshUnder
 		}
 		return
 	}
@@ -260,12 +260,12 @@ func (c *Cache[T]) refreshManyUnder(ctx context.Context, fs []*flight[T], reqs [
 	// As in refreshUnder: a key that no longer holds what its caller saw was refreshed or
 	// removed since; it is left alone.
 	gsks := pick(sks, granted)
-	cur, err := storeCallN(c, context.WithoutCancel(ctx), opGetOrLeaseMany, len(gsks), func(ctx context.Context) ([]Lookup, error) {
-		cur, err := c.store.GetOrLeaseMany(ctx, gsks, tok, c.leaseTTL)
+	cur, err := storeCallN(c.gw, context.WithoutCancel(ctx), opGetOrLeaseMany, len(gsks), func(ctx context.Context) ([]Lookup, error) {
+		cur, err := c.gw.store.GetOrLeaseMany(ctx, gsks, tok, c.gw.leaseTTL)
 		return oneEach(cur, err, len(gsks))
 	})
 	if err != nil {
-		_, _ = c.releaseMany(ctx, tok, gsks)
+		_, _ = c.gw.releaseMany(ctx, tok, gsks)
 		return
 	}
 	var same, replaced []int
@@ -276,7 +276,7 @@ func (c *Cache[T]) refreshManyUnder(ctx context.Context, fs []*flight[T], reqs [
 			replaced = append(replaced, i)
 		}
 	}
-	_, _ = c.releaseMany(ctx, tok, pick(sks, replaced))
+	_, _ = c.gw.releaseMany(ctx, tok, pick(sks, replaced))
 	c.flights.finish(pick(fs, append(skipped, replaced...))...) // a later hit may refresh them again
 	if len(same) == 0 {
 		return

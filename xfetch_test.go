@@ -181,7 +181,7 @@ func TestPhysicalTTL(t *testing.T) {
 		ttlOf := func(c *Cache[int], key string) time.Duration {
 			sk := c.cfg.prefix + key
 			if b.client == nil {
-				s := c.store.(*MemoryStore)
+				s := c.gw.store.(*MemoryStore)
 				e, ok := s.c.GetIfPresent(sk)
 				require.True(t, ok)
 				return time.Duration(e.expires - s.now())
@@ -217,7 +217,7 @@ func TestPhysicalTTL(t *testing.T) {
 			require.InDelta(t, float64(100*time.Second+tc.extra), float64(ttlOf(c, "k")), float64(time.Second), "%d", tc.extra)
 			require.InDelta(t, float64(10*time.Second+tc.extra), float64(ttlOf(c, "nf")), float64(time.Second), "%d", tc.extra)
 			// The logical expiry in the envelope is the TTL alone.
-			lk, err := c.store.GetOrLease(bg(), c.cfg.prefix+"k", "t", time.Second)
+			lk, err := c.gw.store.GetOrLease(bg(), c.cfg.prefix+"k", "t", time.Second)
 			require.NoError(t, err)
 			_, h, ok := c.decode(c.cfg.prefix+"k", lk.Value)
 			require.True(t, ok)
@@ -316,7 +316,7 @@ func hotKey(t *testing.T, name string, caches []*Cache[int64], keys, readers int
 		for time.Now().Before(stop) {
 			start := time.Now()
 			time.Sleep(tick)
-			_ = caches[0].store.Ping(bg())
+			_ = caches[0].gw.store.Ping(bg())
 			worst = max(worst, time.Since(start)-tick)
 		}
 		stalled <- worst
@@ -685,7 +685,7 @@ func TestRefreshOfReplacedValueSkips(t *testing.T) {
 		_, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "v1", nil })
 		require.NoError(t, err)
 		sk := c.cfg.prefix + "k"
-		lk, err := c.store.GetOrLease(bg(), sk, "t", time.Second)
+		lk, err := c.gw.store.GetOrLease(bg(), sk, "t", time.Second)
 		require.NoError(t, err)
 		old, _, _ := c.encode(bg(), sk, "v0", false, time.Millisecond)
 
