@@ -134,11 +134,11 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 			v, h, ok := c.decode(sks[i], lk.Value)
 			vd := expired
 			if ok {
-				vd = c.judge(h)
+				vd = c.fresh.judge(h)
 			}
 			if vd == expired {
 				bad = append(bad, i) // bad data, or past its stale windows: replace it
-				if s := c.keepStale(v, h); ok && s.expiry != 0 && b.out != nil {
+				if s := keepStale(c.fresh, v, h); ok && s.expiry != 0 && b.out != nil {
 					if stales == nil {
 						stales = make(map[string]*staleValue[T])
 					}
@@ -150,7 +150,7 @@ func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) 
 				refreshes = append(refreshes, refreshReq{keys[i], sks[i], gens[i], lk.Value, vd == serveRefresh})
 			}
 			c.obs.count(keys[i], resultOf(vd, h))
-			c.l1Fill(keys[i], gens[i], v, lk.Value) // kept only until its logical expiry
+			c.l1.fill(keys[i], gens[i], v, lk.Value) // kept only until its logical expiry
 			if !h.NotFound() && b.out != nil {
 				b.out[keys[i]] = v
 			}
@@ -262,7 +262,7 @@ func (c *Cache[T]) staleForAll(ctx context.Context, err error, keys []string, st
 		return false
 	}
 	for _, k := range keys {
-		if s := stales[k]; s == nil || !c.staleOK(s) {
+		if s := stales[k]; s == nil || !c.fresh.staleOK(s.expiry) {
 			return false
 		}
 	}

@@ -152,8 +152,8 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 	for i, f := range filled {
 		f.retry = ferr != nil || i >= len(stored) || !stored[i]
 		if !f.retry {
-			c.l1FillStored(entries[i].Key, f.gen, f.val, entries[i].Value)
-			c.backoff.succeeded(entries[i].Key) // as settle: a fresh value's refreshes need not wait
+			c.l1.fillStored(entries[i].Key, f.gen, f.val, entries[i].Value)
+			c.fresh.refreshSucceeded(entries[i].Key) // as settle: a fresh value's refreshes need not wait
 		} else {
 			c.stats.storeless.Add(1)
 		}

@@ -78,7 +78,7 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 			case lk.Value != nil:
 				v, h, ok := c.decode(sks[i], lk.Value)
 				switch {
-				case !ok || c.judge(h) == expired:
+				case !ok || c.fresh.judge(h) == expired:
 					f.retry = true // bad data, or past its stale windows: callers read again, and replace it
 				case h.NotFound():
 					f.err = ErrNotFound
@@ -86,7 +86,7 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 					f.val = v
 				}
 				if ok {
-					c.l1Fill(keys[i], f.gen, v, lk.Value)
+					c.l1.fill(keys[i], f.gen, v, lk.Value)
 				}
 				settled = append(settled, f)
 			case lk.Granted:

@@ -146,14 +146,14 @@ func (c *Cache[T]) onBroadcast(ev SubscriptionEvent, msg []byte) {
 	l := c.l1
 	switch ev {
 	case SubscriptionLive:
-		c.l1Flush() // messages sent while unsubscribed were missed
+		flushLocal(c.gens, c.l1) // messages sent while unsubscribed were missed
 		if l.subscribed.Swap(true) {
 			c.obs.l1Flushed() // not the first subscription
 		}
 		l.live.Store(true)
 	case SubscriptionLost:
 		l.live.Store(false)
-		c.l1Flush()
+		flushLocal(c.gens, c.l1)
 		c.obs.l1Flushed()
 	case SubscriptionMessage:
 		sender, all, keys, ok := decodeMsg(msg)
@@ -161,15 +161,15 @@ func (c *Cache[T]) onBroadcast(ev SubscriptionEvent, msg []byte) {
 		case ok && sender == c.gw.tokens.id:
 			return // this instance applied it before publishing
 		case !ok:
-			c.l1Flush() // a message this version cannot read: assume the worst
+			flushLocal(c.gens, c.l1) // a message this version cannot read: assume the worst
 			c.obs.l1Flushed()
 		case all:
-			c.obs.l1Dropped(c.l1DropAll())
+			c.obs.l1Dropped(c.l1.dropAll())
 		default:
 			for _, k := range keys {
 				c.gens.bump(k)
 			}
-			c.obs.l1Dropped(c.l1Forget(keys))
+			c.obs.l1Dropped(c.l1.forget(keys))
 		}
 		if f := l.onMessage.Load(); f != nil {
 			(*f)()
@@ -179,7 +179,7 @@ func (c *Cache[T]) onBroadcast(ev SubscriptionEvent, msg []byte) {
 
 // startLocal builds the L1 and starts its subscriber, on a goroutine Close stops.
 func (c *Cache[T]) startLocal(bus Broadcaster) {
-	c.l1 = newLocal[T](c.cfg.localMax, c.cfg.localTTL, c.cfg.beta > 0)
+	c.l1 = newLocal[T](&c.cfg, c.schema, c.gens, c.fresh)
 	sub := bus.Subscribe(c.channel)
 	c.life.goOwned(func() { sub.Run(c.life.ctx, c.onBroadcast) })
 }

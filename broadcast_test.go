@@ -327,7 +327,7 @@ func TestLocalDeadSubscriberConnectionIsNoticed(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "noticing the dead connection", func() (bool, string) {
-		return !b.l1Live(), "still live"
+		return !b.l1.isLive(), "still live"
 	})
 	t.Logf("dead subscriber connection noticed after %v (idle 100ms, pong wait 300ms)", time.Since(frozen))
 	// Cut off: no L1. The store does not answer either, so the read fails open to the loader.

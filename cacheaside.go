@@ -33,13 +33,8 @@ type Cache[T any] struct {
 	bus     Broadcaster // nil if the store cannot broadcast: Invalidate then publishes nothing
 	channel string      // this prefix's invalidation channel
 
-	// Early refresh and stale windows (xfetch.go). Hits read the clock only when timed.
-	timed    bool
-	extraTTL time.Duration  // physical TTL - logical TTL: the longer stale window
-	now      func() int64   // Unix nanoseconds; injectable for tests
-	rand     func() float64 // uniform in [0,1); injectable for tests
-	stats    stats
-	backoff  refreshBackoff // keys whose background refresh failed lately (refresh_backoff.go)
+	fresh *refresher // early refresh, stale windows, refresh backoff, the clock (xfetch.go)
+	stats stats
 
 	life    *lifecycle      // goroutines, the context Close cancels, closed (lifecycle.go)
 	flights *flightGroup[T] // the flights in this process (flight.go)
@@ -86,20 +81,17 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	}
 	life := newLifecycle()
 	c := &Cache[T]{
-		life:     life,
-		flights:  newFlightGroup[T](life),
-		cfg:      cfg,
-		schema:   schemaOf(cfg.codec, schema), // schema.go
-		calls:    newCallGate(),
-		gens:     newGenerations(),
-		vc:       vc,
-		wire:     newWire(cfg, store),
-		bus:      bus,
-		channel:  invalidationChannel(cfg.prefix),
-		timed:    cfg.beta > 0 || cfg.staleRevalidate > 0 || cfg.staleIfError > 0,
-		extraTTL: max(cfg.staleRevalidate, cfg.staleIfError),
-		now:      func() int64 { return time.Now().UnixNano() },
-		rand:     rand.Float64,
+		life:    life,
+		flights: newFlightGroup[T](life),
+		cfg:     cfg,
+		schema:  schemaOf(cfg.codec, schema), // schema.go
+		calls:   newCallGate(),
+		gens:    newGenerations(),
+		vc:      vc,
+		wire:    newWire(cfg, store),
+		bus:     bus,
+		channel: invalidationChannel(cfg.prefix),
+		fresh:   newRefresher(&cfg),
 	}
 	_, inProcess := store.(InProcessStore)
 	if !inProcess {
@@ -168,8 +160,8 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 	if c.life.isClosed() {
 		return zero, ErrClosed
 	}
-	if e := c.l1Hit(key); e != nil { // local.go
-		if c.timed && c.judge(e.header()) == serveRefresh {
+	if e := c.l1.hit(key); e != nil { // local.go
+		if c.fresh.timed && c.fresh.judge(e.header()) == serveRefresh {
 			c.refresh(ctx, key, c.gens.load(key), e.raw, true, load)
 		}
 		if e.notFound {
@@ -201,18 +193,18 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.
 			if err == nil && lk.Value != nil {
 				v, h, ok := c.decode(sk, lk.Value)
 				if ok {
-					if vd := c.judge(h); vd != expired {
+					if vd := c.fresh.judge(h); vd != expired {
 						if vd != serveIt {
 							c.refresh(ctx, key, gen, lk.Value, vd == serveRefresh, load)
 						}
 						c.obs.request(ctx, key, resultOf(vd, h))
-						c.l1Fill(key, gen, v, lk.Value) // kept only until its logical expiry
+						c.l1.fill(key, gen, v, lk.Value) // kept only until its logical expiry
 						if h.NotFound() {
 							return zero, ErrNotFound
 						}
 						return v, nil
 					}
-					stale = c.keepStale(v, h) // expired: replace it like bad data
+					stale = keepStale(c.fresh, v, h) // expired: replace it like bad data
 				}
 				tok = c.gw.tokens.next()
 				if lk, err = c.gw.leaseOver(ctx, sk, tok); err == nil && lk.Granted {
@@ -334,8 +326,8 @@ func (c *Cache[T]) encode(ctx context.Context, sk string, v T, notFound bool, de
 	if c.cfg.jitter > 0 {
 		ttl -= time.Duration(float64(ttl) * c.cfg.jitter * rand.Float64())
 	}
-	h := envelope.Header{Expiry: c.now() + int64(ttl), Delta: delta, Schema: c.schema}
-	ttl += c.extraTTL
+	h := envelope.Header{Expiry: c.fresh.now() + int64(ttl), Delta: delta, Schema: c.schema}
+	ttl += c.fresh.extraTTL
 	if notFound {
 		h.Flags = envelope.FlagNotFound
 	}

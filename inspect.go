@@ -137,7 +137,7 @@ func (c *Cache[T]) inspect(ctx context.Context, key string, withValue bool) (Key
 	if !ok {
 		return info, nil, fmt.Errorf("cacheaside: inspect: %T does not implement InspectStore: %w", c.gw.store, errors.ErrUnsupported)
 	}
-	if c.l1Hit(key) != nil {
+	if c.l1.hit(key) != nil {
 		info.L1 = true
 	}
 	sctx, cancel := ctx, func() {}
@@ -161,10 +161,10 @@ func (c *Cache[T]) inspect(ctx context.Context, key string, withValue bool) (Key
 		return info, nil, nil
 	}
 	info.Decoded = true
-	now := c.now()
+	now := c.fresh.now()
 	exp := info.Expiry.UnixNano()
 	info.Fresh = now < exp
-	info.Stale = !info.Fresh && now-exp < int64(c.cfg.staleRevalidate)
+	info.Stale = !info.Fresh && now-exp < int64(c.fresh.staleRevalidate)
 	if !withValue || info.NotFound {
 		return info, nil, nil
 	}

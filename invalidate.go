@@ -80,7 +80,7 @@ func (c *Cache[T]) invalidateKeys(ctx context.Context, deadline time.Time, keys,
 	for _, k := range keys {
 		c.gens.bump(k)
 	}
-	c.l1Forget(keys)
+	c.l1.forget(keys)
 	return removed, err
 }
 
@@ -122,7 +122,7 @@ func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, 
 		}
 		return c.publish(ctx, warm, timeout, encodeAllMsg(c.gw.tokens.id, pattern))
 	})
-	c.l1Flush() // bumps the epoch again
+	flushLocal(c.gens, c.l1) // bumps the epoch again
 	if err != nil {
 		c.stats.invalFailed.Add(1)
 		return n, &InvalidationError{Pattern: pattern, Removed: removed, Err: err}

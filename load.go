@@ -46,8 +46,8 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 		c.stats.storeless.Add(1) // the caller that loaded it still gets it
 		return
 	}
-	c.l1FillStored(sk, f.gen, v, data)
-	c.backoff.succeeded(sk) // a fresh value: its refreshes need not wait for a past failure
+	c.l1.fillStored(sk, f.gen, v, data)
+	c.fresh.refreshSucceeded(sk) // a fresh value: its refreshes need not wait for a past failure
 }
 
 // loadUnder runs load for one key under the lease tok and settles the result.

@@ -29,7 +29,7 @@ package cacheaside
 // owns (l1ClockTick; its goroutine stops at Close), so an entry may be served up to a tick
 // (more if that goroutine runs late) past its local TTL. The logical expiry stays exact: an
 // entry whose logical expiry is within l1ExactWindow of the end of its local TTL (capped) is
-// checked against the precise clock (c.now) on every hit, the only entries that read it.
+// checked against the precise clock (c.fresh.now) on every hit, the only entries that read it.
 
 import (
 	"context"
@@ -48,6 +48,10 @@ type local[T any] struct {
 	live       atomic.Bool // subscribed: entries may be read and stored
 	subscribed atomic.Bool // has been live once
 	keepRaw    bool        // keep the stored bytes in entries, for early refresh from an L1 hit
+	prefix     string      // the Cache's: fillStored takes store keys
+	schema     uint32      // the Cache's fingerprint, to read the header of stored bytes
+	gens       *generations
+	fresh      *refresher // its clock: the precise one of logical expiries
 
 	// onMessage, when set (tests only), is called after each message from another instance
 	// has been applied.
@@ -77,8 +81,12 @@ const l1ClockTick = time.Millisecond
 const l1ExactWindow = time.Second
 
 // newLocal starts the L1's coarse clock: call stop to end its goroutine.
-func newLocal[T any](maxEntries int, ttl time.Duration, keepRaw bool) *local[T] {
-	l := &local[T]{ttl: ttl, keepRaw: keepRaw, clock: otter.NewCoarseClock(l1ClockTick)}
+func newLocal[T any](cfg *config, schema uint32, gens *generations, fresh *refresher) *local[T] {
+	l := &local[T]{
+		ttl: cfg.localTTL, keepRaw: cfg.beta > 0, clock: otter.NewCoarseClock(l1ClockTick),
+		prefix: cfg.prefix, schema: schema, gens: gens, fresh: fresh,
+	}
+	maxEntries := cfg.localMax
 	l.entries = otter.Must(&otter.Options[string, *l1Entry[T]]{
 		MaximumSize: maxEntries,
 		Clock:       l.clock,
@@ -110,22 +118,21 @@ func (e *l1Entry[T]) header() envelope.Header {
 	return h
 }
 
-// l1Hit returns key's L1 entry if it may be served: the L1 is live and the entry's generation
-// is still the key's, and (for a capped entry, see l1Fill) its logical expiry has not
+// hit returns key's L1 entry if it may be served: the L1 is live and the entry's generation
+// is still the key's, and (for a capped entry, see fill) its logical expiry has not
 // passed. It allocates nothing, and reads the clock only for capped entries.
-func (c *Cache[T]) l1Hit(key string) *l1Entry[T] {
-	l := c.l1
+func (l *local[T]) hit(key string) *l1Entry[T] {
 	if l == nil || !l.live.Load() {
 		return nil
 	}
 	e, ok := l.entries.GetIfPresent(key)
-	if !ok || e.gen != c.gens.loadStripe(e.stripe) || (e.capped && c.now() >= e.expiry) {
+	if !ok || e.gen != l.gens.loadStripe(e.stripe) || (e.capped && l.fresh.now() >= e.expiry) {
 		return nil
 	}
 	return e
 }
 
-// l1Fill keeps v, decoded from the stored entry raw, as key's L1 entry, under gen: the key's
+// fill keeps v, decoded from the stored entry raw, as key's L1 entry, under gen: the key's
 // generation read before the store operation that showed raw fresh. Call it only with values
 // fresh for any later caller (see the top of this file). Nothing is kept if the key was
 // invalidated since gen, if the L1 is not live, or if the value's logical expiry has passed.
@@ -133,25 +140,24 @@ func (c *Cache[T]) l1Hit(key string) *l1Entry[T] {
 // A gen of 0 is never kept: the L1 goes live with an epoch bump, so every generation read
 // while it is live is at least 1 (flights that are not a caller's, such as the discarded ones
 // of loadWithoutStore, carry 0).
-func (c *Cache[T]) l1Fill(key string, gen uint64, v T, raw []byte) {
-	l := c.l1
-	if l == nil || !l.live.Load() || gen != c.gens.load(key) {
+func (l *local[T]) fill(key string, gen uint64, v T, raw []byte) {
+	if l == nil || !l.live.Load() || gen != l.gens.load(key) {
 		return
 	}
-	h, _, ok := envelope.Decode(raw, c.schema)
+	h, _, ok := envelope.Decode(raw, l.schema)
 	if !ok {
 		return
 	}
-	left := time.Duration(h.Expiry - c.now()) // c.now: the clock of the stale windows
+	left := time.Duration(h.Expiry - l.fresh.now()) // the clock of the stale windows
 	if left <= 0 {
 		return
 	}
 	// The coarse clock lets otter keep an entry past its TTL by as much as the clock lags: an
 	// entry whose logical expiry comes less than l1ExactWindow after its local TTL is checked
-	// against the precise clock on every hit (l1Hit) instead, so no lag up to that window
+	// against the precise clock on every hit (hit) instead, so no lag up to that window
 	// serves it past its logical expiry.
 	ttl, capped := min(l.ttl, left), left <= l.ttl+l1ExactWindow
-	e := &l1Entry[T]{gen: gen, stripe: c.gens.stripe(key), expiry: h.Expiry, delta: h.Delta, ttl: ttl, capped: capped, notFound: h.NotFound()}
+	e := &l1Entry[T]{gen: gen, stripe: l.gens.stripe(key), expiry: h.Expiry, delta: h.Delta, ttl: ttl, capped: capped, notFound: h.NotFound()}
 	if !e.notFound {
 		e.val = v
 	}
@@ -161,10 +167,10 @@ func (c *Cache[T]) l1Fill(key string, gen uint64, v T, raw []byte) {
 	l.entries.Set(key, e)
 }
 
-// l1FillStored is l1Fill for a store key (prefix + key).
-func (c *Cache[T]) l1FillStored(sk string, gen uint64, v T, raw []byte) {
-	if c.l1 != nil {
-		c.l1Fill(sk[len(c.cfg.prefix):], gen, v, raw)
+// fillStored is fill for a store key (prefix + key).
+func (l *local[T]) fillStored(sk string, gen uint64, v T, raw []byte) {
+	if l != nil {
+		l.fill(sk[len(l.prefix):], gen, v, raw)
 	}
 }
 
@@ -179,8 +185,8 @@ func (c *Cache[T]) l1Many(ctx context.Context, keys []string, b *batch[T]) []str
 	rest := keys[:0]
 	var refreshes []refreshReq
 	for _, k := range keys {
-		e := c.l1Hit(k)
-		if e != nil && c.timed && c.judge(e.header()) == serveRefresh {
+		e := c.l1.hit(k)
+		if e != nil && c.fresh.timed && c.fresh.judge(e.header()) == serveRefresh {
 			refreshes = append(refreshes, refreshReq{k, c.cfg.prefix + k, c.gens.load(k), e.raw, true})
 		}
 		switch {
@@ -199,43 +205,44 @@ func (c *Cache[T]) l1Many(ctx context.Context, keys []string, b *batch[T]) []str
 	return rest
 }
 
-// l1Forget drops keys' entries and returns how many it dropped (keys without a live entry
+// forget drops keys' entries and returns how many it dropped (keys without a live entry
 // are not counted); their generations were bumped already. It only frees memory: the bump
 // alone keeps them from being served.
-func (c *Cache[T]) l1Forget(keys []string) int {
-	if c.l1 == nil {
+func (l *local[T]) forget(keys []string) int {
+	if l == nil {
 		return 0
 	}
 	n := 0
 	for _, k := range keys {
-		if _, dropped := c.l1.entries.Invalidate(k); dropped {
+		if _, dropped := l.entries.Invalidate(k); dropped {
 			n++
 		}
 	}
 	return n
 }
 
-// l1DropAll is l1Flush for an L1 that exists, one entry at a time, and returns how many
+// dropAll is flushLocal for an L1 that exists, one entry at a time, and returns how many
 // entries it dropped. Entries stored meanwhile may stay, and be served: they were filled
 // after the epoch bump.
-func (c *Cache[T]) l1DropAll() int {
-	c.gens.bumpAll()
+func (l *local[T]) dropAll() int {
+	l.gens.bumpAll()
 	n := 0
-	for k := range c.l1.entries.Keys() {
-		if _, dropped := c.l1.entries.Invalidate(k); dropped {
+	for k := range l.entries.Keys() {
+		if _, dropped := l.entries.Invalidate(k); dropped {
 			n++
 		}
 	}
 	return n
 }
 
-// l1Flush makes every L1 entry unservable (an epoch bump) and drops them all.
-func (c *Cache[T]) l1Flush() {
-	c.gens.bumpAll()
-	if c.l1 != nil {
-		c.l1.entries.InvalidateAll()
+// flushLocal makes every L1 entry unservable (an epoch bump: gens is shared with the Cache,
+// whose store-less flights it also dates) and drops them all; l may be nil.
+func flushLocal[T any](gens *generations, l *local[T]) {
+	gens.bumpAll()
+	if l != nil {
+		l.entries.InvalidateAll()
 	}
 }
 
-// l1Live reports whether the L1 is in use (tests).
-func (c *Cache[T]) l1Live() bool { return c.l1 != nil && c.l1.live.Load() }
+// isLive reports whether the L1 is in use (tests).
+func (l *local[T]) isLive() bool { return l != nil && l.live.Load() }

@@ -26,7 +26,7 @@ func waitLive[T any](t testing.TB, cs ...*Cache[T]) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for _, c := range cs {
-		for !c.l1Live() {
+		for !c.l1.isLive() {
 			if time.Now().After(deadline) {
 				t.Fatal("the local cache did not subscribe within 20s")
 			}
@@ -165,7 +165,7 @@ func TestLocalHitAllocatesNothing(t *testing.T) {
 	if _, err := c.GetOrLoad(ctx, "hot", load); err != nil {
 		t.Fatal(err)
 	}
-	if c.l1Hit("hot") == nil {
+	if c.l1.hit("hot") == nil {
 		t.Fatal("not in L1")
 	}
 	allocs := testing.AllocsPerRun(1000, func() {
@@ -189,19 +189,19 @@ func TestLocalEntryFromBeforeAnInvalidationIsNeverServed(t *testing.T) {
 	if _, err := c.GetOrLoad(bg(), "k", func(context.Context) (int64, error) { return 1, nil }); err != nil {
 		t.Fatal(err)
 	}
-	e := c.l1Hit("k")
+	e := c.l1.hit("k")
 	if e == nil || e.gen != gen {
 		t.Fatalf("entry %+v, want one of generation %d", e, gen)
 	}
 	c.gens.bump("k") // an invalidation slips in...
 	c.l1.entries.Set("k", e)
-	if c.l1Hit("k") != nil {
+	if c.l1.hit("k") != nil {
 		t.Fatal("an entry of an older generation was served")
 	}
 	// ...and l1Fill does not store one either.
 	c.l1.entries.Invalidate("k")
 	data, _, _ := c.encode(bg(), c.cfg.prefix+"k", 1, false, 0)
-	c.l1Fill("k", gen, 1, data)
+	c.l1.fill("k", gen, 1, data)
 	if _, ok := c.l1.entries.GetIfPresent("k"); ok {
 		t.Fatal("l1Fill kept a value whose fill began before an invalidation")
 	}
@@ -405,7 +405,7 @@ func TestLocalSubscriptionLossFlushesAndBypasses(t *testing.T) {
 			t.Fatalf("%s: %d, %v; want %d", what, v, err, want)
 		}
 	}
-	if c.l1Live() {
+	if c.l1.isLive() {
 		t.Fatal("live before the subscription was confirmed")
 	}
 	read(1, "before subscription")
@@ -793,7 +793,7 @@ func TestLocalEntryPastItsLocalTTLIsNotServed(t *testing.T) {
 		t.Fatal(err)
 	}
 	filled := time.Now()
-	if c.l1Hit("k") == nil && time.Since(start) < localTTL {
+	if c.l1.hit("k") == nil && time.Since(start) < localTTL {
 		t.Fatal("not in L1 within its local TTL")
 	}
 	// Wait until the real time and the coarse clock are both a tick past the local TTL (the
@@ -807,7 +807,7 @@ func TestLocalEntryPastItsLocalTTLIsNotServed(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if c.l1Hit("k") != nil {
+	if c.l1.hit("k") != nil {
 		t.Fatalf("L1 serves an entry %v past its local TTL of %v", time.Since(filled)-localTTL, localTTL)
 	}
 	l1Hits := c.Stats().L1Hits
@@ -832,15 +832,15 @@ func TestLocalLogicalExpiryIsExactOnTheCoarseClock(t *testing.T) {
 	if _, err := c.GetOrLoad(bg(), "k", n.load); err != nil {
 		t.Fatal(err)
 	}
-	if c.l1Hit("k") == nil {
+	if c.l1.hit("k") == nil {
 		t.Fatal("not in L1")
 	}
-	precise := c.now
-	c.now = func() int64 { return precise() + int64(time.Hour) } // past the value's logical expiry
-	if c.l1Hit("k") != nil {
+	precise := c.fresh.now
+	c.fresh.now = func() int64 { return precise() + int64(time.Hour) } // past the value's logical expiry
+	if c.l1.hit("k") != nil {
 		t.Fatal("L1 serves a value past its logical expiry (the coarse clock has not moved)")
 	}
-	c.now = precise
+	c.fresh.now = precise
 
 	// Local TTL 1 min, value TTL 1h: the local TTL ends long before the value does.
 	c2 := newTestCache[int64](t, s, WithLocalCache(10, time.Minute), WithTTL(time.Hour))
@@ -849,9 +849,9 @@ func TestLocalLogicalExpiryIsExactOnTheCoarseClock(t *testing.T) {
 		t.Fatal(err)
 	}
 	var reads atomic.Int64
-	c2.now = func() int64 { reads.Add(1); return precise() }
+	c2.fresh.now = func() int64 { reads.Add(1); return precise() }
 	for range 10 {
-		if c2.l1Hit("k") == nil {
+		if c2.l1.hit("k") == nil {
 			t.Fatal("not in L1")
 		}
 	}

@@ -483,7 +483,7 @@ func TestPrometheusStale(t *testing.T) {
 	c := newTestCache[string](t, NewMemoryStore(), WithPrometheus(reg, "users"), WithTTL(time.Hour), WithTTLJitter(0),
 		WithEarlyRefresh(1), WithStaleWhileRevalidate(time.Minute), WithStaleIfError(time.Hour))
 	useClock(clk, c)
-	c.rand = func() float64 { return 0 } // no early refresh unless a step asks for one
+	c.fresh.rand = func() float64 { return 0 } // no early refresh unless a step asks for one
 	compare := func(step string, hit, miss, stale, early, staleIfError, loadsOK, loadErrors int) {
 		t.Helper()
 		want := expo("cacheaside_requests_total", resultLabels, hit, 0, miss, 0, stale) +
@@ -511,9 +511,9 @@ func TestPrometheusStale(t *testing.T) {
 	compare("a miss", 0, 1, 0, 0, 0, 1, 0)
 
 	clk.advance(time.Hour - time.Millisecond)
-	c.rand = func() float64 { return 0.99 } // 1 ms before expiry: refresh
+	c.fresh.rand = func() float64 { return 0.99 } // 1 ms before expiry: refresh
 	read("v1", constLoad("v2"))
-	c.rand = func() float64 { return 0 }
+	c.fresh.rand = func() float64 { return 0 }
 	compare("a hit refreshed early", 1, 1, 0, 1, 0, 2, 0)
 
 	clk.advance(time.Hour + 30*time.Second)

@@ -119,7 +119,6 @@ func (o *observer) stats() Stats {
 // stats counts what the metrics (metrics.go) do not tell apart: the background loads count
 // there as loads, and those started before expiry as early refreshes.
 type stats struct {
-	refreshes atomic.Uint64 // background refreshes that loaded (early or stale-while-revalidate)
 	// storeless counts loads whose values the store did not take, which their callers get all
 	// the same: loads of callers failing open (loadWithoutStore, loadManyWithoutStore), loads
 	// after waiting out another's lease, and loads whose fill was refused (the lease was lost

@@ -219,7 +219,7 @@ func TestTagIndexBounded(t *testing.T) {
 			require.EqualValues(t, 50, raw.ZCard(bg(), set).Val())
 			ttl := raw.PTTL(bg(), set).Val()
 			require.Positive(t, ttl, "the set expires with its last record")
-			life := c.gw.leaseTTL + max(c.cfg.ttl, c.cfg.negativeTTL) + c.extraTTL + tagLifeSlack
+			life := c.gw.leaseTTL + max(c.cfg.ttl, c.cfg.negativeTTL) + c.fresh.extraTTL + tagLifeSlack
 			require.LessOrEqual(t, ttl, life+time.Second, "the set lives as long as its longest record")
 			// The records' life (lease + TTL + slack) is over: tests cannot wait a minute, so
 			// age them instead by moving their expiries into the past.

@@ -58,8 +58,8 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 		lk, err := c.gw.lookup(ctx, sk, tok)
 		if err == nil && lk.Value != nil {
 			v, h, ok := c.decode(sk, lk.Value)
-			if ok && c.judge(h) != expired {
-				c.l1FillStored(sk, f.gen, v, lk.Value)
+			if ok && c.fresh.judge(h) != expired {
+				c.l1.fillStored(sk, f.gen, v, lk.Value)
 				f.val = v
 				if h.NotFound() {
 					f.err = ErrNotFound

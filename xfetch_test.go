@@ -87,7 +87,7 @@ func TestStaleOptionsValidate(t *testing.T) {
 	}
 	c, err := New[int](NewMemoryStore(), WithStaleWhileRevalidate(0), WithStaleIfError(0), WithEarlyRefresh(0))
 	require.NoError(t, err)
-	require.False(t, c.timed, "all off: hits read no clock")
+	require.False(t, c.fresh.timed, "all off: hits read no clock")
 	require.NoError(t, c.Close())
 }
 
@@ -108,7 +108,7 @@ func (c *fakeClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
 // useClock makes caches read clk. Call it before the caches are used.
 func useClock[T any](clk *fakeClock, cs ...*Cache[T]) {
 	for _, c := range cs {
-		c.now = clk.now
+		c.fresh.now = clk.now
 	}
 }
 
@@ -142,13 +142,13 @@ func TestPlainHitsReadNoClock(t *testing.T) {
 		c := backendCache[int](t, b, slowMachine...) // every fill must land
 		var hitting atomic.Bool
 		var calls atomic.Int32
-		c.now = func() int64 {
+		c.fresh.now = func() int64 {
 			if hitting.Load() {
 				calls.Add(1)
 			}
 			return time.Now().UnixNano()
 		}
-		c.rand = func() float64 {
+		c.fresh.rand = func() float64 {
 			if hitting.Load() {
 				calls.Add(1)
 			}
@@ -276,7 +276,7 @@ func hotKey(t *testing.T, name string, caches []*Cache[int64], keys, readers int
 	before := misses(caches...)
 	refreshed := func() (n uint64) {
 		for _, c := range caches {
-			n += c.stats.refreshes.Load()
+			n += c.fresh.refreshes.Load()
 		}
 		return n
 	}
@@ -418,7 +418,7 @@ func TestEarlyRefreshAcrossInstances(t *testing.T) {
 			require.LessOrEqual(t, rep.loads[k], int32(2*ttls+2), "key %d", k)
 		}
 		require.GreaterOrEqual(t, rep.refreshes, uint64(2*(ttls-1)))
-		t.Logf("refreshes per instance (all runs): %d %d %d", cs[0].stats.refreshes.Load(), cs[1].stats.refreshes.Load(), cs[2].stats.refreshes.Load())
+		t.Logf("refreshes per instance (all runs): %d %d %d", cs[0].fresh.refreshes.Load(), cs[1].fresh.refreshes.Load(), cs[2].fresh.refreshes.Load())
 	})
 }
 
@@ -652,7 +652,7 @@ func TestInvalidateDuringRefresh(t *testing.T) {
 		})
 		require.NoError(t, err)
 		clk.advance(time.Hour - time.Millisecond) // 1 ms before expiry: the draw below refreshes
-		cs[0].rand = func() float64 { return 0.99 }
+		cs[0].fresh.rand = func() float64 { return 0.99 }
 
 		loading := make(chan struct{})
 		gate := make(chan struct{})
@@ -836,10 +836,10 @@ func TestEarlyRefreshFromLocalCache(t *testing.T) {
 			return "v1", nil
 		})
 		require.NoError(t, err)
-		require.NotNil(t, c.l1Hit("k"), "the value is in L1")
+		require.NotNil(t, c.l1.hit("k"), "the value is in L1")
 
 		clk.advance(time.Hour - time.Millisecond) // 1 ms before expiry: the draw below refreshes
-		c.rand = func() float64 { return 0.99 }
+		c.fresh.rand = func() float64 { return 0.99 }
 		gate := make(chan struct{})
 		v, err := c.GetOrLoad(bg(), "k", func(ctx context.Context) (string, error) {
 			select {
@@ -887,11 +887,11 @@ func TestEarlyRefreshFromLocalCacheMany(t *testing.T) {
 		})
 		require.NoError(t, err)
 		for _, k := range keys {
-			require.NotNil(t, c.l1Hit(k), "%s is in L1", k)
+			require.NotNil(t, c.l1.hit(k), "%s is in L1", k)
 		}
 
 		clk.advance(time.Hour - time.Millisecond) // 1 ms before expiry: the draw below refreshes
-		c.rand = func() float64 { return 0.99 }
+		c.fresh.rand = func() float64 { return 0.99 }
 		gate := make(chan struct{})
 		calls := make(chan []string, 10)
 		reload := func(ctx context.Context, missing []string) (map[string]string, error) {
@@ -1074,14 +1074,14 @@ func TestRefreshSkippedWithBreakerOpen(t *testing.T) {
 		return "v1", nil
 	})
 	require.NoError(t, err)
-	require.NotNil(t, c.l1Hit("k"))
+	require.NotNil(t, c.l1.hit("k"))
 	store.fail.Store(true)
 	require.Error(t, c.Invalidate(bg(), "other")) // one failure opens the breaker
 	require.True(t, c.Stats().BreakerOpen)
 	errs := c.Stats().StoreErrors
 
 	clk.advance(time.Hour - time.Millisecond)
-	c.rand = func() float64 { return 0.99 } // refresh, were the store usable
+	c.fresh.rand = func() float64 { return 0.99 } // refresh, were the store usable
 	v, err := c.GetOrLoad(bg(), "k", func(context.Context) (string, error) { return "", errors.New("must not load") })
 	require.NoError(t, err)
 	require.Equal(t, "v1", v)
