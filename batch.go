@@ -5,30 +5,8 @@ import (
 	"errors"
 )
 
-// GetOrLoadMany returns the values of keys, reading every key in one store lookup (on Redis:
-// one round trip per node when every key is cached, two with misses, as it reads first and
-// leases only the misses; see RedisStore.GetOrLeaseMany) and calling load once with exactly the
-// keys that were not cached and whose lease this call won (in chunks, with WithBatchLoadSize). A key that load leaves out of its
-// map is not found: it is cached as such for the negative TTL and absent from the result, as
-// are cached not-found keys. Duplicate keys are read once.
-//
-// Keys another caller is loading are not loaded again: a key this process is loading (for a
-// GetOrLoad or another batch) is joined; keys whose leases other processes hold are waited
-// for together, polling the store for all of them in one round trip per node, and loaded by
-// this call's loader if their leases end without a value.
-//
-// With WithEarlyRefresh or WithStaleWhileRevalidate, hits (L1 hits too) may start a refresh
-// of the keys that need one, together, in the background with load (the caller does not wait
-// for it); with WithStaleIfError, a failed load may be answered with the expired values
-// instead of its error (see xfetch.go).
-//
-// A load error fails the whole call (nothing is cached for the keys it covered); a load panic
-// panics every caller sharing it. With the store unusable, load is called with every key that
-// was not resolved, and nothing is stored. load may reorder or keep missing: it is its own.
-//
-// opts apply to this call only (TTL, NegativeTTL); an invalid one is an error wrapping
-// ErrInvalidOption.
-func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error), opts ...CallOption) (map[string]T, error) {
+// getOrLoadMany is GetOrLoadMany (cacheaside.go).
+func (c *Cache[T]) getOrLoadMany(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error), opts ...CallOption) (map[string]T, error) {
 	if load == nil {
 		return nil, errNilLoader
 	}

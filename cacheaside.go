@@ -4,12 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"reflect"
 	"sync/atomic"
-	"time"
-
-	"github.com/cacheaside/cacheaside/internal/envelope"
 )
 
 // Cache is a cache-aside layer for values of type T over a Store. It is safe for concurrent
@@ -151,188 +147,110 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 	return c.getOrLoad(ctx, key, load)
 }
 
-// getOrLoad is GetOrLoad without a span of its own.
-func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.Context) (T, error)) (T, error) {
-	var zero T
-	if load == nil {
-		return zero, errNilLoader
-	}
-	if c.life.isClosed() {
-		return zero, ErrClosed
-	}
-	if e := c.l1.hit(key); e != nil { // local.go
-		if c.fresh.timed && c.fresh.judge(e.header()) == serveRefresh {
-			c.refresh(ctx, key, c.gens.load(key), e.raw, true, load)
-		}
-		if e.notFound {
-			c.obs.request(ctx, key, resultNegativeHit)
-			return zero, ErrNotFound
-		}
-		c.obs.request(ctx, key, resultL1Hit)
-		return e.val, nil
-	}
-	if !c.calls.enter() {
-		return zero, ErrClosed
-	}
-	defer c.calls.exit()
-	sk := c.cfg.prefix + key
-	for {
-		if err := ctx.Err(); err != nil {
-			return zero, err
-		}
-		if c.life.isClosed() {
-			return zero, ErrClosed
-		}
-		gen := c.gens.load(key)
-		var f *flight[T]
-		owner := false
-		tok := ""               // the lease token of a lookup that failed: the store may have granted it
-		var stale staleValue[T] // an expired value seen by this pass, for stale-if-error
-		if c.gw.breaker.Allow() {
-			lk, lf, err := c.read(ctx, sk, gen, load)
-			if err == nil && lk.Value != nil {
-				v, h, ok := c.decode(sk, lk.Value)
-				if ok {
-					if vd := c.fresh.judge(h); vd != expired {
-						if vd != serveIt {
-							c.refresh(ctx, key, gen, lk.Value, vd == serveRefresh, load)
-						}
-						c.obs.request(ctx, key, resultOf(vd, h))
-						c.l1.fill(key, gen, v, lk.Value) // kept only until its logical expiry
-						if h.NotFound() {
-							return zero, ErrNotFound
-						}
-						return v, nil
-					}
-					stale = keepStale(c.fresh, v, h) // expired: replace it like bad data
-				}
-				tok = c.gw.tokens.next()
-				if lk, err = c.gw.leaseOver(ctx, sk, tok); err == nil && lk.Granted {
-					lf = c.startLoad(ctx, sk, tok, gen, load)
-				}
-			}
-			switch {
-			case err != nil && ctx.Err() != nil:
-				return zero, ctx.Err()
-			case err != nil:
-				var le *lookupError
-				if errors.As(err, &le) {
-					tok = le.token
-				}
-			case lk.Granted:
-				f, owner = lf, true
-			default:
-				f, owner = c.joinOrWait(ctx, sk, lk.Holder, lk.HolderTTL, gen, load)
-			}
-		}
-		if f == nil && !c.life.isClosed() {
-			f, owner = c.loadWithoutStore(ctx, sk, tok, gen, load)
-		} else if f == nil && tok != "" {
-			c.gw.abandon(ctx, sk, tok) // closing: the failed lookup may have been granted it
-		}
-		if f == nil {
-			if err := ctx.Err(); err != nil {
-				return zero, err
-			}
-			return zero, ErrClosed
-		}
-		v, err, again := await(ctx, f, owner)
-		if !again {
-			v, err, served := c.orStale(ctx, v, err, &stale)
-			if served {
-				c.obs.request(ctx, key, resultStale)
-			} else {
-				c.obs.request(ctx, key, resultMiss)
-			}
-			return v, err
-		}
-	}
-}
-
-// loadWithoutStore joins or starts a load that does not wait on the store, for when the store
-// failed or its breaker is open. Loads stay coalesced per key, but a call only joins a load
-// that began after it did: without the store, this process cannot see another process's
-// Invalidate, so a load already running may have read the source before a write whose
-// Invalidate returned before this call began. A call that finds such a load waits for it to
-// end and then shares the next one, with the other calls that arrived meanwhile. It returns
-// nil if ctx ends while waiting, or after Close.
+// GetOrLoadMany returns the values of keys, reading every key in one store lookup (on Redis:
+// one round trip per node when every key is cached, two with misses, as it reads first and
+// leases only the misses; see RedisStore.GetOrLeaseMany) and calling load once with exactly the
+// keys that were not cached and whose lease this call won (in chunks, with WithBatchLoadSize). A key that load leaves out of its
+// map is not found: it is cached as such for the negative TTL and absent from the result, as
+// are cached not-found keys. Duplicate keys are read once.
 //
-// If tok is the token of a lookup that failed on the caller's side, the store may have
-// granted it anyway, and maybe only now (a request held up on the network lands after the
-// caller gave up): the lease is released, which frees the other processes waiting on it. The
-// value is never filled under tok: the load may have read the source before the lease was
-// granted, and before an Invalidate that the lease, granted after it, did not see.
-func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uint64, load func(context.Context) (T, error)) (*flight[T], bool) {
-	k := flightKey{key: sk}
-	since := c.flights.lastSeq()
-	for {
-		f := c.flights.get(k)
-		if f == nil {
-			break
-		}
-		if f.seq > since {
-			c.obs.coalesced(ctx, coalescedFlight)
-			if tok != "" {
-				c.gw.abandon(ctx, sk, tok)
-			}
-			return f, false
-		}
-		select {
-		case <-f.done: // it is unregistered before done closes
-		case <-ctx.Done():
-			if tok != "" {
-				c.gw.abandon(ctx, sk, tok)
-			}
-			return nil, false
-		}
-	}
-	return c.flights.launch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
-		c.stats.storeless.Add(1)
-		lctx, obs := c.obs.loadStart(lctx, sk)
-		defer obs.end()
-		f.val, f.err, f.panicked = callLoader(lctx, load)
-		c.obs.loadDone(&obs, f.err, f.panicked)
-		if tok != "" {
-			c.gw.abandon(lctx, sk, tok)
-		}
-	}), true
+// Keys another caller is loading are not loaded again: a key this process is loading (for a
+// GetOrLoad or another batch) is joined; keys whose leases other processes hold are waited
+// for together, polling the store for all of them in one round trip per node, and loaded by
+// this call's loader if their leases end without a value.
+//
+// With WithEarlyRefresh or WithStaleWhileRevalidate, hits (L1 hits too) may start a refresh
+// of the keys that need one, together, in the background with load (the caller does not wait
+// for it); with WithStaleIfError, a failed load may be answered with the expired values
+// instead of its error (see xfetch.go).
+//
+// A load error fails the whole call (nothing is cached for the keys it covered); a load panic
+// panics every caller sharing it. With the store unusable, load is called with every key that
+// was not resolved, and nothing is stored. load may reorder or keep missing: it is its own.
+//
+// opts apply to this call only (TTL, NegativeTTL); an invalid one is an error wrapping
+// ErrInvalidOption.
+func (c *Cache[T]) GetOrLoadMany(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error), opts ...CallOption) (map[string]T, error) {
+	return c.getOrLoadMany(ctx, keys, load, opts...)
 }
 
-// decode reads a stored entry at store key sk and its header (h.NotFound() for a cached
-// not-found). ok is false for anything that is not a well-formed entry of this cache's codec
-// and type, or that does not open (wire.go).
-func (c *Cache[T]) decode(sk string, b []byte) (v T, h envelope.Header, ok bool) {
-	h, payload, ok := envelope.Decode(b, c.schema)
-	if !ok {
-		c.wire.rejects.add(rejectFrame)
-		c.obs.undecodableValue()
-		return v, h, false
-	}
-	if v, ok = c.unframe(sk, b, h, payload); !ok {
-		c.obs.undecodableValue()
-		return v, envelope.Header{}, false
-	}
-	return v, h, true
+// Warm fills the cache for the keys that are not cached yet: it reads them in batches (one
+// store round trip per node each) and calls load with the keys of a batch that are missing,
+// a few batches at a time. It is GetOrLoadMany without returning the values: leases guard
+// every fill, so it is safe alongside concurrent reads and invalidations, keys other callers
+// are loading are not loaded again, and an invalidation during a load keeps that load's value
+// out of the cache. Duplicate keys count once.
+//
+// A failed batch does not stop Warm: its keys count as Failed and Warm goes on with the other
+// batches, then returns an error joining the distinct errors (up to 10) with the result. A
+// loader panic stops Warm and panics in its caller, as in GetOrLoadMany. Cancelling ctx stops
+// Warm promptly: it returns the result of the batches done (what they loaded stays cached) and
+// ctx.Err(); loads already running finish and fill on their own, as shared loads do.
+func (c *Cache[T]) Warm(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error), opts ...WarmOption) (WarmResult, error) {
+	return c.warm(ctx, keys, load, opts...)
 }
 
-// encode frames a loaded value (or a not-found) for store key sk, with its jittered TTL: the
-// TTL of the call whose load it is (callopts.go), else the cache's. ok is false when it must
-// not be stored: negative caching off, a codec error, or too large.
-func (c *Cache[T]) encode(ctx context.Context, sk string, v T, notFound bool, delta time.Duration) (data []byte, ttl time.Duration, ok bool) {
-	ttl = c.fillTTL(ctx, notFound)
-	if ttl == 0 {
-		return nil, 0, false
-	}
-	if c.cfg.jitter > 0 {
-		ttl -= time.Duration(float64(ttl) * c.cfg.jitter * rand.Float64())
-	}
-	h := envelope.Header{Expiry: c.fresh.now() + int64(ttl), Delta: delta, Schema: c.schema}
-	ttl += c.fresh.extraTTL
-	if notFound {
-		h.Flags = envelope.FlagNotFound
-	}
-	data, ok = c.frame(sk, h, &v)
-	return data, ttl, ok
+// Invalidate removes keys from the cache and voids every outstanding lease on them, so no load
+// that began before it can store its value, and no call that begins after it returns is
+// served one. Call it after each write to the source of truth.
+//
+// It returns nil once the store has removed the keys and the other instances have been told
+// (below). It does not use the read path's store timeout, and it does not skip the store when
+// the circuit breaker is open: each attempt is bounded by one second, and a failed attempt is
+// retried with backoff for up to WithInvalidateTimeout (default 10 seconds), or until ctx
+// ends. On a store that answers, however busy, it returns nil.
+//
+// If it cannot complete, it returns an *InvalidationError, for which
+// errors.Is(err, ErrInvalidationFailed) holds (and errors.Is(err, ctx.Err()) when ctx ended
+// it): the keys it names may then be served with their old value — from the store until
+// their TTL, or, when only the broadcast failed (Removed), from other instances' local caches
+// until their local TTL. Retry it, or write the invalidation through an outbox (package
+// outbox) so that it is delivered once the store answers. Either way, this instance's local
+// cache has dropped the keys.
+//
+// Then it publishes the keys on the store's invalidation channel of this cache's prefix
+// (RedisStore: Redis pub/sub; MemoryStore: in process), and every instance with a local cache
+// (WithLocalCache) drops them from it on receipt. It does so with or without a local cache of
+// its own, so instances that have one stay coherent with those that do not.
+func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
+	return c.invalidate(ctx, keys...)
+}
+
+// InvalidatePattern removes every entry of this cache whose key matches the Redis glob
+// pattern, and voids their leases. It matches within this cache's prefix only (the prefix's
+// own glob characters are escaped), uses SCAN on every master, never KEYS, and returns the
+// number of cached entries removed. An empty pattern is refused.
+//
+// Like Invalidate it has its own budget (WithInvalidateTimeout), retries a failed scan with
+// backoff within it, ignores the circuit breaker, and returns an *InvalidationError
+// (errors.Is(err, ErrInvalidationFailed)) if it cannot complete: entries matching pattern may
+// then still be served with their old value. A scan's cost grows with the whole keyspace of
+// the store, not with the entries removed: on a large Redis, raise the budget, or name the
+// keys (Invalidate).
+//
+// Then it tells every instance to clear its local cache (WithLocalCache) of this prefix
+// entirely, as Invalidate does for keys.
+func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, error) {
+	return c.invalidatePattern(ctx, pattern)
+}
+
+// InvalidateTags removes every entry tagged (Tags, TagsOf) with any of tags, in every
+// instance, as Invalidate does for keys: once it has returned nil, a value that a loader began
+// loading before the call is never stored under a key its load tagged with one of tags, and no
+// GetOrLoad that starts after it returns such a value (with WithLocalCache, on other instances,
+// within the broadcast delay, as for Invalidate). Its cost is proportional to the entries
+// recorded under the tags since their last InvalidateTags (at most those that may still be
+// cached), not to the store's size: a few round trips (RedisStore: read the tags' records,
+// delete and publish, remove the records; each pipelined per node).
+//
+// Like Invalidate it has its own budget (WithInvalidateTimeout), retries with backoff within
+// it, and ignores the circuit breaker. On failure it returns an *InvalidationError
+// (errors.Is(err, ErrInvalidationFailed)) naming the tags (and the keys it found, if it got that
+// far): the tagged entries may then still be served with their old value; retrying finds them
+// again. An empty tag is refused; a store without TagStore gives an error wrapping
+// ErrTagsUnsupported.
+func (c *Cache[T]) InvalidateTags(ctx context.Context, tags ...string) error {
+	return c.invalidateTags(ctx, tags...)
 }
 
 // Close stops the cache: it refuses new calls, cancels the loads in flight (their loaders'

@@ -26,29 +26,8 @@ const (
 	invalidateAttempt    = time.Second
 )
 
-// Invalidate removes keys from the cache and voids every outstanding lease on them, so no load
-// that began before it can store its value, and no call that begins after it returns is
-// served one. Call it after each write to the source of truth.
-//
-// It returns nil once the store has removed the keys and the other instances have been told
-// (below). It does not use the read path's store timeout, and it does not skip the store when
-// the circuit breaker is open: each attempt is bounded by one second, and a failed attempt is
-// retried with backoff for up to WithInvalidateTimeout (default 10 seconds), or until ctx
-// ends. On a store that answers, however busy, it returns nil.
-//
-// If it cannot complete, it returns an *InvalidationError, for which
-// errors.Is(err, ErrInvalidationFailed) holds (and errors.Is(err, ctx.Err()) when ctx ended
-// it): the keys it names may then be served with their old value — from the store until
-// their TTL, or, when only the broadcast failed (Removed), from other instances' local caches
-// until their local TTL. Retry it, or write the invalidation through an outbox (package
-// outbox) so that it is delivered once the store answers. Either way, this instance's local
-// cache has dropped the keys.
-//
-// Then it publishes the keys on the store's invalidation channel of this cache's prefix
-// (RedisStore: Redis pub/sub; MemoryStore: in process), and every instance with a local cache
-// (WithLocalCache) drops them from it on receipt. It does so with or without a local cache of
-// its own, so instances that have one stay coherent with those that do not.
-func (c *Cache[T]) Invalidate(ctx context.Context, keys ...string) error {
+// invalidate is Invalidate (cacheaside.go).
+func (c *Cache[T]) invalidate(ctx context.Context, keys ...string) error {
 	if c.life.isClosed() {
 		return ErrClosed
 	}
@@ -84,21 +63,8 @@ func (c *Cache[T]) invalidateKeys(ctx context.Context, deadline time.Time, keys,
 	return removed, err
 }
 
-// InvalidatePattern removes every entry of this cache whose key matches the Redis glob
-// pattern, and voids their leases. It matches within this cache's prefix only (the prefix's
-// own glob characters are escaped), uses SCAN on every master, never KEYS, and returns the
-// number of cached entries removed. An empty pattern is refused.
-//
-// Like Invalidate it has its own budget (WithInvalidateTimeout), retries a failed scan with
-// backoff within it, ignores the circuit breaker, and returns an *InvalidationError
-// (errors.Is(err, ErrInvalidationFailed)) if it cannot complete: entries matching pattern may
-// then still be served with their old value. A scan's cost grows with the whole keyspace of
-// the store, not with the entries removed: on a large Redis, raise the budget, or name the
-// keys (Invalidate).
-//
-// Then it tells every instance to clear its local cache (WithLocalCache) of this prefix
-// entirely, as Invalidate does for keys.
-func (c *Cache[T]) InvalidatePattern(ctx context.Context, pattern string) (int, error) {
+// invalidatePattern is InvalidatePattern (cacheaside.go).
+func (c *Cache[T]) invalidatePattern(ctx context.Context, pattern string) (int, error) {
 	if c.life.isClosed() {
 		return 0, ErrClosed
 	}

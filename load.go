@@ -85,3 +85,52 @@ func (c *Cache[T]) startLoad(ctx context.Context, sk, tok string, gen uint64, lo
 		c.loadUnder(lctx, f, sk, tok, load)
 	})
 }
+
+// loadWithoutStore joins or starts a load that does not wait on the store, for when the store
+// failed or its breaker is open. Loads stay coalesced per key, but a call only joins a load
+// that began after it did: without the store, this process cannot see another process's
+// Invalidate, so a load already running may have read the source before a write whose
+// Invalidate returned before this call began. A call that finds such a load waits for it to
+// end and then shares the next one, with the other calls that arrived meanwhile. It returns
+// nil if ctx ends while waiting, or after Close.
+//
+// If tok is the token of a lookup that failed on the caller's side, the store may have
+// granted it anyway, and maybe only now (a request held up on the network lands after the
+// caller gave up): the lease is released, which frees the other processes waiting on it. The
+// value is never filled under tok: the load may have read the source before the lease was
+// granted, and before an Invalidate that the lease, granted after it, did not see.
+func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uint64, load func(context.Context) (T, error)) (*flight[T], bool) {
+	k := flightKey{key: sk}
+	since := c.flights.lastSeq()
+	for {
+		f := c.flights.get(k)
+		if f == nil {
+			break
+		}
+		if f.seq > since {
+			c.obs.coalesced(ctx, coalescedFlight)
+			if tok != "" {
+				c.gw.abandon(ctx, sk, tok)
+			}
+			return f, false
+		}
+		select {
+		case <-f.done: // it is unregistered before done closes
+		case <-ctx.Done():
+			if tok != "" {
+				c.gw.abandon(ctx, sk, tok)
+			}
+			return nil, false
+		}
+	}
+	return c.flights.launch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+		c.stats.storeless.Add(1)
+		lctx, obs := c.obs.loadStart(lctx, sk)
+		defer obs.end()
+		f.val, f.err, f.panicked = callLoader(lctx, load)
+		c.obs.loadDone(&obs, f.err, f.panicked)
+		if tok != "" {
+			c.gw.abandon(lctx, sk, tok)
+		}
+	}), true
+}

@@ -151,22 +151,8 @@ func (c *Cache[T]) runChunksTagged(ctx context.Context, fs []*flight[T], keys, s
 	c.runChunks(ctx, fs, keys, load, settle)
 }
 
-// InvalidateTags removes every entry tagged (Tags, TagsOf) with any of tags, in every
-// instance, as Invalidate does for keys: once it has returned nil, a value that a loader began
-// loading before the call is never stored under a key its load tagged with one of tags, and no
-// GetOrLoad that starts after it returns such a value (with WithLocalCache, on other instances,
-// within the broadcast delay, as for Invalidate). Its cost is proportional to the entries
-// recorded under the tags since their last InvalidateTags (at most those that may still be
-// cached), not to the store's size: a few round trips (RedisStore: read the tags' records,
-// delete and publish, remove the records; each pipelined per node).
-//
-// Like Invalidate it has its own budget (WithInvalidateTimeout), retries with backoff within
-// it, and ignores the circuit breaker. On failure it returns an *InvalidationError
-// (errors.Is(err, ErrInvalidationFailed)) naming the tags (and the keys it found, if it got that
-// far): the tagged entries may then still be served with their old value; retrying finds them
-// again. An empty tag is refused; a store without TagStore gives an error wrapping
-// ErrTagsUnsupported.
-func (c *Cache[T]) InvalidateTags(ctx context.Context, tags ...string) error {
+// invalidateTags is InvalidateTags (cacheaside.go).
+func (c *Cache[T]) invalidateTags(ctx context.Context, tags ...string) error {
 	if c.life.isClosed() {
 		return ErrClosed
 	}

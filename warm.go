@@ -77,19 +77,8 @@ func WithWarmCallOptions(opts ...CallOption) WarmOption {
 	return func(c *warmConfig) { c.callOpts = append(c.callOpts, opts...) }
 }
 
-// Warm fills the cache for the keys that are not cached yet: it reads them in batches (one
-// store round trip per node each) and calls load with the keys of a batch that are missing,
-// a few batches at a time. It is GetOrLoadMany without returning the values: leases guard
-// every fill, so it is safe alongside concurrent reads and invalidations, keys other callers
-// are loading are not loaded again, and an invalidation during a load keeps that load's value
-// out of the cache. Duplicate keys count once.
-//
-// A failed batch does not stop Warm: its keys count as Failed and Warm goes on with the other
-// batches, then returns an error joining the distinct errors (up to 10) with the result. A
-// loader panic stops Warm and panics in its caller, as in GetOrLoadMany. Cancelling ctx stops
-// Warm promptly: it returns the result of the batches done (what they loaded stays cached) and
-// ctx.Err(); loads already running finish and fill on their own, as shared loads do.
-func (c *Cache[T]) Warm(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error), opts ...WarmOption) (WarmResult, error) {
+// warm is Warm (cacheaside.go).
+func (c *Cache[T]) warm(ctx context.Context, keys []string, load func(ctx context.Context, missing []string) (map[string]T, error), opts ...WarmOption) (WarmResult, error) {
 	var res WarmResult
 	if load == nil {
 		return res, errNilLoader
