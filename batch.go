@@ -66,150 +66,182 @@ type pendingKey[T any] struct {
 	owner bool
 }
 
+// batchPass is one pass of a batch over its keys: what the store said of each, and the
+// flights that answer those it did not.
+type batchPass[T any] struct {
+	keys, sks []string
+	gens      []uint64 // before the lookup: an L1 fill is kept only if no invalidation came since
+	tok       string
+	lks       []Lookup
+	won       []int                     // leased to tok: loaded by this pass
+	held      []int                     // leased to another load: joined or waited for
+	bad       []int                     // bad data, or past its stale windows: to replace
+	bare      []int                     // to replace, but the store failed to lease them: loaded without it
+	stales    map[string]*staleValue[T] // expired values seen, for stale-if-error
+	waits     []pendingKey[T]
+}
+
 // resolveMany makes one pass over keys: one read-or-lease lookup for all of them; hits go
 // to b, won keys are loaded, the others joined or waited for. It returns the keys that must be
 // read again.
 func (c *Cache[T]) resolveMany(ctx context.Context, keys []string, b *batch[T]) ([]string, error) {
-	sks := make([]string, len(keys))
-	gens := make([]uint64, len(keys)) // before the lookup: an L1 fill is kept only if no invalidation came since
+	p := &batchPass[T]{keys: keys, sks: make([]string, len(keys)), gens: make([]uint64, len(keys)), tok: c.gw.tokens.next()}
 	for i, k := range keys {
-		sks[i] = c.cfg.prefix + k
-		gens[i] = c.gens.load(k)
+		p.sks[i] = c.cfg.prefix + k
+		p.gens[i] = c.gens.load(k)
 	}
-	tok := c.gw.tokens.next()
-	var lks []Lookup
 	err := errBreakerOpen
 	if c.gw.breaker.Allow() {
-		// Detached from the caller's cancellation, as lookup is: leases granted to a caller
-		// that left are released.
-		lks, err = storeCallN(c.gw, context.WithoutCancel(ctx), opGetOrLeaseMany, len(sks), func(ctx context.Context) ([]Lookup, error) {
-			lks, err := c.gw.store.GetOrLeaseMany(ctx, sks, tok, c.gw.leaseTTL)
-			return oneEach(lks, err, len(sks))
-		})
+		p.lks, err = c.gw.getOrLeaseMany(ctx, p.sks, p.tok) // lease.go
 	}
 	if ctx.Err() != nil {
 		if err == nil {
-			c.gw.abandonMany(ctx, tok, sks, lks)
+			c.gw.abandonMany(ctx, p.tok, p.sks, p.lks)
 		}
 		return nil, ctx.Err()
 	}
 	if err != nil {
 		if errors.Is(err, errBreakerOpen) {
-			tok = "" // nothing was asked of the store
+			p.tok = "" // nothing was asked of the store
 		}
-		err = c.loadManyWithoutStore(ctx, keys, sks, tok, b)
+		err = c.loadManyWithoutStore(ctx, keys, p.sks, p.tok, b)
 		c.countMisses(ctx, keys)
 		return nil, err
 	}
+	c.serveHits(ctx, p, b)
+	if err := c.leaseBad(ctx, p); err != nil {
+		return nil, err
+	}
+	if err := c.flightsFor(ctx, p, b); err != nil {
+		return nil, err
+	}
+	return c.awaitPass(ctx, p, b)
+}
 
-	var won, held, bad []int
-	var stales map[string]*staleValue[T] // expired values seen, for stale-if-error
-	var refreshes []refreshReq           // hits to refresh in the background
-	for i := range lks {
-		lk := &lks[i]
+// serveHits puts the keys whose lookup found a live value into b (refreshing in the
+// background those the verdict says to), and sorts the others into won, held and bad.
+func (c *Cache[T]) serveHits(ctx context.Context, p *batchPass[T], b *batch[T]) {
+	var refreshes []refreshReq // hits to refresh in the background
+	for i := range p.lks {
+		lk := &p.lks[i]
 		switch {
 		case lk.Value != nil:
-			v, h, ok := c.decode(sks[i], lk.Value)
+			v, h, ok := c.decode(p.sks[i], lk.Value)
 			vd := expired
 			if ok {
 				vd = c.fresh.judge(h)
 			}
 			if vd == expired {
-				bad = append(bad, i) // bad data, or past its stale windows: replace it
+				p.bad = append(p.bad, i) // bad data, or past its stale windows: replace it
 				if s := keepStale(c.fresh, v, h); ok && s.expiry != 0 && b.out != nil {
-					if stales == nil {
-						stales = make(map[string]*staleValue[T])
+					if p.stales == nil {
+						p.stales = make(map[string]*staleValue[T])
 					}
-					stales[keys[i]] = &s
+					p.stales[p.keys[i]] = &s
 				}
 				break
 			}
 			if vd != serveIt {
-				refreshes = append(refreshes, refreshReq{keys[i], sks[i], gens[i], lk.Value, vd == serveRefresh})
+				refreshes = append(refreshes, refreshReq{p.keys[i], p.sks[i], p.gens[i], lk.Value, vd == serveRefresh})
 			}
-			c.obs.count(keys[i], resultOf(vd, h))
-			c.l1.fill(keys[i], gens[i], v, lk.Value) // kept only until its logical expiry
+			c.obs.count(p.keys[i], resultOf(vd, h))
+			c.l1.fill(p.keys[i], p.gens[i], v, lk.Value) // kept only until its logical expiry
 			if !h.NotFound() && b.out != nil {
-				b.out[keys[i]] = v
+				b.out[p.keys[i]] = v
 			}
 		case lk.Granted:
-			won = append(won, i)
+			p.won = append(p.won, i)
 		default:
-			held = append(held, i)
+			p.held = append(p.held, i)
 		}
 	}
 	if len(refreshes) > 0 {
 		c.refreshMany(ctx, refreshes, b.load)
 	}
-	var bare []int // keys to replace that the store then failed to lease
-	if len(bad) > 0 {
-		// Leased together, like the misses: one more round trip (per node) for all of them.
-		blks, err := c.gw.leaseOverMany(ctx, pick(sks, bad), tok)
-		switch {
-		case err != nil && ctx.Err() != nil:
-			c.gw.abandonMany(ctx, tok, pick(sks, won), nil)
-			return nil, ctx.Err()
-		case err != nil:
-			bare = bad
-		default:
-			for j, i := range bad {
-				if blks[j].Granted {
-					won = append(won, i)
-				} else {
-					lks[i] = blks[j]
-					held = append(held, i)
-				}
+}
+
+// leaseBad leases the keys to replace together, like the misses: one more round trip (per
+// node) for all of them. Those the store failed to lease go to bare.
+func (c *Cache[T]) leaseBad(ctx context.Context, p *batchPass[T]) error {
+	if len(p.bad) == 0 {
+		return nil
+	}
+	blks, err := c.gw.leaseOverMany(ctx, pick(p.sks, p.bad), p.tok)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		c.gw.abandonMany(ctx, p.tok, pick(p.sks, p.won), nil)
+		return ctx.Err()
+	case err != nil:
+		p.bare = p.bad
+	default:
+		for j, i := range p.bad {
+			if blks[j].Granted {
+				p.won = append(p.won, i)
+			} else {
+				p.lks[i] = blks[j]
+				p.held = append(p.held, i)
 			}
 		}
 	}
+	return nil
+}
 
-	waits := make([]pendingKey[T], 0, len(won)+len(held))
-	if len(won) > 0 {
-		wkeys := pick(keys, won)
-		fs := c.loadMany(ctx, wkeys, pick(sks, won), pick(gens, won), tok, b.load)
+// flightsFor starts or joins the flights of the keys the pass did not serve: one load for the
+// won keys, this process's loads of held keys where it has them, one wait for the keys held
+// by other processes; bare keys are loaded without the store, into b, before it returns.
+func (c *Cache[T]) flightsFor(ctx context.Context, p *batchPass[T], b *batch[T]) error {
+	p.waits = make([]pendingKey[T], 0, len(p.won)+len(p.held))
+	if len(p.won) > 0 {
+		wkeys := pick(p.keys, p.won)
+		fs := c.loadMany(ctx, wkeys, pick(p.sks, p.won), pick(p.gens, p.won), p.tok, b.load)
 		if fs == nil { // closed since the lookup: its leases are not used
-			c.gw.abandonMany(ctx, tok, pick(sks, won), nil)
-			return nil, ErrClosed
+			c.gw.abandonMany(ctx, p.tok, pick(p.sks, p.won), nil)
+			return ErrClosed
 		}
 		for j, f := range fs {
-			waits = append(waits, pendingKey[T]{wkeys[j], f, true})
+			p.waits = append(p.waits, pendingKey[T]{wkeys[j], f, true})
 		}
 	}
 	var remote []int // held by leases of other processes (or of loads already over here)
-	for _, i := range held {
-		if f := c.flights.joinable(flightKey{sks[i], lks[i].Holder}, 0); f != nil {
-			waits = append(waits, pendingKey[T]{keys[i], f, false})
+	for _, i := range p.held {
+		if f := c.flights.joinable(flightKey{p.sks[i], p.lks[i].Holder}, 0); f != nil {
+			p.waits = append(p.waits, pendingKey[T]{p.keys[i], f, false})
 		} else {
 			remote = append(remote, i)
 		}
 	}
 	if len(remote) > 0 {
-		rkeys := pick(keys, remote)
-		fs := c.waitMany(ctx, rkeys, pick(sks, remote), pick(gens, remote), pick(lks, remote), b.load)
+		rkeys := pick(p.keys, remote)
+		fs := c.waitMany(ctx, rkeys, pick(p.sks, remote), pick(p.gens, remote), pick(p.lks, remote), b.load)
 		if fs == nil {
-			return nil, ErrClosed
+			return ErrClosed
 		}
 		for j, f := range fs {
-			waits = append(waits, pendingKey[T]{rkeys[j], f, true})
+			p.waits = append(p.waits, pendingKey[T]{rkeys[j], f, true})
 		}
 	}
-	if len(bare) > 0 {
+	if len(p.bare) > 0 {
 		// The failed lease round trip may have been granted all the same: released after
 		// the load (tok).
-		bkeys := pick(keys, bare)
-		err := c.loadManyWithoutStore(ctx, bkeys, pick(sks, bare), tok, b)
-		if err == nil || !c.staleForAll(ctx, err, bkeys, stales, b.out) {
+		bkeys := pick(p.keys, p.bare)
+		err := c.loadManyWithoutStore(ctx, bkeys, pick(p.sks, p.bare), p.tok, b)
+		if err == nil || !c.staleForAll(ctx, err, bkeys, p.stales, b.out) {
 			c.countMisses(ctx, bkeys)
 			if err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
+	return nil
+}
 
+// awaitPass waits for the pass's flights and puts their outcomes into b; it returns the keys
+// whose value the store refused, to be read again.
+func (c *Cache[T]) awaitPass(ctx context.Context, p *batchPass[T], b *batch[T]) ([]string, error) {
 	var again []string
-	for _, w := range waits {
+	for _, w := range p.waits {
 		v, err, retry := await(ctx, w.f, w.owner)
-		if err != nil && !retry && c.staleForAll(ctx, err, []string{w.key}, stales, b.out) {
+		if err != nil && !retry && c.staleForAll(ctx, err, []string{w.key}, p.stales, b.out) {
 			continue // stale-if-error
 		}
 		if !retry && ctx.Err() == nil {

@@ -257,3 +257,13 @@ func (g *gateway) abandonMany(ctx context.Context, tok string, sks []string, lks
 	}
 	g.freeLeases(ctx, tok, granted, releaseAttempts)
 }
+
+// getOrLeaseMany is lookup for several keys under one token, in one round trip (per node). Like
+// lookup it runs detached from ctx's cancellation; the caller releases what was granted if ctx
+// ended meanwhile.
+func (g *gateway) getOrLeaseMany(ctx context.Context, sks []string, tok string) ([]Lookup, error) {
+	return storeCallN(g, context.WithoutCancel(ctx), opGetOrLeaseMany, len(sks), func(ctx context.Context) ([]Lookup, error) {
+		lks, err := g.store.GetOrLeaseMany(ctx, sks, tok, g.leaseTTL)
+		return oneEach(lks, err, len(sks))
+	})
+}

@@ -142,10 +142,7 @@ func (c *Cache[T]) refreshManyUnder(ctx context.Context, fs []*flight[T], reqs [
 	// As in refreshUnder: a key that no longer holds what its caller saw was refreshed or
 	// removed since; it is left alone.
 	gsks := pick(sks, granted)
-	cur, err := storeCallN(c.gw, context.WithoutCancel(ctx), opGetOrLeaseMany, len(gsks), func(ctx context.Context) ([]Lookup, error) {
-		cur, err := c.gw.store.GetOrLeaseMany(ctx, gsks, tok, c.gw.leaseTTL)
-		return oneEach(cur, err, len(gsks))
-	})
+	cur, err := c.gw.getOrLeaseMany(ctx, gsks, tok)
 	if err != nil {
 		_, _ = c.gw.releaseMany(ctx, tok, gsks)
 		return
