@@ -2,7 +2,6 @@ package cacheaside
 
 import (
 	"context"
-	"math/rand/v2"
 	"time"
 )
 
@@ -28,40 +27,29 @@ func (c *Cache[T]) waitMany(ctx context.Context, keys, sks []string, gens []uint
 
 func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []string, ttls []time.Duration, load func(context.Context, []string) (map[string]T, error)) {
 	giveUp := time.Now().Add(c.gw.leaseTTL + c.cfg.loadTimeout)
-	backoff := c.cfg.leaseWaitMin
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+	pt := c.newPollTimer()
+	defer pt.stop()
 	idx := make([]int, len(fs)) // the keys still held
 	for i := range idx {
 		idx[i] = i
 	}
 	for len(idx) > 0 {
-		sleep := backoff
+		soonest := time.Duration(0) // the soonest lease expiry of the keys still held
 		for _, i := range idx {
-			if ttls[i] > 0 && ttls[i]+time.Millisecond < sleep {
-				sleep = ttls[i] + time.Millisecond
+			if ttls[i] > 0 && (soonest == 0 || ttls[i] < soonest) {
+				soonest = ttls[i]
 			}
 		}
-		sleep = sleep/2 + rand.N(sleep/2+1) // jitter, so waiters of many processes spread out
-		timer.Reset(sleep)
-		select {
-		case <-ctx.Done():
+		if err := pt.sleep(ctx, soonest, nil); err != nil {
 			for _, i := range idx {
-				fs[i].err = ctx.Err()
+				fs[i].err = err
 			}
 			return
-		case <-timer.C:
 		}
-		backoff = min(backoff*2, c.cfg.leaseWaitMax)
 
 		tok := c.gw.tokens.next()
 		qs := pick(sks, idx)
-		lks, err := storeCallN(c.gw, ctx, opGetOrLeaseMany, len(qs), func(ctx context.Context) ([]Lookup, error) {
-			if rs, ok := c.gw.store.(*RedisStore); ok {
-				return rs.pollMany(ctx, qs, tok, c.gw.leaseTTL) // held keys: straight to the script
-			}
-			return c.gw.store.GetOrLeaseMany(ctx, qs, tok, c.gw.leaseTTL)
-		})
+		lks, err := c.gw.pollHeld(ctx, qs, tok)
 		if err != nil || len(lks) != len(qs) {
 			for _, i := range idx {
 				fs[i].retry = true // the store failed: callers read again, and go without it

@@ -267,3 +267,23 @@ func (g *gateway) getOrLeaseMany(ctx context.Context, sks []string, tok string) 
 		return oneEach(lks, err, len(sks))
 	})
 }
+
+// heldPoller is an optional interface of a Store: GetOrLeaseMany for keys found leased a moment
+// ago, which skips what a lookup may start with (RedisStore: the plain read goes straight to
+// the lease script).
+type heldPoller interface {
+	pollMany(ctx context.Context, keys []string, token string, ttl time.Duration) ([]Lookup, error)
+}
+
+// pollHeld reads again, under tok, keys a wait found leased: as getOrLeaseMany, but on ctx
+// (a wait's flight: Close ends it), and through heldPoller if the store has it.
+func (g *gateway) pollHeld(ctx context.Context, sks []string, tok string) ([]Lookup, error) {
+	return storeCallN(g, ctx, opGetOrLeaseMany, len(sks), func(ctx context.Context) ([]Lookup, error) {
+		if hp, ok := g.store.(heldPoller); ok {
+			return hp.pollMany(ctx, sks, tok, g.leaseTTL)
+		}
+		return g.store.GetOrLeaseMany(ctx, sks, tok, g.leaseTTL)
+	})
+}
+
+var _ heldPoller = (*RedisStore)(nil)

@@ -30,67 +30,104 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 	ctx, span := c.obs.leaseWaitStart(ctx, sk)
 	defer endLeaseWait(span, f)
 	giveUp := time.Now().Add(c.gw.leaseTTL + c.cfg.loadTimeout)
-	backoff := c.cfg.leaseWaitMin
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+	pt := c.newPollTimer()
+	defer pt.stop()
 	filled, unwatch := c.watchFills(sk) // wake.go: the fill wakes us; polling is the fallback
 	defer unwatch()
 	wake := filled()
 	for {
-		sleep := backoff
-		if holderTTL > 0 && holderTTL+time.Millisecond < sleep {
-			sleep = holderTTL + time.Millisecond
-		}
-		sleep = sleep/2 + rand.N(sleep/2+1) // jitter, so waiters of many processes spread out
-		timer.Reset(sleep)
-		select {
-		case <-ctx.Done():
-			f.err = ctx.Err()
+		if err := pt.sleep(ctx, holderTTL, wake); err != nil {
+			f.err = err
 			return
-		case <-timer.C:
-		case <-wake: // filled or released: read at once
-			timer.Stop() // (Go 1.23 timers: Reset needs no drain)
 		}
-		backoff = min(backoff*2, c.cfg.leaseWaitMax)
 		wake = filled() // before the read: a fill after it wakes the next sleep
-
-		tok := c.gw.tokens.next()
-		lk, err := c.gw.lookup(ctx, sk, tok)
-		if err == nil && lk.Value != nil {
-			v, h, ok := c.decode(sk, lk.Value)
-			if ok && c.fresh.judge(h) != expired {
-				c.l1.fillStored(sk, f.gen, v, lk.Value)
-				f.val = v
-				if h.NotFound() {
-					f.err = ErrNotFound
-				}
-				return
-			}
-			lk, err = c.gw.leaseOver(ctx, sk, tok) // bad data, or past its stale windows: replace it
-		}
-		switch {
-		case err != nil:
-			f.retry = true             // the store failed: callers read again, and go without it
-			c.gw.abandon(ctx, sk, tok) // it may have granted the lease all the same
-			return
-		case lk.Granted:
-			c.flights.joinAs([]*flight[T]{f}, []flightKey{{sk, tok}})
-			lctx, cancel := context.WithTimeout(ctx, c.cfg.loadTimeout)
-			defer cancel()
-			c.loadUnder(lctx, f, sk, tok, load)
+		var settled bool
+		if holderTTL, settled = c.pollLease(ctx, f, sk, load); settled {
 			return
 		}
-		holderTTL = lk.HolderTTL
 		if time.Now().After(giveUp) {
-			c.stats.storeless.Add(1)
-			lctx, cancel := context.WithTimeout(ctx, c.cfg.loadTimeout)
-			defer cancel()
-			lctx, obs := c.obs.loadStart(lctx, sk)
-			defer obs.end()
-			v, err, pe := callLoader(lctx, load)
-			c.obs.loadDone(&obs, err, pe)
-			f.val, f.err, f.panicked, f.loaded = v, err, pe, true
+			c.loadUnstored(ctx, f, sk, load)
 			return
 		}
 	}
 }
+
+// pollLease reads a waited-for key once. It reports settled when f has its outcome: the
+// key's value, a load under the lease this read was granted (run before it returns), or a
+// store failure (callers read again). Otherwise the key is still leased, for holderTTL.
+func (c *Cache[T]) pollLease(ctx context.Context, f *flight[T], sk string, load func(context.Context) (T, error)) (holderTTL time.Duration, settled bool) {
+	tok := c.gw.tokens.next()
+	lk, err := c.gw.lookup(ctx, sk, tok)
+	if err == nil && lk.Value != nil {
+		v, h, ok := c.decode(sk, lk.Value)
+		if ok && c.fresh.judge(h) != expired {
+			c.l1.fillStored(sk, f.gen, v, lk.Value)
+			f.val = v
+			if h.NotFound() {
+				f.err = ErrNotFound
+			}
+			return 0, true
+		}
+		lk, err = c.gw.leaseOver(ctx, sk, tok) // bad data, or past its stale windows: replace it
+	}
+	switch {
+	case err != nil:
+		f.retry = true             // the store failed: callers read again, and go without it
+		c.gw.abandon(ctx, sk, tok) // it may have granted the lease all the same
+		return 0, true
+	case lk.Granted:
+		c.flights.joinAs([]*flight[T]{f}, []flightKey{{sk, tok}})
+		lctx, cancel := context.WithTimeout(ctx, c.cfg.loadTimeout)
+		defer cancel()
+		c.loadUnder(lctx, f, sk, tok, load)
+		return 0, true
+	}
+	return lk.HolderTTL, false
+}
+
+// loadUnstored loads for a wait that outlasted a lease and a load: the value goes to the
+// callers, not to the store (the lease is another's).
+func (c *Cache[T]) loadUnstored(ctx context.Context, f *flight[T], sk string, load func(context.Context) (T, error)) {
+	c.stats.storeless.Add(1)
+	lctx, cancel := context.WithTimeout(ctx, c.cfg.loadTimeout)
+	defer cancel()
+	lctx, obs := c.obs.loadStart(lctx, sk)
+	defer obs.end()
+	v, err, pe := callLoader(lctx, load)
+	c.obs.loadDone(&obs, err, pe)
+	f.val, f.err, f.panicked, f.loaded = v, err, pe, true
+}
+
+// pollTimer is the sleep between the reads of a lease wait: a backoff doubling from
+// WithLeaseWait's minimum to its maximum, never past the holder's lease, jittered so that the
+// waiters of many processes spread out.
+type pollTimer struct {
+	backoff, max time.Duration
+	timer        *time.Timer
+}
+
+func (c *Cache[T]) newPollTimer() *pollTimer {
+	return &pollTimer{backoff: c.cfg.leaseWaitMin, max: c.cfg.leaseWaitMax, timer: time.NewTimer(time.Hour)}
+}
+
+// sleep waits for the next read: the backoff (at most holderTTL and a millisecond, if
+// holderTTL > 0), or a message on wake (the key was filled or released), or ctx's end, whose
+// error it returns.
+func (p *pollTimer) sleep(ctx context.Context, holderTTL time.Duration, wake <-chan struct{}) error {
+	sleep := p.backoff
+	if holderTTL > 0 && holderTTL+time.Millisecond < sleep {
+		sleep = holderTTL + time.Millisecond
+	}
+	p.timer.Reset(sleep/2 + rand.N(sleep/2+1))
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-p.timer.C:
+	case <-wake: // filled or released: read at once
+		p.timer.Stop() // (Go 1.23 timers: Reset needs no drain)
+	}
+	p.backoff = min(p.backoff*2, p.max)
+	return nil
+}
+
+func (p *pollTimer) stop() { p.timer.Stop() }
