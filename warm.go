@@ -108,31 +108,59 @@ func (c *Cache[T]) warm(ctx context.Context, keys []string, load func(ctx contex
 		cfg.progress(0, 0)
 	}
 
-	type batchResult struct {
-		res   WarmResult
-		err   error // a failure of some keys (Warm goes on) or a stop (ErrClosed, ctx.Err())
-		stop  bool
-		panic any
-	}
 	// wctx stops the feeding and the batches in progress when Warm stops early.
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	results := c.warmWorkers(wctx, keys, cfg, load)
+	defer func() { // on every way out (a progress callback that panics too): no worker left
+		cancel()
+		for range results {
+		}
+	}()
+	res, stopErr, panicked, errs := collectWarm(results, cfg.progress, total, cancel)
+	switch {
+	case panicked != nil:
+		panic(panicked)
+	case ctx.Err() != nil:
+		return res, ctx.Err()
+	case stopErr != nil:
+		return res, stopErr
+	case res.Failed > 0:
+		return res, fmt.Errorf("cacheaside: warm: %d of %d keys failed: %w", res.Failed, total, errors.Join(errs...))
+	}
+	return res, nil
+}
+
+// warmResult is the outcome of one batch of Warm.
+type warmResult struct {
+	res   WarmResult
+	err   error // a failure of some keys (Warm goes on) or a stop (ErrClosed, ctx.Err())
+	stop  bool
+	panic any
+}
+
+// warmWorkers resolves keys in batches of cfg.batchSize on up to cfg.concurrency goroutines
+// and sends each batch's outcome on the channel it returns, closed once every worker has
+// ended. Cancelling ctx stops the feeding and the batches in progress; the caller must drain
+// the channel (Warm never leaves a goroutine behind).
+func (c *Cache[T]) warmWorkers(ctx context.Context, keys []string, cfg warmConfig, load func(ctx context.Context, missing []string) (map[string]T, error)) <-chan warmResult {
+	total := len(keys)
 	todo := make(chan []string)
-	results := make(chan batchResult)
+	results := make(chan warmResult)
 	var wg sync.WaitGroup
 	for range min(cfg.concurrency, (total+cfg.batchSize-1)/cfg.batchSize) {
 		wg.Add(1)
 		go func() { // Warm waits for it: it never outlives the call
 			defer wg.Done()
 			for ks := range todo {
-				var r batchResult
+				var r warmResult
 				func() {
 					defer func() {
 						if p := recover(); p != nil {
-							r = batchResult{panic: p, stop: true}
+							r = warmResult{panic: p, stop: true}
 						}
 					}()
-					r.res, r.err, r.stop = c.warmBatch(wctx, ks, load)
+					r.res, r.err, r.stop = c.warmBatch(ctx, ks, load)
 				}()
 				results <- r
 			}
@@ -143,7 +171,7 @@ func (c *Cache[T]) warm(ctx context.Context, keys []string, load func(ctx contex
 		for lo := 0; lo < total; lo += cfg.batchSize {
 			select {
 			case todo <- keys[lo:min(lo+cfg.batchSize, total)]:
-			case <-wctx.Done():
+			case <-ctx.Done():
 				return
 			}
 		}
@@ -152,15 +180,13 @@ func (c *Cache[T]) warm(ctx context.Context, keys []string, load func(ctx contex
 		wg.Wait()
 		close(results)
 	}()
-	defer func() { // on every way out (a progress callback that panics too): no worker left
-		cancel()
-		for range results {
-		}
-	}()
+	return results
+}
 
-	var errs []error
-	var stopErr error
-	var panicked any
+// collectWarm sums the batches' outcomes until results is closed, reporting progress; the
+// first stop or panic cancels the rest (cancel). errs holds up to maxWarmErrors distinct
+// errors of failed keys.
+func collectWarm(results <-chan warmResult, progress func(done, total int), total int, cancel func()) (res WarmResult, stopErr error, panicked any, errs []error) {
 	done := 0
 	for r := range results {
 		switch {
@@ -185,21 +211,11 @@ func (c *Cache[T]) warm(ctx context.Context, keys []string, load func(ctx contex
 			errs = append(errs, r.err)
 		}
 		done += r.res.Loaded + r.res.Cached + r.res.NotFound + r.res.Failed
-		if cfg.progress != nil && stopErr == nil && panicked == nil {
-			cfg.progress(done, total)
+		if progress != nil && stopErr == nil && panicked == nil {
+			progress(done, total)
 		}
 	}
-	switch {
-	case panicked != nil:
-		panic(panicked)
-	case ctx.Err() != nil:
-		return res, ctx.Err()
-	case stopErr != nil:
-		return res, stopErr
-	case res.Failed > 0:
-		return res, fmt.Errorf("cacheaside: warm: %d of %d keys failed: %w", res.Failed, total, errors.Join(errs...))
-	}
-	return res, nil
+	return res, stopErr, panicked, errs
 }
 
 // warmBatch resolves one batch of Warm, going on past keys that fail. stop reports an error
