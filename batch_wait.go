@@ -25,6 +25,7 @@ func (c *Cache[T]) waitMany(ctx context.Context, keys, sks []string, gens []uint
 	})
 }
 
+// pollMany is waitMany's flight goroutine: it polls the keys still held until each is settled.
 func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []string, ttls []time.Duration, load func(context.Context, []string) (map[string]T, error)) {
 	giveUp := time.Now().Add(c.gw.leaseTTL + c.cfg.loadTimeout)
 	pt := c.newPollTimer()
@@ -57,34 +58,7 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 			c.gw.abandonMany(ctx, tok, qs, nil) // it may have granted leases all the same
 			return
 		}
-		var settled []*flight[T]
-		var won []int
-		held := idx[:0:0]
-		for j, i := range idx {
-			f := fs[i]
-			switch lk := lks[j]; {
-			case lk.Value != nil:
-				v, h, ok := c.decode(sks[i], lk.Value)
-				switch {
-				case !ok || c.fresh.judge(h) == expired:
-					f.retry = true // bad data, or past its stale windows: callers read again, and replace it
-				case h.NotFound():
-					f.err = ErrNotFound
-				default:
-					f.val = v
-				}
-				if ok {
-					c.l1.fill(keys[i], f.gen, v, lk.Value)
-				}
-				settled = append(settled, f)
-			case lk.Granted:
-				won = append(won, i)
-			default:
-				ttls[i] = lk.HolderTTL
-				held = append(held, i)
-			}
-		}
-		c.flights.finish(settled...)
+		won, held := c.settlePolled(fs, keys, sks, ttls, idx, lks)
 		if len(won) > 0 {
 			wfs, wkeys, wsks := pick(fs, won), pick(keys, won), pick(sks, won)
 			c.flights.joinAs(wfs, tokenKeys(wsks, tok))
@@ -102,4 +76,37 @@ func (c *Cache[T]) pollMany(ctx context.Context, fs []*flight[T], keys, sks []st
 			return
 		}
 	}
+}
+
+// settlePolled completes the flights fs[idx] whose keys the poll lks found with a value (or
+// bad data: their callers read again), and returns the others: won (leased to the poll) and
+// held (still leased by another process; ttls updated).
+func (c *Cache[T]) settlePolled(fs []*flight[T], keys, sks []string, ttls []time.Duration, idx []int, lks []Lookup) (won, held []int) {
+	var settled []*flight[T]
+	for j, i := range idx {
+		f := fs[i]
+		switch lk := lks[j]; {
+		case lk.Value != nil:
+			v, h, ok := c.decode(sks[i], lk.Value)
+			switch {
+			case !ok || c.fresh.judge(h) == expired:
+				f.retry = true // bad data, or past its stale windows: callers read again, and replace it
+			case h.NotFound():
+				f.err = ErrNotFound
+			default:
+				f.val = v
+			}
+			if ok {
+				c.l1.fill(keys[i], f.gen, v, lk.Value)
+			}
+			settled = append(settled, f)
+		case lk.Granted:
+			won = append(won, i)
+		default:
+			ttls[i] = lk.HolderTTL
+			held = append(held, i)
+		}
+	}
+	c.flights.finish(settled...)
+	return won, held
 }
