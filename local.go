@@ -24,10 +24,10 @@ package cacheaside
 //   - An entry lives for the local TTL, never past its value's logical expiry (the envelope
 //     header): L1 never extends a value's life.
 //
-// The hit path reads one otter entry and the key's generation: no network, no decoding, no
-// allocation, and no clock read. otter checks the local TTL against a coarse clock the Cache
-// owns (l1ClockTick; its goroutine stops at Close), so an entry may be served up to a tick
-// (more if that goroutine runs late) past its local TTL. The logical expiry stays exact: an
+// The hit path reads one otter entry, the key's generation and a coarse clock: no network, no
+// decoding, no allocation, and no precise clock read. The local TTL is checked against the
+// coarse clock the L1 owns (l1ClockTick; its goroutine stops at Close), so an entry may be
+// served up to a tick (more if that goroutine runs late) past its local TTL. The logical expiry stays exact: an
 // entry whose logical expiry is within l1ExactWindow of the end of its local TTL (capped) is
 // checked against the precise clock (c.fresh.now) on every hit, the only entries that read it.
 
@@ -43,7 +43,7 @@ import (
 // local is a Cache's L1. Keys are user keys (without the prefix), so a hit builds no string.
 type local[T any] struct {
 	entries    *otter.Cache[string, *l1Entry[T]]
-	clock      *otter.CoarseClock // otter's time for the local TTL; stopped by Close
+	clock      *otter.CoarseClock // the time of the local TTL; stopped by Close
 	ttl        time.Duration
 	live       atomic.Bool // subscribed: entries may be read and stored
 	subscribed atomic.Bool // has been live once
@@ -66,8 +66,8 @@ type l1Entry[T any] struct {
 	stripe   *atomic.Uint64 // the key's generation stripe, so a hit does not hash the key again
 	expiry   int64          // the value's logical expiry, Unix nanoseconds (envelope header)
 	delta    time.Duration  // how long the load that produced it took (envelope header)
-	ttl      time.Duration  // how long it lives in L1: min(local TTL, expiry - fill time)
-	capped   bool           // expiry is near ttl's end (l1ExactWindow): hits check it exactly
+	until    int64          // coarse-clock time past which it is not served: fill time + min(local TTL, expiry - fill time)
+	capped   bool           // expiry is near until (l1ExactWindow): hits check it exactly
 	raw      []byte         // the stored entry, only with early refresh on (local.keepRaw)
 }
 
@@ -87,12 +87,12 @@ func newLocal[T any](cfg *config, schema uint32, gens *generations, fresh *refre
 		prefix: cfg.prefix, schema: schema, gens: gens, fresh: fresh,
 	}
 	maxEntries := cfg.localMax
+	// No otter expiry: an otter entry with one costs a hit twice the time of a plain one. The
+	// L1 checks each entry's end itself (hit), on the same coarse clock; an entry past it holds
+	// its slot until size eviction or the next fill of its key replaces it.
 	l.entries = otter.Must(&otter.Options[string, *l1Entry[T]]{
 		MaximumSize: maxEntries,
 		Clock:       l.clock,
-		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, *l1Entry[T]]) time.Duration {
-			return e.Value.ttl
-		}),
 	})
 	return l
 }
@@ -126,7 +126,7 @@ func (l *local[T]) hit(key string) *l1Entry[T] {
 		return nil
 	}
 	e, ok := l.entries.GetIfPresent(key)
-	if !ok || e.gen != l.gens.loadStripe(e.stripe) || (e.capped && l.fresh.now() >= e.expiry) {
+	if !ok || l.clock.NowNano() >= e.until || e.gen != l.gens.loadStripe(e.stripe) || (e.capped && l.fresh.now() >= e.expiry) {
 		return nil
 	}
 	return e
@@ -152,12 +152,12 @@ func (l *local[T]) fill(key string, gen uint64, v T, raw []byte) {
 	if left <= 0 {
 		return
 	}
-	// The coarse clock lets otter keep an entry past its TTL by as much as the clock lags: an
+	// The coarse clock keeps an entry served past its TTL by as much as the clock lags: an
 	// entry whose logical expiry comes less than l1ExactWindow after its local TTL is checked
 	// against the precise clock on every hit (hit) instead, so no lag up to that window
 	// serves it past its logical expiry.
 	ttl, capped := min(l.ttl, left), left <= l.ttl+l1ExactWindow
-	e := &l1Entry[T]{gen: gen, stripe: l.gens.stripe(key), expiry: h.Expiry, delta: h.Delta, ttl: ttl, capped: capped, notFound: h.NotFound()}
+	e := &l1Entry[T]{gen: gen, stripe: l.gens.stripe(key), expiry: h.Expiry, delta: h.Delta, until: l.clock.NowNano() + int64(ttl), capped: capped, notFound: h.NotFound()}
 	if !e.notFound {
 		e.val = v
 	}
