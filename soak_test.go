@@ -20,7 +20,7 @@ import (
 // The lanes: the standalone Redis and the Cluster through fault proxies, and a redis-server of
 // the test's own, each under faultMixed (killed connections, latency, dropped connections and
 // blackholes, restarts), checked like the fault scenarios (linearizable but for the reads
-// marked unstored: see linearizability_test.go); and the memory store, which has no network
+// marked unstored: see linz_run_test.go); and the memory store, which has no network
 // to break, under the faults of the workload instead (loads stalled past short leases,
 // callers cancelled mid-load), with a local cache, checked for guarantee 2 (bound 0: the
 // memory store delivers invalidations before Invalidate returns).
