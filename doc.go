@@ -26,7 +26,17 @@
 //     or abandoned lookup, a load ended by [Cache.Close]) is released, and Close returns only
 //     after every running call has returned (with [ErrClosed] unless its own context ended).
 //
-// The lease protocol behind 1 and 2 is described in lock.go.
+// The lease protocol behind 1 and 2 is described in lease.go.
+//
+// # Architecture
+//
+// cacheaside.go holds the public entry points. Behind them a Cache composes parts, each a type
+// in a file of its own: the store gateway (gateway.go: every store call bounded, metered and
+// guarded by the circuit breaker) with the lease operations on it (lease.go); the in-process
+// flights (flight.go); the refresher (xfetch.go: the freshness verdict of a hit); the L1
+// (local.go) and the broadcast that keeps it coherent (broadcast.go); the lifecycle that owns
+// the goroutines (lifecycle.go). get.go, batch.go, invalidate.go and warm.go carry out calls
+// with them. The README's Layout section lists every file.
 //
 // # Stores
 //

@@ -9,7 +9,7 @@ import (
 // Concurrent calls for one key in this process share read-or-lease round trips: at most one
 // lookup per key is in flight, and the calls that arrive meanwhile share the next one, sent
 // when it returns. A call only ever shares a lookup sent after it began, so the answer is as
-// fresh as its own would have been (the rule of lock.go holds), while a hot key costs the
+// fresh as its own would have been (the rule of lease.go holds), while a hot key costs the
 // store one round trip at a time per process instead of one per caller, and a burst on a cold
 // connection pool does not dial a connection per caller.
 //

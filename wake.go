@@ -2,7 +2,7 @@ package cacheaside
 
 // Waking the waiters of another process's lease when it is filled.
 //
-// A call that finds a key leased by another process waits for the fill (waitLease, lock.go).
+// A call that finds a key leased by another process waits for the fill (waitLease, wait.go).
 // Polling alone costs a waiter up to its backoff (100 ms at most, by default) after the fill.
 // So the store records that someone waits (RedisStore: field "w" of the key's hash, set by the
 // read-or-lease that found the lease held), and the fill or release of that lease publishes
