@@ -141,35 +141,35 @@ func decodeMsg(b []byte) (sender string, all bool, keys []string, ok bool) {
 	return sender, false, keys, true
 }
 
-// onBroadcast applies a subscription event to the L1.
-func (c *Cache[T]) onBroadcast(ev SubscriptionEvent, msg []byte) {
-	l := c.l1
+// onBroadcast applies a subscription event to the L1. self is this instance's sender id: its
+// own messages were applied before they were published.
+func (l *local[T]) onBroadcast(ev SubscriptionEvent, msg []byte, self string, obs *observer) {
 	switch ev {
 	case SubscriptionLive:
-		flushLocal(c.gens, c.l1) // messages sent while unsubscribed were missed
+		flushLocal(l.gens, l) // messages sent while unsubscribed were missed
 		if l.subscribed.Swap(true) {
-			c.obs.l1Flushed() // not the first subscription
+			obs.l1Flushed() // not the first subscription
 		}
 		l.live.Store(true)
 	case SubscriptionLost:
 		l.live.Store(false)
-		flushLocal(c.gens, c.l1)
-		c.obs.l1Flushed()
+		flushLocal(l.gens, l)
+		obs.l1Flushed()
 	case SubscriptionMessage:
 		sender, all, keys, ok := decodeMsg(msg)
 		switch {
-		case ok && sender == c.gw.tokens.id:
+		case ok && sender == self:
 			return // this instance applied it before publishing
 		case !ok:
-			flushLocal(c.gens, c.l1) // a message this version cannot read: assume the worst
-			c.obs.l1Flushed()
+			flushLocal(l.gens, l) // a message this version cannot read: assume the worst
+			obs.l1Flushed()
 		case all:
-			c.obs.l1Dropped(c.l1.dropAll())
+			obs.l1Dropped(l.dropAll())
 		default:
 			for _, k := range keys {
-				c.gens.bump(k)
+				l.gens.bump(k)
 			}
-			c.obs.l1Dropped(c.l1.forget(keys))
+			obs.l1Dropped(l.forget(keys))
 		}
 		if f := l.onMessage.Load(); f != nil {
 			(*f)()
@@ -177,11 +177,13 @@ func (c *Cache[T]) onBroadcast(ev SubscriptionEvent, msg []byte) {
 	}
 }
 
-// startLocal builds the L1 and starts its subscriber, on a goroutine Close stops.
-func (c *Cache[T]) startLocal(bus Broadcaster) {
-	c.l1 = newLocal[T](&c.cfg, c.schema, c.gens, c.fresh)
-	sub := bus.Subscribe(c.channel)
-	c.life.goOwned(func() { sub.Run(c.life.ctx, c.onBroadcast) })
+// subscribe starts the L1's subscriber to channel on bus, on a goroutine life owns (Close
+// stops it). The L1 goes live when the subscription does.
+func (l *local[T]) subscribe(bus Broadcaster, channel, self string, obs *observer, life *lifecycle) {
+	sub := bus.Subscribe(channel)
+	life.goOwned(func() {
+		sub.Run(life.ctx, func(ev SubscriptionEvent, msg []byte) { l.onBroadcast(ev, msg, self, obs) })
+	})
 }
 
 // Liveness of a Redis subscription (broadcast_redis.go): after pubsubIdle without traffic it

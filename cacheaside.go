@@ -93,7 +93,7 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	if !inProcess {
 		c.lookups = newLookupShards[T]()
 	}
-	c.wakes = newWakes(store, cfg.prefix)
+	c.wakes = newWakes(store, cfg.prefix, life)
 	c.obs = newObserver(&c.cfg, !inProcess)
 	c.gw = newGateway(store, &c.cfg, c.obs, life)
 	if err := c.obs.register(); err != nil {
@@ -111,7 +111,8 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		})
 	})
 	if cfg.localMax > 0 {
-		c.startLocal(bus)
+		c.l1 = newLocal[T](&c.cfg, c.schema, c.gens, c.fresh)
+		c.l1.subscribe(bus, c.channel, c.gw.tokens.id, c.obs, c.life)
 	}
 	return c, nil
 }

@@ -32,7 +32,7 @@ func (c *Cache[T]) waitLease(ctx context.Context, f *flight[T], sk string, holde
 	giveUp := time.Now().Add(c.gw.leaseTTL + c.cfg.loadTimeout)
 	pt := c.newPollTimer()
 	defer pt.stop()
-	filled, unwatch := c.watchFills(sk) // wake.go: the fill wakes us; polling is the fallback
+	filled, unwatch := c.wakes.watch(sk) // wake.go: the fill wakes us; polling is the fallback
 	defer unwatch()
 	wake := filled()
 	for {

@@ -35,6 +35,7 @@ func (s *MemoryStore) wakesWaiters() {}
 
 // wakes is a Cache's waiters per store key, and its subscription to wakeChannel.
 type wakes struct {
+	life    *lifecycle // the subscriber runs on a goroutine the Cache owns
 	bus     Broadcaster
 	prefix  string
 	started sync.Once
@@ -48,17 +49,16 @@ type wakeSlot struct {
 	n  int // waiters watching it
 }
 
-// watchFills returns the wake-ups of sk: ch() is a channel closed at the next message for sk
-// after ch() was called, and unwatch ends the watch. Without a wake transport it returns nils:
-// a nil channel, never ready.
-func (c *Cache[T]) watchFills(sk string) (ch func() <-chan struct{}, unwatch func()) {
-	w := c.wakes
+// watch returns the wake-ups of sk: ch() is a channel closed at the next message for sk
+// after ch() was called, and unwatch ends the watch. Without a wake transport (w is nil) it
+// returns nils: a nil channel, never ready.
+func (w *wakes) watch(sk string) (ch func() <-chan struct{}, unwatch func()) {
 	if w == nil {
 		return func() <-chan struct{} { return nil }, func() {}
 	}
 	w.started.Do(func() {
 		sub := w.bus.Subscribe(wakeChannel)
-		c.life.goOwned(func() { sub.Run(c.life.ctx, w.on) })
+		w.life.goOwned(func() { sub.Run(w.life.ctx, w.on) })
 	})
 	w.mu.Lock()
 	s := w.keys[sk]
@@ -95,12 +95,12 @@ func (w *wakes) on(ev SubscriptionEvent, msg []byte) {
 }
 
 // newWakes returns the wake-ups of a Cache over store, or nil if the store has none.
-func newWakes(store Store, prefix string) *wakes {
+func newWakes(store Store, prefix string, life *lifecycle) *wakes {
 	ws, ok := store.(wakeStore)
 	if !ok {
 		return nil
 	}
-	return &wakes{bus: ws, prefix: prefix, keys: make(map[string]*wakeSlot)}
+	return &wakes{life: life, bus: ws, prefix: prefix, keys: make(map[string]*wakeSlot)}
 }
 
 // wake publishes key on wakeChannel if any Cache watches it (MemoryStore's fills and releases).
