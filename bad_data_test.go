@@ -53,7 +53,7 @@ func TestBadDataIsAMiss(t *testing.T) {
 // mustEncode builds an envelope of this cache's schema around a raw payload.
 func (c *Cache[T]) mustEncode(t testing.TB, payload string) []byte {
 	t.Helper()
-	data, _, ok := c.encode(bg(), "", *new(T), false, 0)
+	data, _, ok := c.entries.encode(bg(), "", *new(T), false, 0)
 	require.True(t, ok)
 	return append(data[:19:19], payload...)
 }
@@ -63,7 +63,7 @@ func otherTypeEntry(t testing.TB) []byte {
 	c, err := New[string](NewMemoryStore())
 	require.NoError(t, err)
 	defer c.Close()
-	data, _, ok := c.encode(bg(), "", "a string", false, 0)
+	data, _, ok := c.entries.encode(bg(), "", "a string", false, 0)
 	require.True(t, ok)
 	return data
 }

@@ -126,7 +126,7 @@ func (c *Cache[T]) serveHits(ctx context.Context, p *batchPass[T], b *batch[T]) 
 		lk := &p.lks[i]
 		switch {
 		case lk.Value != nil:
-			v, h, ok := c.decode(p.sks[i], lk.Value)
+			v, h, ok := c.entries.decode(p.sks[i], lk.Value)
 			vd := expired
 			if ok {
 				vd = c.fresh.judge(h)

@@ -118,7 +118,7 @@ func (c *Cache[T]) settleMany(ctx context.Context, fs []*flight[T], keys, sks []
 	filled := make([]*flight[T], 0, len(keys))
 	var unstorable []int
 	for i, f := range fs {
-		data, ttl, ok := c.encode(ctx, sks[i], f.val, f.err != nil, delta)
+		data, ttl, ok := c.entries.encode(ctx, sks[i], f.val, f.err != nil, delta)
 		if !ok {
 			unstorable = append(unstorable, i)
 			continue

@@ -87,7 +87,7 @@ func (c *Cache[T]) settlePolled(fs []*flight[T], keys, sks []string, ttls []time
 		f := fs[i]
 		switch lk := lks[j]; {
 		case lk.Value != nil:
-			v, h, ok := c.decode(sks[i], lk.Value)
+			v, h, ok := c.entries.decode(sks[i], lk.Value)
 			switch {
 			case !ok || c.fresh.judge(h) == expired:
 				f.retry = true // bad data, or past its stale windows: callers read again, and replace it

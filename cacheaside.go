@@ -14,15 +14,13 @@ import (
 type Cache[T any] struct {
 	gw      *gateway // every store call, bounded, metered, breaker-guarded (gateway.go)
 	cfg     config
-	schema  uint32
+	entries *entries[T] // values to stored entries and back (entry.go)
 	gens    *generations
 	lookups *lookupShards[T] // nil for a store without round trips (MemoryStore)
 	wakes   *wakes           // wake-ups of lease waiters (wake.go); nil if the store has none
 	// scriptFirst > 0: lookups send the lease script first, not a plain read (lookup.go).
 	scriptFirst atomic.Int32
-	obs         *observer     // metrics, logs and traces: metrics.go
-	vc          valueCodec[T] // the codec, bound to T (codec.go)
-	wire        wire          // compression, encryption, limits (wire.go)
+	obs         *observer // metrics, logs and traces: metrics.go
 
 	// Local cache and invalidation broadcast (local.go, broadcast.go).
 	l1      *local[T]   // nil without WithLocalCache
@@ -80,11 +78,8 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		life:    life,
 		flights: newFlightGroup[T](life),
 		cfg:     cfg,
-		schema:  schemaOf(cfg.codec, schema), // schema.go
 		calls:   newCallGate(),
 		gens:    newGenerations(),
-		vc:      vc,
-		wire:    newWire(cfg, store),
 		bus:     bus,
 		channel: invalidationChannel(cfg.prefix),
 		fresh:   newRefresher(&cfg),
@@ -96,6 +91,10 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	c.wakes = newWakes(store, cfg.prefix, life)
 	c.obs = newObserver(&c.cfg, !inProcess)
 	c.gw = newGateway(store, &c.cfg, c.obs, life)
+	c.entries = &entries[T]{
+		vc: vc, schema: schemaOf(cfg.codec, schema), wire: newWire(cfg, store), // schema.go, wire.go
+		ttl: cfg.ttl, negativeTTL: cfg.negativeTTL, jitter: cfg.jitter, fresh: c.fresh, obs: c.obs,
+	}
 	if err := c.obs.register(); err != nil {
 		return nil, err
 	}
@@ -111,7 +110,7 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		})
 	})
 	if cfg.localMax > 0 {
-		c.l1 = newLocal[T](&c.cfg, c.schema, c.gens, c.fresh)
+		c.l1 = newLocal[T](&c.cfg, c.entries.schema, c.gens, c.fresh)
 		c.l1.subscribe(bus, c.channel, c.gw.tokens.id, c.obs, c.life)
 	}
 	return c, nil

@@ -15,7 +15,7 @@ import (
 // storedTTL is the time left until the logical expiry of the value stored at sk.
 func (c *Cache[T]) storedTTL(t testing.TB, s Store, sk string) time.Duration {
 	t.Helper()
-	h, _, ok := envelope.Decode(storedFrame(t, s, sk), c.schema)
+	h, _, ok := envelope.Decode(storedFrame(t, s, sk), c.entries.schema)
 	require.True(t, ok)
 	return time.Until(time.Unix(0, h.Expiry))
 }

@@ -106,8 +106,8 @@ func TestBinderCodec(t *testing.T) {
 	def, err := New[string](s, prefix, WithCodec(newCodec("")))
 	require.NoError(t, err)
 	defer def.Close()
-	require.NotEqual(t, v1.schema, def.schema)
-	require.NotEqual(t, v2.schema, def.schema)
+	require.NotEqual(t, v1.entries.schema, def.entries.schema)
+	require.NotEqual(t, v2.entries.schema, def.entries.schema)
 }
 
 // panicCodec panics on Marshal or Unmarshal, as msgpack does on some bad data.
@@ -144,12 +144,12 @@ func TestCodecPanicIsAMiss(t *testing.T) {
 		require.Equal(t, "v", v)
 	}
 	require.EqualValues(t, 4, loads.Load())
-	require.Equal(t, uint64(1), reader.wire.rejects[rejectPayload].Load())
+	require.Equal(t, uint64(1), reader.entries.wire.rejects[rejectPayload].Load())
 
 	mp := newTestCache[wireDoc](t, s, WithCodec(msgpackcodec.Codec{}))
 	bad := []byte("\x89\xa200\xd300000000\xa40000\xa3000\xa500000\xcb00000000\xa60000000\xa40000\x91\xa10\xa40000\xc4Y" +
 		strings.Repeat("0", 89) + "\xa70000000\xc7\f0000000000000\xa7Created\xc0")
-	frame := append(envelope.AppendHeader(nil, envelope.Header{Schema: mp.schema}), bad...)
-	_, _, ok := mp.decode("k", frame)
+	frame := append(envelope.AppendHeader(nil, envelope.Header{Schema: mp.entries.schema}), bad...)
+	_, _, ok := mp.entries.decode("k", frame)
 	require.False(t, ok)
 }

@@ -102,7 +102,7 @@ func roundTrip[T any](t *testing.T, e rtEnv, opts []Option, want T, equal func(a
 	require.EqualValues(t, 1, loads.Load())
 
 	frame := storedFrame(t, s, prefix+"k")
-	h, _, ok := envelope.Decode(frame, c.schema)
+	h, _, ok := envelope.Decode(frame, c.entries.schema)
 	require.True(t, ok, "stored frame decodes")
 	require.Equal(t, compressed, h.Compressed(), "compressed flag")
 	require.Equal(t, encrypted, h.Encrypted(), "encrypted flag")
@@ -132,14 +132,14 @@ func roundTrip[T any](t *testing.T, e rtEnv, opts []Option, want T, equal func(a
 		require.ErrorIs(t, err, ErrNotFound)
 	}
 	require.EqualValues(t, 2, loads.Load(), "the not-found is cached")
-	h, _, ok = envelope.Decode(storedFrame(t, s, prefix+"missing"), c.schema)
+	h, _, ok = envelope.Decode(storedFrame(t, s, prefix+"missing"), c.entries.schema)
 	require.True(t, ok)
 	require.True(t, h.NotFound())
 	require.False(t, h.Compressed())
 	require.Equal(t, encrypted, h.Encrypted())
 	for _, r := range []*Cache[T]{c, other} {
-		for i := range r.wire.rejects {
-			require.Zero(t, r.wire.rejects[i].Load(), "rejects[%d]", i)
+		for i := range r.entries.wire.rejects {
+			require.Zero(t, r.entries.wire.rejects[i].Load(), "rejects[%d]", i)
 		}
 	}
 }
@@ -232,7 +232,7 @@ func TestCompressionDefault(t *testing.T) {
 	} {
 		_, err := c.GetOrLoad(bg(), tc.key, func(context.Context) (string, error) { return tc.v, nil })
 		require.NoError(t, err)
-		h, _, ok := envelope.Decode(storedFrame(t, s, c.cfg.prefix+tc.key), c.schema)
+		h, _, ok := envelope.Decode(storedFrame(t, s, c.cfg.prefix+tc.key), c.entries.schema)
 		require.True(t, ok)
 		require.Equal(t, tc.compressed, h.Compressed(), tc.key)
 	}

@@ -108,35 +108,35 @@ func fuzzDecode[T any](f *testing.F, codec Codec, seeds ...T) {
 	}
 	for _, c := range caches {
 		for _, v := range seeds {
-			if frame, ok := c.frame(fuzzStoreKey, envelope.Header{Expiry: fuzzExpiry, Schema: c.schema}, &v); ok {
+			if frame, ok := c.entries.frame(fuzzStoreKey, envelope.Header{Expiry: fuzzExpiry, Schema: c.entries.schema}, &v); ok {
 				f.Add(frame[2], frame[envelope.HeaderSize:])
 			}
-			if p, err := c.vc.appendEncode(nil, &v); err == nil {
+			if p, err := c.entries.vc.appendEncode(nil, &v); err == nil {
 				f.Add(byte(0), p)
 			}
 		}
-		nf := envelope.Header{Expiry: fuzzExpiry, Schema: c.schema, Flags: envelope.FlagNotFound}
-		if frame, ok := c.frame(fuzzStoreKey, nf, nil); ok {
+		nf := envelope.Header{Expiry: fuzzExpiry, Schema: c.entries.schema, Flags: envelope.FlagNotFound}
+		if frame, ok := c.entries.frame(fuzzStoreKey, nf, nil); ok {
 			f.Add(frame[2], frame[envelope.HeaderSize:])
 		}
 	}
 	f.Fuzz(func(t *testing.T, flags byte, payload []byte) {
 		for _, c := range caches {
-			h := envelope.Header{Flags: envelope.Flags(flags), Expiry: fuzzExpiry, Schema: c.schema}
+			h := envelope.Header{Flags: envelope.Flags(flags), Expiry: fuzzExpiry, Schema: c.entries.schema}
 			frame := append(envelope.AppendHeader(nil, h), payload...)
-			v, got, ok := c.decode(fuzzStoreKey, frame)
+			v, got, ok := c.entries.decode(fuzzStoreKey, frame)
 			if !ok || got.NotFound() {
 				continue
 			}
-			again, ok := c.frame(fuzzStoreKey, h, &v)
+			again, ok := c.entries.frame(fuzzStoreKey, h, &v)
 			if !ok {
 				continue // too large, or a value the codec decodes but cannot encode
 			}
-			h2, payload2, ok := envelope.Decode(again, c.schema)
+			h2, payload2, ok := envelope.Decode(again, c.entries.schema)
 			if !ok {
 				t.Fatalf("re-encoded frame %x does not parse", again)
 			}
-			if _, ok := c.unframe(fuzzStoreKey, again, h2, payload2); !ok {
+			if _, ok := c.entries.unframe(fuzzStoreKey, again, h2, payload2); !ok {
 				t.Fatalf("%v (from %x) re-encoded as %x does not decode", v, payload, again)
 			}
 		}

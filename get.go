@@ -118,7 +118,7 @@ func (c *Cache[T]) resolve(ctx context.Context, key, sk string, load func(contex
 // refresh starts if it says so); the value enters the L1. An expired entry is kept in r.stale
 // for stale-if-error.
 func (c *Cache[T]) serveStored(ctx context.Context, key, sk string, gen uint64, raw []byte, load func(context.Context) (T, error), r *resolution[T]) bool {
-	v, h, ok := c.decode(sk, raw)
+	v, h, ok := c.entries.decode(sk, raw)
 	if !ok {
 		return false
 	}

@@ -174,22 +174,22 @@ func (c *Cache[T]) inspect(ctx context.Context, key string, withValue bool) (Key
 // inspectDecode decodes a stored entry as decode does, without counting anything, and says
 // why it does not decode ("" when it does). It fills the header fields of info.
 func (c *Cache[T]) inspectDecode(sk string, b []byte, info *KeyInfo) (v T, why string) {
-	h, payload, ok := envelope.Decode(b, c.schema)
+	h, payload, ok := envelope.Decode(b, c.entries.schema)
 	if !ok {
 		return v, "not a value of this format, codec and type (another codec, type or version wrote it, or it is corrupt)"
 	}
 	info.NotFound, info.Compressed, info.Encrypted = h.NotFound(), h.Compressed(), h.Encrypted()
 	info.Expiry, info.LoadTime = time.Unix(0, h.Expiry), h.Delta
-	own := c.wire.own
+	own := c.entries.wire.own
 	switch {
-	case c.wire.ring != nil && !h.Encrypted():
+	case c.entries.wire.ring != nil && !h.Encrypted():
 		return v, "not encrypted, and this cache requires encryption"
 	case h.Encrypted():
-		if c.wire.ring == nil {
+		if c.entries.wire.ring == nil {
 			return v, "encrypted, and this cache has no key ring"
 		}
 		var err error
-		if payload, err = c.wire.ring.set.Load().open(b, sk); err != nil {
+		if payload, err = c.entries.wire.ring.set.Load().open(b, sk); err != nil {
 			return v, "does not open: altered, moved from another key, or sealed with a key the ring does not hold"
 		}
 		own = exclusive
@@ -201,12 +201,12 @@ func (c *Cache[T]) inspectDecode(sk string, b []byte, info *KeyInfo) (v T, why s
 		return v, ""
 	}
 	if h.Compressed() {
-		if payload, ok = decompress(payload, c.wire.maxDecoded); !ok {
+		if payload, ok = decompress(payload, c.entries.wire.maxDecoded); !ok {
 			return v, "does not decompress within the size limit"
 		}
 		own = exclusive
 	}
-	v, err := decodeValue(c.vc, payload, own)
+	v, err := decodeValue(c.entries.vc, payload, own)
 	if err != nil {
 		return v, "the codec cannot decode it"
 	}

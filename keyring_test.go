@@ -214,7 +214,7 @@ func TestKeyRotation(t *testing.T) {
 		}
 		var sealed uint64
 		for _, c := range caches {
-			sealed += c.wire.rejects[rejectSealed].Load()
+			sealed += c.entries.wire.rejects[rejectSealed].Load()
 		}
 		require.GreaterOrEqual(t, sealed, uint64(keys-4), "old values read as misses")
 	})

@@ -23,7 +23,7 @@ func (c *Cache[T]) settle(ctx context.Context, f *flight[T], sk, tok string, v T
 		return
 	}
 	f.val, f.err, f.loaded = v, err, true
-	data, ttl, ok := c.encode(ctx, sk, v, err != nil, delta)
+	data, ttl, ok := c.entries.encode(ctx, sk, v, err != nil, delta)
 	if !ok {
 		c.stats.storeless.Add(1)
 		held, rerr := c.gw.release(ctx, sk, tok)

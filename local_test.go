@@ -199,7 +199,7 @@ func TestLocalEntryFromBeforeAnInvalidationIsNeverServed(t *testing.T) {
 	}
 	// ...and l1Fill does not store one either.
 	c.l1.entries.Invalidate("k")
-	data, _, _ := c.encode(bg(), c.cfg.prefix+"k", 1, false, 0)
+	data, _, _ := c.entries.encode(bg(), c.cfg.prefix+"k", 1, false, 0)
 	c.l1.fill("k", gen, 1, data)
 	if _, ok := c.l1.entries.GetIfPresent("k"); ok {
 		t.Fatal("l1Fill kept a value whose fill began before an invalidation")

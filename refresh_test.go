@@ -60,7 +60,7 @@ func TestRefreshOfReplacedValueSkips(t *testing.T) {
 		sk := c.cfg.prefix + "k"
 		lk, err := c.gw.store.GetOrLease(bg(), sk, "t", time.Second)
 		require.NoError(t, err)
-		old, _, _ := c.encode(bg(), sk, "v0", false, time.Millisecond)
+		old, _, _ := c.entries.encode(bg(), sk, "v0", false, time.Millisecond)
 
 		var calls atomic.Int32
 		load := func(context.Context) (string, error) { calls.Add(1); return "v2", nil }

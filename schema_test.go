@@ -122,16 +122,16 @@ func TestSchemaGolden(t *testing.T) {
 		schema uint32
 		want   uint32
 	}{
-		{"json struct", newTestCache[schemaGolden](t, NewMemoryStore()).schema, 0x8539ad09},
-		{"msgpack struct", newTestCache[schemaGolden](t, NewMemoryStore(), WithCodec(msgpackcodec.Codec{})).schema, 0x7bdf1ed1},
-		{"raw bytes", newTestCache[[]byte](t, NewMemoryStore(), WithCodec(RawCodec{})).schema, 0x90ed7565},
-		{"proto message", newTestCache[*structpb.Struct](t, NewMemoryStore(), WithCodec(protocodec.Codec{})).schema, 0x841f4d43},
+		{"json struct", newTestCache[schemaGolden](t, NewMemoryStore()).entries.schema, 0x8539ad09},
+		{"msgpack struct", newTestCache[schemaGolden](t, NewMemoryStore(), WithCodec(msgpackcodec.Codec{})).entries.schema, 0x7bdf1ed1},
+		{"raw bytes", newTestCache[[]byte](t, NewMemoryStore(), WithCodec(RawCodec{})).entries.schema, 0x90ed7565},
+		{"proto message", newTestCache[*structpb.Struct](t, NewMemoryStore(), WithCodec(protocodec.Codec{})).entries.schema, 0x841f4d43},
 	} {
 		require.Equal(t, tc.want, tc.schema, "%s: %#x", tc.name, tc.schema)
 	}
 	require.Equal(t, envelope.Schema("proto", "proto message google.protobuf.Struct"),
-		newTestCache[*structpb.Struct](t, NewMemoryStore(), WithCodec(protocodec.Codec{})).schema)
+		newTestCache[*structpb.Struct](t, NewMemoryStore(), WithCodec(protocodec.Codec{})).entries.schema)
 	require.NotEqual(t,
-		newTestCache[*wrapperspb.StringValue](t, NewMemoryStore(), WithCodec(protocodec.Codec{})).schema,
-		newTestCache[*wrapperspb.BytesValue](t, NewMemoryStore(), WithCodec(protocodec.Codec{})).schema)
+		newTestCache[*wrapperspb.StringValue](t, NewMemoryStore(), WithCodec(protocodec.Codec{})).entries.schema,
+		newTestCache[*wrapperspb.BytesValue](t, NewMemoryStore(), WithCodec(protocodec.Codec{})).entries.schema)
 }

@@ -73,7 +73,7 @@ func (s Stats) MeanLoadTime() time.Duration {
 // and safe to call at any time, also after Close.
 func (c *Cache[T]) Stats() Stats {
 	s := c.obs.stats()
-	s.UnopenedValues = c.wire.rejects[rejectSealed].Load() + c.wire.rejects[rejectPlain].Load()
+	s.UnopenedValues = c.entries.wire.rejects[rejectSealed].Load() + c.entries.wire.rejects[rejectPlain].Load()
 	s.InvalidationFailures = c.stats.invalFailed.Load()
 	s.TagFailures = c.stats.tagFailures.Load()
 	s.UnreleasedLeases = c.gw.unreleased.Load()

@@ -81,8 +81,8 @@ func TestValueBytesStoreDefaultsToCopies(t *testing.T) {
 	defer m.Close()
 	rs := &reusingStore{Store: m}
 	c := newTestCache[string](t, rs, WithCodec(RawCodec{}), WithCompression(0))
-	require.Equal(t, borrowed, c.wire.own)
-	require.True(t, c.wire.keepsBytes)
+	require.Equal(t, borrowed, c.entries.wire.own)
+	require.True(t, c.entries.wire.keepsBytes)
 	load := func(context.Context) (string, error) { return "the value", nil }
 	_, err := c.GetOrLoad(bg(), "k", load)
 	require.NoError(t, err)
@@ -92,8 +92,8 @@ func TestValueBytesStoreDefaultsToCopies(t *testing.T) {
 	rs.scribble()
 	require.Equal(t, "the value", v)
 
-	require.Equal(t, immutable, newTestCache[string](t, m).wire.own)
-	require.True(t, newTestCache[string](t, m).wire.keepsBytes)
+	require.Equal(t, immutable, newTestCache[string](t, m).entries.wire.own)
+	require.True(t, newTestCache[string](t, m).entries.wire.keepsBytes)
 	rds := NewRedisStore(nil)
 	require.Equal(t, immutable, newWire(defaultConfig(), rds).own)
 	require.False(t, newWire(defaultConfig(), rds).keepsBytes)

@@ -105,7 +105,7 @@ func (c *Cache[T]) tagLoads(ctx context.Context, sks []string) error {
 	if len(tagged) == 0 {
 		return nil
 	}
-	life := c.gw.leaseTTL + max(c.fillTTL(ctx, false), c.fillTTL(ctx, true)) + c.fresh.extraTTL + tagLifeSlack
+	life := c.gw.leaseTTL + max(c.entries.fillTTL(ctx, false), c.entries.fillTTL(ctx, true)) + c.fresh.extraTTL + tagLifeSlack
 	add := func(ctx context.Context) (struct{}, error) { return struct{}{}, c.gw.tags.AddTags(ctx, tagged, life) }
 	ctx = context.WithoutCancel(ctx)
 	_, err := storeCallN(c.gw, ctx, opAddTags, len(sks), add)

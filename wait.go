@@ -59,7 +59,7 @@ func (c *Cache[T]) pollLease(ctx context.Context, f *flight[T], sk string, load 
 	tok := c.gw.tokens.next()
 	lk, err := c.gw.lookup(ctx, sk, tok)
 	if err == nil && lk.Value != nil {
-		v, h, ok := c.decode(sk, lk.Value)
+		v, h, ok := c.entries.decode(sk, lk.Value)
 		if ok && c.fresh.judge(h) != expired {
 			c.l1.fillStored(sk, f.gen, v, lk.Value)
 			f.val = v

@@ -60,8 +60,8 @@ func peekFrame(t testing.TB, raw rawWriter, s Store, sk string) []byte {
 
 func (c *Cache[T]) rejected() uint64 {
 	var n uint64
-	for i := range c.wire.rejects {
-		n += c.wire.rejects[i].Load()
+	for i := range c.entries.wire.rejects {
+		n += c.entries.wire.rejects[i].Load()
 	}
 	return n
 }
@@ -106,7 +106,7 @@ func TestTamperedValueIsAMiss(t *testing.T) {
 				_, err := c.GetOrLoad(bg(), "k", load)
 				require.True(t, err == nil || errors.Is(err, ErrNotFound))
 				frame := storedFrame(t, s, sk)
-				h, _, ok := envelope.Decode(frame, c.schema)
+				h, _, ok := envelope.Decode(frame, c.entries.schema)
 				require.True(t, ok)
 				require.True(t, h.Encrypted())
 				require.Equal(t, tc.v == "", h.NotFound())
@@ -160,7 +160,7 @@ func TestMovedValueIsAMiss(t *testing.T) {
 			require.Equal(t, rejected+1, c.rejected())
 		}
 		// Another prefix is another key too.
-		other := newTestCache[string](t, s, steady(WithEncryption(c.wire.ring))...)
+		other := newTestCache[string](t, s, steady(WithEncryption(c.entries.wire.ring))...)
 		putFrame(t, b, raw, s, other.cfg.prefix+"a", storedFrame(t, s, c.cfg.prefix+"a"))
 		v, err := other.GetOrLoad(bg(), "a", func(context.Context) (string, error) { return "reloaded", nil })
 		require.NoError(t, err)
@@ -199,14 +199,14 @@ func TestWireSettingsChange(t *testing.T) {
 		read(plain, "k", big)
 		read(sealed, "k", big)
 		expect(2, "a plain value is a miss for an encrypting cache")
-		require.Equal(t, uint64(1), sealed.wire.rejects[rejectPlain].Load())
+		require.Equal(t, uint64(1), sealed.entries.wire.rejects[rejectPlain].Load())
 		require.Equal(t, uint64(1), sealed.Stats().UnopenedValues)
 		read(sealed, "k", big)
 		read(sealedCompressing, "k", big)
 		expect(0, "sealed by a cache of the same ring: read by both")
 		read(plain, "k", big)
 		expect(1, "an encrypted value is a miss for a cache without encryption")
-		require.Equal(t, uint64(1), plain.wire.rejects[rejectSealed].Load())
+		require.Equal(t, uint64(1), plain.entries.wire.rejects[rejectSealed].Load())
 
 		read(compressing, "c", big)
 		read(plain, "c", big)
@@ -215,7 +215,7 @@ func TestWireSettingsChange(t *testing.T) {
 		read(sealed, "sc", big)
 		expect(1, "a sealed compressed value is read by an encrypting cache with compression off")
 		for _, k := range []string{"c", "sc"} {
-			h, _, ok := envelope.Decode(storedFrame(t, s, prefix+k), plain.schema)
+			h, _, ok := envelope.Decode(storedFrame(t, s, prefix+k), plain.entries.schema)
 			require.True(t, ok)
 			require.True(t, h.Compressed(), k)
 		}
@@ -256,7 +256,7 @@ func TestCodecChangeIsAMiss(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, `"raw"`, v, "raw bytes that happen to be JSON are not read as JSON")
 		require.EqualValues(t, 2, loads.Swap(0))
-		require.Equal(t, uint64(1), asJSONString.wire.rejects[rejectFrame].Load())
+		require.Equal(t, uint64(1), asJSONString.entries.wire.rejects[rejectFrame].Load())
 	})
 }
 
@@ -265,11 +265,11 @@ func TestCodecChangeIsAMiss(t *testing.T) {
 func TestDecompressionIsBounded(t *testing.T) {
 	c := newTestCache[[]byte](t, NewMemoryStore(), WithCodec(RawCodec{}))
 	header := func(flags envelope.Flags) []byte {
-		return envelope.AppendHeader(nil, envelope.Header{Flags: flags, Schema: c.schema})
+		return envelope.AppendHeader(nil, envelope.Header{Flags: flags, Schema: c.entries.schema})
 	}
 	huge := binary.AppendUvarint([]byte{tagS2}, 1<<32) // claims 4 GiB
 	huge = append(huge, 0, 1, 2, 3)
-	justOver := binary.AppendUvarint([]byte{tagS2}, uint64(c.wire.maxDecoded+1))
+	justOver := binary.AppendUvarint([]byte{tagS2}, uint64(c.entries.wire.maxDecoded+1))
 	garbage := binary.AppendUvarint([]byte{tagS2}, 1000)
 	garbage = append(garbage, bytes.Repeat([]byte{0xFF}, 20)...)
 	valid, ok := compress(nil, bytes.Repeat([]byte("x"), 5000), 0)
@@ -286,20 +286,20 @@ func TestDecompressionIsBounded(t *testing.T) {
 		frame := append(header(envelope.FlagCompressed), payload...)
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		_, _, ok := c.decode("k", frame)
+		_, _, ok := c.entries.decode("k", frame)
 		runtime.ReadMemStats(&after)
 		require.False(t, ok, name)
 		require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(64<<10), "%s: allocated", name)
 	}
-	require.Equal(t, uint64(7), c.wire.rejects[rejectCompressed].Load())
-	v, _, ok := c.decode("k", append(header(envelope.FlagCompressed), valid...))
+	require.Equal(t, uint64(7), c.entries.wire.rejects[rejectCompressed].Load())
+	v, _, ok := c.entries.decode("k", append(header(envelope.FlagCompressed), valid...))
 	require.True(t, ok)
 	require.Equal(t, 5000, len(v))
 
 	// Without a max value size, decompression is still bounded.
 	unbounded := newTestCache[[]byte](t, NewMemoryStore(), WithCodec(RawCodec{}), WithMaxValueSize(0))
-	require.Equal(t, maxUnboundedDecoded, unbounded.wire.maxDecoded)
-	_, _, ok = unbounded.decode("k", append(header(envelope.FlagCompressed), huge...))
+	require.Equal(t, maxUnboundedDecoded, unbounded.entries.wire.maxDecoded)
+	_, _, ok = unbounded.entries.decode("k", append(header(envelope.FlagCompressed), huge...))
 	require.False(t, ok)
 }
 

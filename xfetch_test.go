@@ -219,7 +219,7 @@ func TestPhysicalTTL(t *testing.T) {
 			// The logical expiry in the envelope is the TTL alone.
 			lk, err := c.gw.store.GetOrLease(bg(), c.cfg.prefix+"k", "t", time.Second)
 			require.NoError(t, err)
-			_, h, ok := c.decode(c.cfg.prefix+"k", lk.Value)
+			_, h, ok := c.entries.decode(c.cfg.prefix+"k", lk.Value)
 			require.True(t, ok)
 			require.Equal(t, clk.now()+int64(100*time.Second), h.Expiry)
 		}
