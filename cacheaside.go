@@ -22,10 +22,8 @@ type Cache[T any] struct {
 	scriptFirst atomic.Int32
 	obs         *observer // metrics, logs and traces: metrics.go
 
-	// Local cache and invalidation broadcast (local.go, broadcast.go).
-	l1      *local[T]   // nil without WithLocalCache
-	bus     Broadcaster // nil if the store cannot broadcast: Invalidate then publishes nothing
-	channel string      // this prefix's invalidation channel
+	l1    *local[T]    // the local cache (local.go); nil without WithLocalCache
+	inval *invalidator // the store side of invalidations, and their broadcast (invalidate.go)
 
 	fresh *refresher // early refresh, stale windows, refresh backoff, the clock (xfetch.go)
 	stats stats
@@ -80,8 +78,6 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 		cfg:     cfg,
 		calls:   newCallGate(),
 		gens:    newGenerations(),
-		bus:     bus,
-		channel: invalidationChannel(cfg.prefix),
 		fresh:   newRefresher(&cfg),
 	}
 	_, inProcess := store.(InProcessStore)
@@ -91,6 +87,7 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	c.wakes = newWakes(store, cfg.prefix, life)
 	c.obs = newObserver(&c.cfg, !inProcess)
 	c.gw = newGateway(store, &c.cfg, c.obs, life)
+	c.inval = &invalidator{gw: c.gw, bus: bus, channel: invalidationChannel(cfg.prefix), budget: cfg.invalTimeout}
 	c.entries = &entries[T]{
 		vc: vc, schema: schemaOf(cfg.codec, schema), wire: newWire(cfg, store), // schema.go, wire.go
 		ttl: cfg.ttl, negativeTTL: cfg.negativeTTL, jitter: cfg.jitter, fresh: c.fresh, obs: c.obs,
@@ -111,7 +108,7 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	})
 	if cfg.localMax > 0 {
 		c.l1 = newLocal[T](&c.cfg, c.entries.schema, c.gens, c.fresh)
-		c.l1.subscribe(bus, c.channel, c.gw.tokens.id, c.obs, c.life)
+		c.l1.subscribe(bus, c.inval.channel, c.gw.tokens.id, c.obs, c.life)
 	}
 	return c, nil
 }

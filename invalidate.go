@@ -39,7 +39,7 @@ func (c *Cache[T]) invalidate(ctx context.Context, keys ...string) error {
 	for i, k := range keys {
 		sks[i] = c.cfg.prefix + k
 	}
-	removed, err := c.invalidateKeys(ctx, c.invalidateDeadline(), keys, sks)
+	removed, err := c.invalidateKeys(ctx, c.inval.deadline(), keys, sks)
 	if err != nil {
 		c.stats.invalFailed.Add(1)
 		return &InvalidationError{Keys: append([]string(nil), keys...), Removed: removed, Err: err}
@@ -55,7 +55,7 @@ func (c *Cache[T]) invalidateKeys(ctx context.Context, deadline time.Time, keys,
 	for _, k := range keys {
 		c.gens.bump(k)
 	}
-	removed, err = c.deleteAndPublish(ctx, deadline, sks, encodeKeysMsg(c.gw.tokens.id, keys))
+	removed, err = c.inval.deleteAndPublish(ctx, deadline, sks, encodeKeysMsg(c.gw.tokens.id, keys))
 	for _, k := range keys {
 		c.gens.bump(k)
 	}
@@ -75,7 +75,7 @@ func (c *Cache[T]) invalidatePattern(ctx context.Context, pattern string) (int, 
 	c.gens.bumpAll()
 	full := glob.Escape(c.cfg.prefix) + pattern
 	n, removed := 0, false
-	err := c.retryInvalidation(ctx, c.invalidateDeadline(), true, func(ctx context.Context, warm bool, timeout time.Duration) error {
+	err := c.inval.retry(ctx, c.inval.deadline(), true, func(ctx context.Context, warm bool, timeout time.Duration) error {
 		if !removed {
 			m, err := storeCallWithin(c.gw, ctx, opDeletePattern, warm, timeout, func(ctx context.Context) (int, error) {
 				return c.gw.store.DeletePattern(ctx, full)
@@ -86,7 +86,7 @@ func (c *Cache[T]) invalidatePattern(ctx context.Context, pattern string) (int, 
 			}
 			removed = true
 		}
-		return c.publish(ctx, warm, timeout, encodeAllMsg(c.gw.tokens.id, pattern))
+		return c.inval.publish(ctx, warm, timeout, encodeAllMsg(c.gw.tokens.id, pattern))
 	})
 	flushLocal(c.gens, c.l1) // bumps the epoch again
 	if err != nil {
@@ -96,14 +96,32 @@ func (c *Cache[T]) invalidatePattern(ctx context.Context, pattern string) (int, 
 	return n, nil
 }
 
-// invalidateDeadline is the end of the budget of an invalidation that starts now.
-func (c *Cache[T]) invalidateDeadline() time.Time { return time.Now().Add(c.cfg.invalTimeout) }
+// deletePublisher is implemented by a store that can delete keys and publish a message after
+// the delete in one round trip (RedisStore on a standalone or Sentinel client).
+type deletePublisher interface {
+	// deleteAndPublish is Delete then Publish in one round trip. ok is false, and nothing
+	// done, when the store cannot do that.
+	deleteAndPublish(ctx context.Context, keys []string, channel string, msg []byte) (ok bool, err error)
+}
 
-// retryInvalidation runs attempt until it succeeds, deadline (the end of the invalidation's
+// invalidator carries out the store side of an invalidation: the delete and the message to the
+// other instances, retried within the invalidation's own budget (WithInvalidateTimeout), not the
+// read path's store timeout, and past the circuit breaker.
+type invalidator struct {
+	gw      *gateway
+	bus     Broadcaster // nil if the store cannot broadcast: nothing is published
+	channel string      // this prefix's invalidation channel
+	budget  time.Duration
+}
+
+// deadline is the end of the budget of an invalidation that starts now.
+func (v *invalidator) deadline() time.Time { return time.Now().Add(v.budget) }
+
+// retry runs attempt until it succeeds, deadline (the end of the invalidation's
 // budget) has passed, or ctx ends, with backoff between attempts. Each attempt gets the bound
 // it must pass to its store calls: one second, or what is left of the budget if that is less
 // (all of it, if whole).
-func (c *Cache[T]) retryInvalidation(ctx context.Context, deadline time.Time, whole bool, attempt func(ctx context.Context, warm bool, timeout time.Duration) error) error {
+func (v *invalidator) retry(ctx context.Context, deadline time.Time, whole bool, attempt func(ctx context.Context, warm bool, timeout time.Duration) error) error {
 	backoff := invalidateBackoffMin
 	var timer *time.Timer
 	for {
@@ -112,7 +130,7 @@ func (c *Cache[T]) retryInvalidation(ctx context.Context, deadline time.Time, wh
 		if !whole {
 			timeout = min(left, invalidateAttempt)
 		}
-		err := attempt(ctx, c.gw.warm.Load(), max(timeout, time.Millisecond))
+		err := attempt(ctx, v.gw.warm.Load(), max(timeout, time.Millisecond))
 		if err == nil {
 			return nil
 		}
@@ -138,25 +156,17 @@ func (c *Cache[T]) retryInvalidation(ctx context.Context, deadline time.Time, wh
 	}
 }
 
-// deletePublisher is implemented by a store that can delete keys and publish a message after
-// the delete in one round trip (RedisStore on a standalone or Sentinel client).
-type deletePublisher interface {
-	// deleteAndPublish is Delete then Publish in one round trip. ok is false, and nothing
-	// done, when the store cannot do that.
-	deleteAndPublish(ctx context.Context, keys []string, channel string, msg []byte) (ok bool, err error)
-}
-
 // deleteAndPublish removes sks from the store, then publishes msg to the other instances: in
-// one round trip when the store can, else as two store calls, with retries (retryInvalidation).
+// one round trip when the store can, else as two store calls, with retries (retry).
 // removed reports whether the delete succeeded, even if the publish did not.
-func (c *Cache[T]) deleteAndPublish(ctx context.Context, deadline time.Time, sks []string, msg []byte) (removed bool, err error) {
-	dp, both := c.gw.store.(deletePublisher)
-	both = both && c.bus != nil
-	err = c.retryInvalidation(ctx, deadline, false, func(ctx context.Context, warm bool, timeout time.Duration) error {
+func (v *invalidator) deleteAndPublish(ctx context.Context, deadline time.Time, sks []string, msg []byte) (removed bool, err error) {
+	dp, both := v.gw.store.(deletePublisher)
+	both = both && v.bus != nil
+	err = v.retry(ctx, deadline, false, func(ctx context.Context, warm bool, timeout time.Duration) error {
 		if !removed && both {
 			var done bool
-			_, err := storeCallWithin(c.gw, ctx, opDelete, warm, timeout, func(ctx context.Context) (struct{}, error) {
-				ok, err := dp.deleteAndPublish(ctx, sks, c.channel, msg)
+			_, err := storeCallWithin(v.gw, ctx, opDelete, warm, timeout, func(ctx context.Context) (struct{}, error) {
+				ok, err := dp.deleteAndPublish(ctx, sks, v.channel, msg)
 				done = ok
 				return struct{}{}, err
 			})
@@ -170,27 +180,27 @@ func (c *Cache[T]) deleteAndPublish(ctx context.Context, deadline time.Time, sks
 			both = false // the store cannot do both at once: from now on, two calls
 		}
 		if !removed {
-			_, err := storeCallWithin(c.gw, ctx, opDelete, warm, timeout, func(ctx context.Context) (struct{}, error) {
-				return struct{}{}, c.gw.store.Delete(ctx, sks...)
+			_, err := storeCallWithin(v.gw, ctx, opDelete, warm, timeout, func(ctx context.Context) (struct{}, error) {
+				return struct{}{}, v.gw.store.Delete(ctx, sks...)
 			})
 			if err != nil {
 				return err
 			}
 			removed = true
 		}
-		return c.publish(ctx, warm, timeout, msg)
+		return v.publish(ctx, warm, timeout, msg)
 	})
 	return removed, err
 }
 
 // publish sends an invalidation message to the other instances, bounded by timeout. Without
 // a broadcasting store it does nothing.
-func (c *Cache[T]) publish(ctx context.Context, warm bool, timeout time.Duration, msg []byte) error {
-	if c.bus == nil {
+func (v *invalidator) publish(ctx context.Context, warm bool, timeout time.Duration, msg []byte) error {
+	if v.bus == nil {
 		return nil
 	}
-	_, err := storeCallWithin(c.gw, ctx, opPublish, warm, timeout, func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, c.bus.Publish(ctx, c.channel, msg)
+	_, err := storeCallWithin(v.gw, ctx, opPublish, warm, timeout, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, v.bus.Publish(ctx, v.channel, msg)
 	})
 	if err != nil {
 		return fmt.Errorf("publish to other instances: %w", err)

@@ -173,9 +173,9 @@ func (c *Cache[T]) invalidateTags(ctx context.Context, tags ...string) error {
 	for i, t := range tags {
 		names[i] = c.tagName(t)
 	}
-	deadline := c.invalidateDeadline()
+	deadline := c.inval.deadline()
 	var found [][]TaggedKey
-	err := c.retryInvalidation(ctx, deadline, false, func(ctx context.Context, warm bool, timeout time.Duration) error {
+	err := c.inval.retry(ctx, deadline, false, func(ctx context.Context, warm bool, timeout time.Duration) error {
 		r, err := storeCallWithin(c.gw, ctx, opTaggedKeys, warm, timeout, func(ctx context.Context) ([][]TaggedKey, error) {
 			return c.gw.tags.TaggedKeys(ctx, names)
 		})
