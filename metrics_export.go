@@ -19,9 +19,10 @@ type MetricsExporter interface {
 	// Export starts publishing the metrics of the cache named cache (the name given to
 	// WithName, else the prefix). read fills m with the cache's counters and duration
 	// histograms at the time of the call: safe from any goroutine, also after Close, and
-	// allocating only for the slices m lacks (a few per key group); calls that overlap need
-	// a Metrics each. New calls Export once and fails if it fails (stopping the exporters it
-	// started before); Close calls the recorder's Stop.
+	// allocating a few small slices per key group and histogram (call it at collection time,
+	// never per event); calls that overlap need a Metrics each. New calls Export once and
+	// fails if it fails (stopping the exporters it started before); Close calls the
+	// recorder's Stop.
 	Export(cache string, read func(m *Metrics)) (MetricsRecorder, error)
 }
 
