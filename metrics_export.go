@@ -28,9 +28,9 @@ type MetricsExporter interface {
 
 // MetricsRecorder is one cache's Export. It receives the durations the cache measures as it
 // measures them (not every monitoring system can read a histogram kept elsewhere), on the
-// caller's goroutine: it must be cheap and safe for concurrent use. A recorder that reads the
-// durations from Metrics instead (as cacheasideprom's does) does nothing in LoadDuration and
-// StoreDuration.
+// caller's goroutine: it must be cheap and safe for concurrent use. An exporter that reads the
+// durations from Metrics instead (as cacheasideprom's does) returns a StopFunc, which the cache
+// never calls for a duration.
 type MetricsRecorder interface {
 	// LoadDuration records one loader call of key group group ("" without WithKeyGroups).
 	LoadDuration(group string, d time.Duration)
@@ -40,6 +40,20 @@ type MetricsRecorder interface {
 	// Stop ends the export: called once, by Close.
 	Stop() error
 }
+
+// StopFunc is the MetricsRecorder of an exporter that reads every duration from Metrics: the
+// cache calls it only to Stop, never for a duration, so the export costs the cache's calls
+// nothing as they run (the Prometheus collector is one: it reads everything at scrape time).
+type StopFunc func() error
+
+// LoadDuration does nothing: the cache does not call it.
+func (StopFunc) LoadDuration(string, time.Duration) {}
+
+// StoreDuration does nothing: the cache does not call it.
+func (StopFunc) StoreDuration(string, time.Duration) {}
+
+// Stop calls f.
+func (f StopFunc) Stop() error { return f() }
 
 // WithMetricsExporter publishes the cache's metrics through e, in addition to the exporters
 // of earlier WithMetricsExporter options (each is started, in order, by New, and stopped by
@@ -192,12 +206,18 @@ func (o *observer) export(es []MetricsExporter) error {
 		}
 		o.recs = append(o.recs, rec)
 	}
-	switch len(o.recs) {
-	case 0:
+	var timing recorders // the recorders that take durations as they are measured
+	for _, r := range o.recs {
+		if _, ok := r.(StopFunc); !ok {
+			timing = append(timing, r)
+		}
+	}
+	switch len(timing) {
+	case 0: // rec stays nil: loads and store calls record nothing
 	case 1:
-		o.rec = o.recs[0]
+		o.rec = timing[0]
 	default:
-		o.rec = recorders(o.recs)
+		o.rec = timing
 	}
 	return nil
 }

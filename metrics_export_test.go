@@ -263,3 +263,33 @@ func TestMetricsOptionsValidate(t *testing.T) {
 		require.ErrorIs(t, err, ErrInvalidOption, name)
 	}
 }
+
+// An exporter whose recorder is a StopFunc is never called for a duration (the cache's rec
+// stays nil: its calls run as without the exporter), and is stopped by Close; a recorder that
+// takes durations beside it still gets them all.
+func TestMetricsStopFuncTakesNoDurations(t *testing.T) {
+	stops := 0
+	onlyStop := exporterFunc(func(string, func(*Metrics)) (MetricsRecorder, error) {
+		return StopFunc(func() error { stops++; return nil }), nil
+	})
+	c, err := New[string](newFaultyStore(t), WithPrefix(testPrefix(t)), WithMetricsExporter(onlyStop))
+	require.NoError(t, err)
+	require.Nil(t, c.obs.rec, "no recorder on the cache's calls")
+	_, err = c.GetOrLoad(bg(), "k", constLoad("v"))
+	require.NoError(t, err)
+	require.NoError(t, c.Close())
+	require.Equal(t, 1, stops)
+
+	timing := &stubExporter{}
+	c = newTestCache[string](t, newFaultyStore(t), WithMetricsExporter(onlyStop), WithMetricsExporter(timing))
+	require.Same(t, timing, c.obs.rec, "only the recorder that takes durations")
+	_, err = c.GetOrLoad(bg(), "k", constLoad("v"))
+	require.NoError(t, err)
+	require.Equal(t, 1, timing.loads)
+}
+
+type exporterFunc func(string, func(*Metrics)) (MetricsRecorder, error)
+
+func (f exporterFunc) Export(cache string, read func(*Metrics)) (MetricsRecorder, error) {
+	return f(cache, read)
+}

@@ -7,7 +7,6 @@ package cacheasideprom
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/cacheaside/cacheaside"
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,10 +39,7 @@ func join[O ~func(C), C any](a, b O) O {
 
 type exporter struct{ reg prometheus.Registerer }
 
-var (
-	_ cacheaside.MetricsExporter = exporter{}
-	_ cacheaside.MetricsRecorder = registration{}
-)
+var _ cacheaside.MetricsExporter = exporter{}
 
 // Export registers a collector of the cache's metrics on reg.
 func (e exporter) Export(cache string, read func(*cacheaside.Metrics)) (cacheaside.MetricsRecorder, error) {
@@ -55,28 +51,17 @@ func (e exporter) Export(cache string, read func(*cacheaside.Metrics)) (cacheasi
 	var are prometheus.AlreadyRegisteredError
 	switch {
 	case err == nil:
-		return registration{e.reg, col}, nil
+		// The collector reads the durations from the cache's histograms at scrape time: a
+		// StopFunc, which the cache calls only at Close, to unregister it.
+		return cacheaside.StopFunc(func() error {
+			e.reg.Unregister(col)
+			return nil
+		}), nil
 	case errors.As(err, &are):
 		return nil, fmt.Errorf("prometheus: the metrics of cache %q are already registered: give each Cache its own name, or Close the other one first: %w", cache, err)
 	default:
 		return nil, fmt.Errorf("prometheus: registering the metrics of cache %q: %w", cache, err)
 	}
-}
-
-// registration is a registered collector: the recorder of its Export. It reads the durations
-// from the cache's histograms at scrape time, so it records nothing as they are measured.
-type registration struct {
-	reg prometheus.Registerer
-	col *collector
-}
-
-func (registration) LoadDuration(string, time.Duration)  {}
-func (registration) StoreDuration(string, time.Duration) {}
-
-// Stop unregisters the collector.
-func (r registration) Stop() error {
-	r.reg.Unregister(r.col)
-	return nil
 }
 
 // collector is a prometheus.Collector over one cache's metrics.
