@@ -63,8 +63,10 @@
 //
 // # Observability
 //
-// [Cache.Stats] counts hits, misses, loads and store errors; [WithPrometheus] exports them to
-// a [github.com/prometheus/client_golang/prometheus.Registerer] you pass; [WithTracer] traces
-// loads and store calls (package cacheasideotel adapts OpenTelemetry traces and metrics);
-// [WithLogger] logs through [log/slog].
+// [Cache.Stats] counts hits, misses, loads and store errors; [WithMetricsExporter] hands them
+// to an exporter ([Metrics]): package cacheasideprom's WithPrometheus exports them to a
+// Prometheus Registerer you pass, package cacheasideotel's WithMeterProvider to OpenTelemetry
+// (which it also adapts for [WithTracer], which traces loads and store calls); [WithName] names
+// the cache; [WithLogger] logs through [log/slog]. The core package links neither Prometheus
+// nor OpenTelemetry.
 package cacheaside

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cacheaside/cacheaside"
@@ -130,48 +129,6 @@ func ExampleWithLocalCache() {
 	s := users.Stats()
 	fmt.Println("loads:", s.Loads, "served from the L1:", s.L1Hits > 0)
 	// Output: loads: 1 served from the L1: true
-}
-
-// WithPrometheus exports the cache's counters to a registry you pass (here a fresh one, as a
-// test would; a service passes the registry its /metrics handler serves).
-func ExampleWithPrometheus() {
-	reg := prometheus.NewRegistry()
-	users, err := cacheaside.New[User](cacheaside.NewMemoryStore(), cacheaside.WithPrometheus(reg, "users"))
-	if err != nil {
-		panic(err)
-	}
-	defer users.Close()
-
-	ctx := context.Background()
-	load := func(context.Context) (User, error) { return User{ID: 1, Name: "Ada"}, nil }
-	for range 3 {
-		if _, err := users.GetOrLoad(ctx, "1", load); err != nil {
-			panic(err)
-		}
-	}
-	families, err := reg.Gather()
-	if err != nil {
-		panic(err)
-	}
-	for _, f := range families {
-		if f.GetName() != "cacheaside_requests_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			if v := m.GetCounter().GetValue(); v > 0 {
-				result := ""
-				for _, l := range m.GetLabel() {
-					if l.GetName() == "result" {
-						result = l.GetValue()
-					}
-				}
-				fmt.Printf("%s{result=%q} %v\n", f.GetName(), result, v)
-			}
-		}
-	}
-	// Output:
-	// cacheaside_requests_total{result="hit"} 2
-	// cacheaside_requests_total{result="miss"} 1
 }
 
 // Warm fills many keys ahead of traffic (after a deploy, say) in batches, with one loader

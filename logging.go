@@ -17,7 +17,7 @@ const DefaultLogInterval = 10 * time.Second
 // line per DefaultLogInterval (10 seconds) with the number of failures not logged since the
 // previous line, so an outage does not flood the log; and every circuit breaker transition
 // (bounded by the breaker itself: at most two per probe interval). Nothing is logged on the
-// hit path. Lines carry the cache name (WithPrometheus, else the prefix), the store
+// hit path. Lines carry the cache name (WithName, else the prefix), the store
 // operation and the store's error text with any URL credentials removed, cut to 256 bytes;
 // never a key, a value, a password or a codec key. Default: nil, no logging.
 func WithLogger(l *slog.Logger) Option {

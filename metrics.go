@@ -5,8 +5,9 @@ package cacheaside
 // The core reports each event with one call on c.obs, an *observer, whose methods are the
 // internal recorder interface (not public, and no per-event callback: see README,
 // Observability). The observer keeps every count itself, in atomics: Stats reads them, and
-// the Prometheus collector (prometheus.go) reads them at scrape time, so a hit costs one
-// atomic add whether metrics are exported or not, and no allocation. Durations go to small
+// so do the metrics exporters (metrics_export.go; package cacheasideprom's collector, at
+// scrape time), so a hit costs one atomic add whether metrics are exported or not, and no
+// allocation. Durations go to small
 // lock-free bucket arrays, measured only where the core takes the time anyway (loads) or makes
 // a network round trip (store operations of stores other than MemoryStore). Logging
 // (logging.go) and tracing (tracing.go) are off unless their options are given; neither ever
@@ -23,21 +24,19 @@ import (
 	"time"
 
 	"github.com/cacheaside/cacheaside/internal/breaker"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // observeConfig is what the observability options set.
 type observeConfig struct {
-	registerer prometheus.Registerer // nil: no Prometheus
-	name       string                // the cache label; "" until WithPrometheus
-	groupOf    func(key string) string
-	groupMax   int
-	logger     *slog.Logger // nil: no logging
-	logEvery   time.Duration
-	tracer     Tracer // nil: no tracing
-	hitSpans   bool
-	spanKeys   bool
-	exporter   MetricsExporter // nil: none besides Prometheus
+	name      string // the cache label; "" until WithName
+	groupOf   func(key string) string
+	groupMax  int
+	logger    *slog.Logger // nil: no logging
+	logEvery  time.Duration
+	tracer    Tracer // nil: no tracing
+	hitSpans  bool
+	spanKeys  bool
+	exporters []MetricsExporter // none: no metrics export
 }
 
 // groupCounters are the counts kept per key group (one set without WithKeyGroups).
@@ -76,20 +75,19 @@ type observer struct {
 	l1Drops        atomic.Uint64
 	l1Flushes      atomic.Uint64
 
-	breaker  *breaker.Breaker // set by New once built
-	log      *logSink         // nil: no logging
-	tr       *tracing         // nil: no tracing
-	prom     *promCollector   // nil: no Prometheus
-	rec      MetricsRecorder  // nil without WithMetricsExporter
-	exporter MetricsExporter  // started by register
+	breaker   *breaker.Breaker  // set by New once built
+	log       *logSink          // nil: no logging
+	tr        *tracing          // nil: no tracing
+	rec       MetricsRecorder   // nil without WithMetricsExporter; all of recs
+	recs      []MetricsRecorder // the exporters' recorders, stopped by unregister
+	exporters []MetricsExporter // started by register
 
-	registerer prometheus.Registerer
 	noteResult bool // hit spans are on: requests tell the call's span their result
 }
 
 func newObserver(cfg *config, timed bool) *observer {
 	oc := cfg.obs
-	o := &observer{name: oc.name, prefix: cfg.prefix, timed: timed, registerer: oc.registerer}
+	o := &observer{name: oc.name, prefix: cfg.prefix, timed: timed}
 	if o.name == "" {
 		o.name = cfg.prefix
 	}
@@ -110,39 +108,14 @@ func newObserver(cfg *config, timed bool) *observer {
 		o.tr = newTracing(oc.tracer, o.name, oc.hitSpans, oc.spanKeys)
 		o.noteResult = oc.hitSpans
 	}
-	if oc.registerer != nil {
-		o.prom = newPromCollector(o)
-	}
-	o.exporter = oc.exporter
+	o.exporters = oc.exporters
 	return o
 }
 
-// register exports the metrics, if asked; unregister (at Close) withdraws them.
-func (o *observer) register() error {
-	if o.prom != nil {
-		if err := registerCollector(o.registerer, o.prom, o.name); err != nil {
-			return err
-		}
-	}
-	if o.exporter != nil {
-		if err := o.export(o.exporter); err != nil {
-			if o.prom != nil {
-				o.registerer.Unregister(o.prom)
-			}
-			return err
-		}
-	}
-	return nil
-}
+// register starts the metrics exporters, if any; unregister (at Close) stops them.
+func (o *observer) register() error { return o.export(o.exporters) }
 
-func (o *observer) unregister() {
-	if o.prom != nil {
-		o.registerer.Unregister(o.prom)
-	}
-	if o.rec != nil {
-		_ = o.rec.Stop()
-	}
-}
+func (o *observer) unregister() { o.stopExport() }
 
 // counters returns the counts of key's group: one atomic load and a map read with key
 // groups, nothing without.

@@ -9,14 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
@@ -184,10 +181,9 @@ func TestStatsCounts(t *testing.T) {
 func TestStatsLeaseWaitsAndCoalesced(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b backend) {
 		prefix := testPrefix(t)
-		regs := []*prometheus.Registry{prometheus.NewPedanticRegistry(), prometheus.NewPedanticRegistry()}
-		cs := make([]*Cache[string], len(regs))
-		for i, reg := range regs {
-			cs[i] = backendCache[string](t, b, append(slowMachine, WithPrefix(prefix), WithPrometheus(reg, "users"))...)
+		cs := make([]*Cache[string], 2)
+		for i := range cs {
+			cs[i] = backendCache[string](t, b, append(slowMachine, WithPrefix(prefix), WithName("users"))...)
 		}
 		started := make(chan struct{})
 		release := make(chan struct{})
@@ -235,18 +231,18 @@ func TestStatsLeaseWaitsAndCoalesced(t *testing.T) {
 		require.EqualValues(t, joiners, s1.Misses)
 		require.GreaterOrEqual(t, s1.Coalesced, uint64(joiners-1))
 
-		for i, n := range []int{0, 1} {
-			want := expo("cacheaside_lease_waits_total", noLabels, n)
-			require.NoError(t, testutil.GatherAndCompare(regs[i], strings.NewReader(want), "cacheaside_lease_waits_total"))
+		ms := []Metrics{metricsOf(cs[0]), metricsOf(cs[1])}
+		for i, n := range []uint64{0, 1} {
+			require.Equal(t, n, ms[i].LeaseWaits, "instance %d", i)
 		}
 		for i, s := range []Stats{s0, s1} {
-			c := promSeries(t, regs[i], "cacheaside_coalesced_total")
+			c := ms[i].Coalesced
 			require.Len(t, c, 2, "flight and lookup")
-			require.EqualValues(t, flights(cs[i]), c["kind=flight"], "instance %d", i)
-			require.EqualValues(t, s.Coalesced, c["kind=flight"]+c["kind=lookup"], "instance %d: Prometheus and Stats agree", i)
+			require.EqualValues(t, flights(cs[i]), countOf(t, c, "flight"), "instance %d", i)
+			require.EqualValues(t, s.Coalesced, countOf(t, c, "flight")+countOf(t, c, "lookup"), "instance %d: Metrics and Stats agree", i)
 		}
-		require.EqualValues(t, joiners, promSeries(t, regs[0], "cacheaside_coalesced_total")["kind=flight"], "instance 0's callers joined its load")
-		require.EqualValues(t, joiners-1, promSeries(t, regs[1], "cacheaside_coalesced_total")["kind=flight"], "instance 1's callers joined its lease wait")
+		require.EqualValues(t, joiners, countOf(t, ms[0].Coalesced, "flight"), "instance 0's callers joined its load")
+		require.EqualValues(t, joiners-1, countOf(t, ms[1].Coalesced, "flight"), "instance 1's callers joined its lease wait")
 	})
 }
 
@@ -347,9 +343,6 @@ func TestKeyGroups(t *testing.T) {
 
 func TestObservabilityOptionsValidate(t *testing.T) {
 	for name, opt := range map[string]Option{
-		"nil registerer":   WithPrometheus(nil, "c"),
-		"empty name":       WithPrometheus(prometheus.NewRegistry(), ""),
-		"bad name":         WithPrometheus(prometheus.NewRegistry(), "\xff"),
 		"nil group func":   WithKeyGroups(nil, 3),
 		"zero group bound": WithKeyGroups(KeyGroupBefore(":"), 0),
 	} {
@@ -379,7 +372,7 @@ func TestHitAllocsUnchangedByObservability(t *testing.T) {
 	}
 	plain := allocs()
 	full := allocs(
-		WithPrometheus(prometheus.NewRegistry(), "alloc"),
+		WithName("alloc"), WithMetricsExporter(&stubExporter{}),
 		WithKeyGroups(KeyGroupBefore(":"), 8),
 		WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))),
 		withOTel(sdktrace.NewTracerProvider()),

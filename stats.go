@@ -6,7 +6,7 @@ import (
 )
 
 // Stats is a snapshot of a Cache's counters since New: the same counts the Prometheus
-// metrics export (WithPrometheus), summed over key groups, for programs without Prometheus.
+// metrics export (cacheasideprom.WithPrometheus), summed over key groups, for programs without Prometheus.
 // Each field is read atomically, the snapshot as a whole is not: under load, fields may be a
 // few events apart.
 type Stats struct {

@@ -35,7 +35,7 @@ type Span interface {
 //   - cacheaside.load: each loader call, covering the load and the store write after it
 //     (child span cacheaside.store.fill, .fill_many or .release); the loader runs on its
 //     context, so its own spans are children. Attributes: cacheaside.cache (the name given to
-//     WithPrometheus, else the prefix), cacheaside.outcome (ok, not_found, error, panic),
+//     WithName, else the prefix), cacheaside.outcome (ok, not_found, error, panic),
 //     cacheaside.group (WithKeyGroups), cacheaside.keys (batch loads); status Error for an
 //     error or a panic.
 //   - cacheaside.lease_wait: each wait for a lease another process holds, with

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cacheaside/cacheaside/internal/oteltrace"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -74,7 +73,7 @@ func TestTracingMissAndHit(t *testing.T) {
 		sr, tp := newRecorder(t)
 		// slowMachine: the second read must hit, so the first read's fill must land; with the
 		// default 50 ms store timeout a loaded machine once failed it (the read loaded "other").
-		c := backendCache[string](t, b, append(slowMachine, withOTel(tp), WithKeyGroups(KeyGroupBefore(":"), 4), WithPrometheus(prometheus.NewRegistry(), "users"))...)
+		c := backendCache[string](t, b, append(slowMachine, withOTel(tp), WithKeyGroups(KeyGroupBefore(":"), 4), WithName("users"))...)
 
 		// The caller's span is the load span's parent; the loader runs in the load span.
 		ctx, parent := tp.Tracer("test").Start(bg(), "request")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cacheaside/cacheaside"
 	"github.com/cacheaside/cacheaside/cacheasideotel"
+	"github.com/cacheaside/cacheaside/cacheasideprom"
 	"github.com/prometheus/client_golang/prometheus"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
@@ -26,11 +27,11 @@ func BenchmarkHitMetrics(b *testing.B) {
 	}{
 		{"off", func() []cacheaside.Option { return nil }},
 		{"prometheus", func() []cacheaside.Option {
-			return []cacheaside.Option{cacheaside.WithPrometheus(prometheus.NewRegistry(), "bench")}
+			return []cacheaside.Option{cacheasideprom.WithPrometheus(prometheus.NewRegistry(), "bench")}
 		}},
 		{"prometheus+groups", func() []cacheaside.Option {
 			return []cacheaside.Option{
-				cacheaside.WithPrometheus(prometheus.NewRegistry(), "bench"),
+				cacheasideprom.WithPrometheus(prometheus.NewRegistry(), "bench"),
 				cacheaside.WithKeyGroups(cacheaside.KeyGroupBefore(":"), 16),
 			}
 		}},

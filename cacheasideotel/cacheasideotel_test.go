@@ -9,6 +9,7 @@ import (
 
 	"github.com/cacheaside/cacheaside"
 	"github.com/cacheaside/cacheaside/cacheasideotel"
+	"github.com/cacheaside/cacheaside/cacheasideprom"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/attribute"
@@ -61,7 +62,7 @@ func TestMetricsMatchPrometheus(t *testing.T) {
 	store := struct{ cacheaside.Store }{ms} // a store with round trips: store durations are measured
 	c, err := cacheaside.New[string](store, cacheaside.WithPrefix("otel-metrics:"),
 		cacheaside.WithKeyGroups(cacheaside.KeyGroupBefore(":"), 4),
-		cacheaside.WithPrometheus(reg, "users"), cacheasideotel.WithMeterProvider(mp))
+		cacheasideprom.WithPrometheus(reg, "users"), cacheasideotel.WithMeterProvider(mp))
 	require.NoError(t, err)
 
 	ctx := context.Background()

@@ -14,7 +14,7 @@ import (
 
 // WithMeterProvider exports the cache's metrics with OpenTelemetry, through a meter of mp (for
 // ScopeName at Version; never the global provider unless you pass it). The instruments are
-// those of the Prometheus metrics (cacheaside.WithPrometheus), with the same labels as
+// those of the Prometheus metrics (cacheasideprom.WithPrometheus), with the same labels as
 // attributes, dots for underscores and no _total suffix:
 //
 //	cacheaside.requests            counter     cache, group, result
@@ -35,7 +35,7 @@ import (
 //
 // The counters and the gauge are asynchronous, read from the cache's own counters at each
 // collection, so they cost the hot path nothing; the histograms are recorded as each load or
-// store call ends. The cache attribute is the name given to WithPrometheus, else the prefix.
+// store call ends. The cache attribute is the name given to cacheaside.WithName (or cacheasideprom.WithPrometheus), else the prefix.
 // New fails if the instruments cannot be created; Close unregisters the callback.
 func WithMeterProvider(mp metric.MeterProvider) cacheaside.Option {
 	return cacheaside.WithMetricsExporter(exporter{mp})

@@ -81,7 +81,7 @@ func newRegistry(c *counters) (*prometheus.Registry, *httpMetrics) {
 		counter("cache_invalidate_errors_total", "Invalidations that failed after a database write (the entry lives until its TTL).", &c.invalidateErrors, nil),
 	)
 	// The cache's own metrics (cacheaside_*) join this registry through the cache's
-	// WithPrometheus option (service.go).
+	// cacheasideprom.WithPrometheus option (service.go).
 	m := &httpMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "userservice", Name: "http_requests_total", Help: "HTTP requests by route and status code.",

@@ -23,6 +23,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/cacheaside/cacheaside"
+	"github.com/cacheaside/cacheaside/cacheasideprom"
 	"github.com/cacheaside/cacheaside/outbox"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -83,7 +84,7 @@ func (s *Service) openCache(ctx context.Context, reg *prometheus.Registry) error
 		cacheaside.WithTTL(s.cfg.CacheTTL),
 		// The cache's own metrics on /metrics, labelled cache="users": requests by result
 		// (hit, negative_hit, miss), loads, store errors and latency, lease waits.
-		cacheaside.WithPrometheus(reg, "users"),
+		cacheasideprom.WithPrometheus(reg, "users"),
 	}
 	if s.cfg.MemoryCache {
 		s.memory = cacheaside.NewMemoryStore()

@@ -1,10 +1,14 @@
-package cacheaside
+// Package cacheasideprom exports the metrics of a cacheaside.Cache to Prometheus. It is a
+// package of its own so that a program without Prometheus links none of it (nor protobuf,
+// which client_golang needs): the core package only keeps the counts, and hands them to
+// exporters through cacheaside.WithMetricsExporter.
+package cacheasideprom
 
 import (
 	"errors"
 	"fmt"
-	"unicode/utf8"
 
+	"github.com/cacheaside/cacheaside"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -14,39 +18,55 @@ import (
 // them. The metrics are read from the cache's own counters at scrape time (a custom
 // Collector), so they cost the hot path nothing beyond the counts Stats keeps anyway. Every
 // series of a fixed label set exists from the start, at 0; series of key groups
-// (WithKeyGroups) appear with their group's first request. See README for the list.
-// Default: no export. reg must not be nil, and name must be a non-empty UTF-8 string; name
-// also names the cache in log lines and spans.
-func WithPrometheus(reg prometheus.Registerer, name string) Option {
-	return func(c *config) {
-		if reg == nil {
-			c.invalid("prometheus registerer must not be nil")
-			return
-		}
-		if name == "" || !utf8.ValidString(name) {
-			c.invalid("prometheus cache name must be a non-empty UTF-8 string, got %q", name)
-			return
-		}
-		c.obs.registerer, c.obs.name = reg, name
+// (cacheaside.WithKeyGroups) appear with their group's first request. See README for the list.
+// Default: no export. reg must not be nil, and name must be a non-empty UTF-8 string.
+//
+// It is cacheaside.WithName(name) and a cacheaside.WithMetricsExporter in one option: name
+// also names the cache in log lines, spans and other exporters' metrics (a later WithName
+// renames it everywhere).
+func WithPrometheus(reg prometheus.Registerer, name string) cacheaside.Option {
+	return join(cacheaside.WithName(name), cacheaside.WithMetricsExporter(exporter{reg}))
+}
+
+// join returns an option applying a then b. (cacheaside.Option is a func of an unexported
+// type: only inference can name it.)
+func join[O ~func(C), C any](a, b O) O {
+	return func(c C) {
+		a(c)
+		b(c)
 	}
 }
 
-func registerCollector(reg prometheus.Registerer, col prometheus.Collector, name string) error {
-	err := reg.Register(col)
+type exporter struct{ reg prometheus.Registerer }
+
+var _ cacheaside.MetricsExporter = exporter{}
+
+// Export registers a collector of the cache's metrics on reg.
+func (e exporter) Export(cache string, read func(*cacheaside.Metrics)) (cacheaside.MetricsRecorder, error) {
+	if e.reg == nil {
+		return nil, fmt.Errorf("%w: prometheus registerer must not be nil", cacheaside.ErrInvalidOption)
+	}
+	col := newCollector(cache, read)
+	err := e.reg.Register(col)
 	var are prometheus.AlreadyRegisteredError
 	switch {
 	case err == nil:
-		return nil
+		// The collector reads the durations from the cache's histograms at scrape time: a
+		// StopFunc, which the cache calls only at Close, to unregister it.
+		return cacheaside.StopFunc(func() error {
+			e.reg.Unregister(col)
+			return nil
+		}), nil
 	case errors.As(err, &are):
-		return fmt.Errorf("cacheaside: prometheus: the metrics of cache %q are already registered: give each Cache its own name, or Close the other one first: %w", name, err)
+		return nil, fmt.Errorf("prometheus: the metrics of cache %q are already registered: give each Cache its own name, or Close the other one first: %w", cache, err)
 	default:
-		return fmt.Errorf("cacheaside: prometheus: registering the metrics of cache %q: %w", name, err)
+		return nil, fmt.Errorf("prometheus: registering the metrics of cache %q: %w", cache, err)
 	}
 }
 
-// promCollector is a prometheus.Collector over an observer's counters.
-type promCollector struct {
-	o *observer
+// collector is a prometheus.Collector over one cache's metrics.
+type collector struct {
+	read func(*cacheaside.Metrics)
 
 	requests, loads, loadTime       *prometheus.Desc
 	storeErrors, storeTime          *prometheus.Desc
@@ -58,13 +78,13 @@ type promCollector struct {
 	undecodable                     *prometheus.Desc
 }
 
-func newPromCollector(o *observer) *promCollector {
-	cl := prometheus.Labels{"cache": o.name}
+func newCollector(cache string, read func(*cacheaside.Metrics)) *collector {
+	cl := prometheus.Labels{"cache": cache}
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("cacheaside_"+name, help, labels, cl)
 	}
-	return &promCollector{
-		o: o,
+	return &collector{
+		read: read,
 		requests: d("requests_total",
 			"Cache requests by how they were answered: hit, l1_hit, negative_hit and stale from the cache, miss by a load.",
 			"group", "result"),
@@ -109,7 +129,7 @@ func newPromCollector(o *observer) *promCollector {
 // Describe implements prometheus.Collector. It describes every metric, store durations
 // included even for a store that does not report them (MemoryStore), so that two caches of
 // one name always collide as a whole and the registry says AlreadyRegistered.
-func (p *promCollector) Describe(ch chan<- *prometheus.Desc) {
+func (p *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		p.requests, p.loads, p.loadTime, p.storeErrors, p.storeTime, p.leaseWaits, p.coalesced,
 		p.earlyRefreshes, p.staleIfError, p.invalidations, p.l1Drops, p.l1Flushes, p.breakerOpen,
@@ -119,53 +139,48 @@ func (p *promCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// Collect implements prometheus.Collector.
-func (p *promCollector) Collect(ch chan<- prometheus.Metric) {
-	o := p.o
+// Collect implements prometheus.Collector. Each call reads the cache's metrics afresh (scrapes
+// may overlap).
+func (p *collector) Collect(ch chan<- prometheus.Metric) {
+	var m cacheaside.Metrics
+	p.read(&m)
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	o.eachGroup(func(g *groupCounters) {
-		for r := range numResults {
-			counter(p.requests, g.requests.load(r), g.name, r.String())
-		}
-		for oc := range numOutcomes {
-			counter(p.loads, g.loads[oc].Load(), g.name, oc.String())
-		}
-		ch <- constHistogram(p.loadTime, &g.loadTime, g.name)
-	})
-	for op := range numStoreOps {
-		counter(p.storeErrors, o.storeErrors[op].Load(), op.String())
-		if o.timed {
-			ch <- constHistogram(p.storeTime, &o.storeTime[op], op.String())
+	counters := func(d *prometheus.Desc, cs []cacheaside.Count, labels ...string) {
+		for _, c := range cs {
+			counter(d, c.N, append(labels, c.Label)...)
 		}
 	}
-	counter(p.leaseWaits, o.leaseWaits.Load())
-	for k := range numCoalesceKinds {
-		counter(p.coalesced, o.coalescedN[k].Load(), k.String())
+	for _, g := range m.Groups {
+		counters(p.requests, g.Requests, g.Group)
+		counters(p.loads, g.Loads, g.Group)
+		ch <- constHistogram(p.loadTime, &g.LoadDuration, g.Group)
 	}
-	counter(p.earlyRefreshes, o.earlyRefreshes.Load())
-	counter(p.staleIfError, o.staleOnError.Load())
-	for k := range numInvalidationKinds {
-		counter(p.invalidations, o.invalidations[k].Load(), k.String())
+	counters(p.storeErrors, m.StoreErrors)
+	for i := range m.StoreDurations {
+		ch <- constHistogram(p.storeTime, &m.StoreDurations[i].Histogram, m.StoreDurations[i].Label)
 	}
-	counter(p.l1Drops, o.l1Drops.Load())
-	counter(p.l1Flushes, o.l1Flushes.Load())
+	counter(p.leaseWaits, m.LeaseWaits)
+	counters(p.coalesced, m.Coalesced)
+	counter(p.earlyRefreshes, m.EarlyRefreshes)
+	counter(p.staleIfError, m.StaleIfError)
+	counters(p.invalidations, m.Invalidations)
+	counter(p.l1Drops, m.L1BroadcastDrops)
+	counter(p.l1Flushes, m.L1Flushes)
 	open := 0.0
-	if o.breaker != nil && o.breaker.Open() {
+	if m.BreakerOpen {
 		open = 1
 	}
 	ch <- prometheus.MustNewConstMetric(p.breakerOpen, prometheus.GaugeValue, open)
-	counter(p.breakerTransitions, o.transitions[0].Load(), "closed")
-	counter(p.breakerTransitions, o.transitions[1].Load(), "open")
-	counter(p.undecodable, o.undecodable.Load())
+	counters(p.breakerTransitions, m.BreakerTransitions)
+	counter(p.undecodable, m.UndecodableValues)
 }
 
-func constHistogram(d *prometheus.Desc, h *histogram, labels ...string) prometheus.Metric {
-	count, sum, cumulative := h.snapshot()
-	buckets := make(map[float64]uint64, len(cumulative))
-	for i, b := range h.bounds {
-		buckets[b.Seconds()] = cumulative[i]
+func constHistogram(d *prometheus.Desc, h *cacheaside.Histogram, labels ...string) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(h.Buckets))
+	for _, b := range h.Buckets {
+		buckets[b.UpperBound.Seconds()] = b.Count
 	}
-	return prometheus.MustNewConstHistogram(d, count, sum.Seconds(), buckets, labels...)
+	return prometheus.MustNewConstHistogram(d, h.Count, h.Sum.Seconds(), buckets, labels...)
 }

@@ -1,4 +1,7 @@
-package cacheaside
+package cacheasideprom
+
+// The Prometheus metrics: names, labels, help texts and values (scripted through a cache, and
+// mapped from a Metrics snapshot), registration, lint, concurrent scrapes, the dashboard.
 
 import (
 	"context"
@@ -9,14 +12,148 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cacheaside/cacheaside"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 )
+
+// testPrefix is the prefix of every test cache.
+const testPrefix = "prom-test:"
+
+// releaseAttempts is how often cacheaside tries to release a lease while the store fails
+// (releaseAttempts in lock.go).
+const releaseAttempts = 4
+
+func bg() context.Context { return context.Background() }
+
+func constLoad(v string) func(context.Context) (string, error) {
+	return func(context.Context) (string, error) { return v, nil }
+}
+
+// newTestCache is a cache of strings on store, closed at the end of the test.
+func newTestCache(t testing.TB, store cacheaside.Store, opts ...cacheaside.Option) *cacheaside.Cache[string] {
+	t.Helper()
+	c, err := cacheaside.New[string](store, append([]cacheaside.Option{cacheaside.WithPrefix(testPrefix)}, opts...)...)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// poll waits for cond (a generous bound catches a hang).
+func poll(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// errInjected is what a faultyStore answers while it fails.
+var errInjected = errors.New("dial tcp 127.0.0.1:1: connect: connection refused")
+
+// faultyStore is a MemoryStore that fails every operation while fail is set. Being no
+// *MemoryStore itself, it counts as a store with round trips: its durations are measured.
+type faultyStore struct {
+	*cacheaside.MemoryStore
+	Peek struct{} // hides MemoryStore.Peek (InProcessStore): every read goes through the methods below
+	fail atomic.Bool
+}
+
+func newFaultyStore(t testing.TB) *faultyStore {
+	s := &faultyStore{MemoryStore: cacheaside.NewMemoryStore()}
+	t.Cleanup(func() { s.MemoryStore.Close() })
+	return s
+}
+
+func (s *faultyStore) err() error {
+	if s.fail.Load() {
+		return errInjected
+	}
+	return nil
+}
+
+func (s *faultyStore) GetOrLease(ctx context.Context, key, token string, leaseTTL time.Duration) (cacheaside.Lookup, error) {
+	if err := s.err(); err != nil {
+		return cacheaside.Lookup{}, err
+	}
+	return s.MemoryStore.GetOrLease(ctx, key, token, leaseTTL)
+}
+
+func (s *faultyStore) GetOrLeaseMany(ctx context.Context, keys []string, token string, leaseTTL time.Duration) ([]cacheaside.Lookup, error) {
+	if err := s.err(); err != nil {
+		return nil, err
+	}
+	return s.MemoryStore.GetOrLeaseMany(ctx, keys, token, leaseTTL)
+}
+
+func (s *faultyStore) Lease(ctx context.Context, key, token string, leaseTTL time.Duration) (cacheaside.Lookup, error) {
+	if err := s.err(); err != nil {
+		return cacheaside.Lookup{}, err
+	}
+	return s.MemoryStore.Lease(ctx, key, token, leaseTTL)
+}
+
+func (s *faultyStore) Fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error) {
+	if err := s.err(); err != nil {
+		return false, err
+	}
+	return s.MemoryStore.Fill(ctx, key, token, value, ttl)
+}
+
+func (s *faultyStore) FillMany(ctx context.Context, token string, entries []cacheaside.FillEntry) ([]bool, error) {
+	if err := s.err(); err != nil {
+		return nil, err
+	}
+	return s.MemoryStore.FillMany(ctx, token, entries)
+}
+
+func (s *faultyStore) Release(ctx context.Context, key, token string) (bool, error) {
+	if err := s.err(); err != nil {
+		return false, err
+	}
+	return s.MemoryStore.Release(ctx, key, token)
+}
+
+func (s *faultyStore) Delete(ctx context.Context, keys ...string) error {
+	if err := s.err(); err != nil {
+		return err
+	}
+	return s.MemoryStore.Delete(ctx, keys...)
+}
+
+func (s *faultyStore) DeletePattern(ctx context.Context, pattern string) (int, error) {
+	if err := s.err(); err != nil {
+		return 0, err
+	}
+	return s.MemoryStore.DeletePattern(ctx, pattern)
+}
+
+func (s *faultyStore) Ping(ctx context.Context) error {
+	if err := s.err(); err != nil {
+		return err
+	}
+	return s.MemoryStore.Ping(ctx)
+}
+
+// putGarbage stores bytes that are no entry of any cache at sk, through the store's lease.
+func putGarbage(t testing.TB, s cacheaside.Store, sk string) {
+	t.Helper()
+	lk, err := s.Lease(bg(), sk, "garbage-writer", time.Minute)
+	require.NoError(t, err)
+	require.True(t, lk.Granted)
+	ok, err := s.Fill(bg(), sk, "garbage-writer", []byte("not an envelope"), time.Minute)
+	require.NoError(t, err)
+	require.True(t, ok)
+}
 
 // promHelp is the help text of every metric, as the collector describes it.
 var promHelp = map[string]string{
@@ -135,8 +272,8 @@ func histogramCounts(t *testing.T, g prometheus.Gatherer, name, label string) ma
 func TestPrometheusMetrics(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	store := newFaultyStore(t)
-	c := newTestCache[string](t, store, WithPrometheus(reg, "users"), WithCircuitBreaker(1000, time.Hour),
-		WithInvalidateTimeout(time.Nanosecond)) // one attempt: one failed delete per Invalidate
+	c := newTestCache(t, store, WithPrometheus(reg, "users"), cacheaside.WithCircuitBreaker(1000, time.Hour),
+		cacheaside.WithInvalidateTimeout(time.Nanosecond)) // one attempt: one failed delete per Invalidate
 	ctx := bg()
 	compare := func(step string, v ...int) {
 		t.Helper()
@@ -156,11 +293,11 @@ func TestPrometheusMetrics(t *testing.T) {
 	compare("a miss and two hits",
 		2, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
-	notFound := func(context.Context) (string, error) { return "", fmt.Errorf("no row: %w", ErrNotFound) }
+	notFound := func(context.Context) (string, error) { return "", fmt.Errorf("no row: %w", cacheaside.ErrNotFound) }
 	_, err = c.GetOrLoad(ctx, "nf", notFound)
-	require.ErrorIs(t, err, ErrNotFound)
+	require.ErrorIs(t, err, cacheaside.ErrNotFound)
 	_, err = c.GetOrLoad(ctx, "nf", notFound)
-	require.ErrorIs(t, err, ErrNotFound)
+	require.ErrorIs(t, err, cacheaside.ErrNotFound)
 	_, err = c.GetOrLoad(ctx, "e", func(context.Context) (string, error) { return "", errors.New("db down") })
 	require.Error(t, err)
 	func() {
@@ -170,7 +307,7 @@ func TestPrometheusMetrics(t *testing.T) {
 	compare("not found, negative hit, error, panic",
 		2, 0, 3, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
-	putGarbage(t, store, c.cfg.prefix+"g")
+	putGarbage(t, store, testPrefix+"g")
 	_, err = c.GetOrLoad(ctx, "g", constLoad("G"))
 	require.NoError(t, err)
 	require.NoError(t, c.Invalidate(ctx, "a", "g", "x"))
@@ -184,7 +321,9 @@ func TestPrometheusMetrics(t *testing.T) {
 	require.NoError(t, err, "fails open")
 	// The fail-open load releases the lease its failed lookup may have been granted, trying
 	// releaseAttempts times while the store fails.
-	stPoll(t, 10*time.Second, time.Millisecond, "the fail-open release", func() bool { return c.obs.storeErrors[opRelease].Load() == releaseAttempts })
+	poll(t, "the fail-open release", func() bool {
+		return promSeries(t, reg, "cacheaside_store_errors_total")["op=release"] == releaseAttempts
+	})
 	require.Error(t, c.Invalidate(ctx, "k"))
 	_, err = c.InvalidatePattern(ctx, "k*")
 	require.Error(t, err)
@@ -195,7 +334,7 @@ func TestPrometheusMetrics(t *testing.T) {
 	// Durations: one sample per load, one per store operation.
 	require.Equal(t, map[string]uint64{"": 6}, histogramCounts(t, reg, "cacheaside_load_duration_seconds", "group"))
 	ops := histogramCounts(t, reg, "cacheaside_store_duration_seconds", "op")
-	require.Len(t, ops, int(numStoreOps), "every op has its series")
+	require.Len(t, ops, len(opLabels), "every op has its series")
 	require.EqualValues(t, 2, ops["delete"])
 	require.EqualValues(t, 2, ops["delete_pattern"])
 	require.EqualValues(t, 1, ops["lease"], "the undecodable entry was leased over")
@@ -207,7 +346,7 @@ func TestPrometheusMetrics(t *testing.T) {
 func TestPrometheusBreaker(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	store := newFaultyStore(t)
-	c := newTestCache[string](t, store, WithPrometheus(reg, "users"), WithCircuitBreaker(1, 5*time.Millisecond))
+	c := newTestCache(t, store, WithPrometheus(reg, "users"), cacheaside.WithCircuitBreaker(1, 5*time.Millisecond))
 	_, err := c.GetOrLoad(bg(), "warm", constLoad("w"))
 	require.NoError(t, err)
 	store.fail.Store(true)
@@ -222,8 +361,8 @@ cacheaside_breaker_open{cache="users"} %d
 	}
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(gauge(1)), "cacheaside_breaker_open"))
 	store.fail.Store(false)
-	stPoll(t, 10*time.Second, time.Millisecond, "breaker closes", func() bool { // state, then its count
-		return !c.Stats().BreakerOpen && c.obs.transitions[0].Load() >= 1
+	poll(t, "breaker closes", func() bool { // state, then its count
+		return !c.Stats().BreakerOpen && promSeries(t, reg, "cacheaside_breaker_transitions_total")["state=closed"] >= 1
 	})
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(gauge(0)+`
 # HELP cacheaside_breaker_transitions_total Circuit breaker transitions, by the state entered.
@@ -236,7 +375,7 @@ cacheaside_breaker_transitions_total{cache="users",state="open"} 1
 // Key groups label requests and loads; groups beyond the bound fold into other.
 func TestPrometheusKeyGroups(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	c := newTestCache[string](t, NewMemoryStore(), WithPrometheus(reg, "shop"), WithKeyGroups(KeyGroupBefore(":"), 2))
+	c := newTestCache(t, cacheaside.NewMemoryStore(), WithPrometheus(reg, "shop"), cacheaside.WithKeyGroups(cacheaside.KeyGroupBefore(":"), 2))
 	for _, k := range []string{"user:1", "user:1", "product:1", "order:1", "cart:1", "cart:1"} {
 		_, err := c.GetOrLoad(bg(), k, constLoad("v"))
 		require.NoError(t, err)
@@ -262,7 +401,7 @@ cacheaside_requests_total{cache="shop",group="user",result="stale"} 0
 `), "cacheaside_requests_total"))
 	require.Equal(t, map[string]uint64{"user": 1, "product": 1, "other": 2},
 		histogramCounts(t, reg, "cacheaside_load_duration_seconds", "group"))
-	problems, err := testutil.CollectAndLint(c.obs.prom)
+	problems, err := testutil.GatherAndLint(reg)
 	require.NoError(t, err)
 	require.Empty(t, problems)
 }
@@ -271,7 +410,7 @@ cacheaside_requests_total{cache="shop",group="user",result="stale"} 0
 // they do not; its keys' requests count each in its own group.
 func TestPrometheusBatchLoadGroups(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	c := newTestCache[string](t, NewMemoryStore(), WithPrometheus(reg, "shop"), WithKeyGroups(KeyGroupBefore(":"), 4))
+	c := newTestCache(t, cacheaside.NewMemoryStore(), WithPrometheus(reg, "shop"), cacheaside.WithKeyGroups(cacheaside.KeyGroupBefore(":"), 4))
 	load := func(_ context.Context, keys []string) (map[string]string, error) {
 		m := map[string]string{}
 		for _, k := range keys {
@@ -298,11 +437,12 @@ func TestPrometheusBatchLoadGroups(t *testing.T) {
 
 // CollectAndLint finds nothing to say about any metric, with every kind of store.
 func TestPrometheusLint(t *testing.T) {
-	for name, store := range map[string]Store{"memory": NewMemoryStore(), "round trips": newFaultyStore(t)} {
-		c := newTestCache[string](t, store, WithPrometheus(prometheus.NewRegistry(), "lint"))
+	for name, store := range map[string]cacheaside.Store{"memory": cacheaside.NewMemoryStore(), "round trips": newFaultyStore(t)} {
+		reg := prometheus.NewRegistry()
+		c := newTestCache(t, store, WithPrometheus(reg, "lint"))
 		_, err := c.GetOrLoad(bg(), "a", constLoad("v"))
 		require.NoError(t, err)
-		problems, err := testutil.CollectAndLint(c.obs.prom)
+		problems, err := testutil.GatherAndLint(reg)
 		require.NoError(t, err)
 		require.Empty(t, problems, name)
 	}
@@ -312,20 +452,20 @@ func TestPrometheusLint(t *testing.T) {
 // clear error; caches of different names, stores and key group settings share a registry.
 func TestPrometheusRegistration(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	a, err := New[string](NewMemoryStore(), WithPrometheus(reg, "a"))
+	a, err := cacheaside.New[string](cacheaside.NewMemoryStore(), WithPrometheus(reg, "a"))
 	require.NoError(t, err)
 
-	for _, store := range []Store{NewMemoryStore(), newFaultyStore(t)} {
-		_, err = New[string](store, WithPrometheus(reg, "a"))
+	for _, store := range []cacheaside.Store{cacheaside.NewMemoryStore(), newFaultyStore(t)} {
+		_, err = cacheaside.New[string](store, WithPrometheus(reg, "a"))
 		require.Error(t, err)
 		var are prometheus.AlreadyRegisteredError
 		require.ErrorAs(t, err, &are)
-		require.Contains(t, err.Error(), `cacheaside: prometheus: the metrics of cache "a" are already registered`)
+		require.Contains(t, err.Error(), `cacheaside: metrics exporter for cache "a": prometheus: the metrics of cache "a" are already registered`)
 	}
 
-	b := newTestCache[string](t, newFaultyStore(t), WithPrometheus(reg, "b"))
-	g := newTestCache[string](t, NewMemoryStore(), WithPrometheus(reg, "g"), WithKeyGroups(KeyGroupBefore(":"), 4))
-	for _, c := range []*Cache[string]{a, b, g} {
+	b := newTestCache(t, newFaultyStore(t), WithPrometheus(reg, "b"))
+	g := newTestCache(t, cacheaside.NewMemoryStore(), WithPrometheus(reg, "g"), cacheaside.WithKeyGroups(cacheaside.KeyGroupBefore(":"), 4))
+	for _, c := range []*cacheaside.Cache[string]{a, b, g} {
 		_, err := c.GetOrLoad(bg(), "user:1", constLoad("v"))
 		require.NoError(t, err)
 	}
@@ -334,7 +474,7 @@ func TestPrometheusRegistration(t *testing.T) {
 
 	require.NoError(t, a.Close())
 	require.NoError(t, a.Close(), "idempotent")
-	again := newTestCache[string](t, NewMemoryStore(), WithPrometheus(reg, "a"))
+	again := newTestCache(t, cacheaside.NewMemoryStore(), WithPrometheus(reg, "a"))
 	_, err = again.GetOrLoad(bg(), "user:1", constLoad("v"))
 	require.NoError(t, err)
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
@@ -362,7 +502,7 @@ cacheaside_loads_total{cache="g",group="user",outcome="panic"} 0
 // Scrapes run concurrently with traffic (the race detector watches).
 func TestPrometheusConcurrentScrape(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	c := newTestCache[string](t, NewMemoryStore(), WithPrometheus(reg, "busy"), WithKeyGroups(KeyGroupBefore(":"), 4))
+	c := newTestCache(t, cacheaside.NewMemoryStore(), WithPrometheus(reg, "busy"), cacheaside.WithKeyGroups(cacheaside.KeyGroupBefore(":"), 4))
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	for i := range 4 {
@@ -421,122 +561,18 @@ func promSeries(t *testing.T, g prometheus.Gatherer, name string) map[string]flo
 	return out
 }
 
-// L1 hits (single and batch), entries dropped on other instances' invalidations (those held
-// here, not the keys named), and flushes on subscription changes and unreadable messages, in
-// Stats and in Prometheus.
-func TestPrometheusLocalCache(t *testing.T) {
-	reg := prometheus.NewPedanticRegistry()
-	ms := NewMemoryStore()
-	defer ms.Close()
-	bus := &manualBus{ready: make(chan struct{})}
-	c := newTestCache[string](t, manualStore{ms, bus}, l1Opts(WithPrometheus(reg, "users"))...)
-	<-bus.ready
-	compare := func(step string, l1Hits, drops, flushes int) {
-		t.Helper()
-		want := expo("cacheaside_requests_total", resultLabels, 0, l1Hits, 3, 0, 0) +
-			expo("cacheaside_l1_broadcast_drops_total", noLabels, drops) +
-			expo("cacheaside_l1_flushes_total", noLabels, flushes)
-		require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want),
-			"cacheaside_requests_total", "cacheaside_l1_broadcast_drops_total", "cacheaside_l1_flushes_total"), step)
-		s := c.Stats()
-		require.Equal(t, []uint64{uint64(l1Hits), uint64(drops), uint64(flushes)}, []uint64{s.L1Hits, s.L1BroadcastDrops, s.L1Flushes}, step)
-	}
-
-	bus.emit(SubscriptionLive, nil) // the first subscription: nothing was cached to flush
-	for _, k := range []string{"a", "b", "c"} {
-		_, err := c.GetOrLoad(bg(), k, constLoad(k)) // misses: filled into L1
-		require.NoError(t, err)
-	}
-	compare("three misses", 0, 0, 0)
-	for range 2 {
-		_, err := c.GetOrLoad(bg(), "a", constLoad("other"))
-		require.NoError(t, err)
-	}
-	m, err := c.GetOrLoadMany(bg(), []string{"b", "c"}, func(context.Context, []string) (map[string]string, error) {
-		return nil, errors.New("must not load")
-	})
-	require.NoError(t, err)
-	require.Len(t, m, 2)
-	compare("two L1 hits and a batch of two", 4, 0, 0)
-
-	bus.emit(SubscriptionMessage, encodeKeysMsg("another instance", []string{"a", "b", "not cached here"}))
-	compare("a message naming two held keys and one other", 4, 2, 0)
-	bus.emit(SubscriptionMessage, encodeKeysMsg("another instance", []string{"a"}))
-	compare("a key dropped already", 4, 2, 0)
-	bus.emit(SubscriptionMessage, encodeAllMsg("another instance", "*"))
-	compare("a pattern message: the one entry left", 4, 3, 0)
-
-	bus.emit(SubscriptionLost, nil)
-	compare("subscription lost", 4, 3, 1)
-	bus.emit(SubscriptionLive, nil)
-	compare("subscribed again", 4, 3, 2)
-	bus.emit(SubscriptionMessage, []byte("not a message of ours"))
-	compare("an unreadable message", 4, 3, 3)
-}
-
-// Early refreshes, stale-while-revalidate and stale-if-error, in Prometheus: the requests
-// served stale (both kinds), those served for a failed load among them, and the refreshes
-// started before expiry.
-func TestPrometheusStale(t *testing.T) {
-	reg := prometheus.NewPedanticRegistry()
-	clk := newFakeClock()
-	c := newTestCache[string](t, NewMemoryStore(), WithPrometheus(reg, "users"), WithTTL(time.Hour), WithTTLJitter(0),
-		WithEarlyRefresh(1), WithStaleWhileRevalidate(time.Minute), WithStaleIfError(time.Hour))
-	useClock(clk, c)
-	c.fresh.rand = func() float64 { return 0 } // no early refresh unless a step asks for one
-	compare := func(step string, hit, miss, stale, early, staleIfError, loadsOK, loadErrors int) {
-		t.Helper()
-		want := expo("cacheaside_requests_total", resultLabels, hit, 0, miss, 0, stale) +
-			expo("cacheaside_early_refreshes_total", noLabels, early) +
-			expo("cacheaside_stale_if_error_total", noLabels, staleIfError) +
-			expo("cacheaside_loads_total", outcomeLabels, loadErrors, 0, loadsOK, 0)
-		require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want), "cacheaside_requests_total",
-			"cacheaside_early_refreshes_total", "cacheaside_stale_if_error_total", "cacheaside_loads_total"), step)
-		s := c.Stats()
-		require.Equal(t, []uint64{uint64(stale), uint64(early), uint64(staleIfError)}, []uint64{s.Stale, s.EarlyRefreshes, s.StaleIfError}, step)
-	}
-	read := func(want string, load func(context.Context) (string, error)) {
-		t.Helper()
-		v, err := c.GetOrLoad(bg(), "k", load)
-		require.NoError(t, err)
-		require.Equal(t, want, v)
-		idle(t, c)
-	}
-
-	compare("every series at zero", 0, 0, 0, 0, 0, 0, 0)
-	read("v1", func(context.Context) (string, error) {
-		time.Sleep(2 * time.Millisecond) // delta: the early refresh draw scales with it
-		return "v1", nil
-	})
-	compare("a miss", 0, 1, 0, 0, 0, 1, 0)
-
-	clk.advance(time.Hour - time.Millisecond)
-	c.fresh.rand = func() float64 { return 0.99 } // 1 ms before expiry: refresh
-	read("v1", constLoad("v2"))
-	c.fresh.rand = func() float64 { return 0 }
-	compare("a hit refreshed early", 1, 1, 0, 1, 0, 2, 0)
-
-	clk.advance(time.Hour + 30*time.Second)
-	read("v2", constLoad("v3"))
-	compare("past expiry, within stale-while-revalidate: served stale, refreshed", 1, 1, 1, 1, 0, 3, 0)
-
-	clk.advance(time.Hour + 2*time.Minute)
-	read("v3", func(context.Context) (string, error) { return "", errors.New("database down") })
-	compare("past stale-while-revalidate, within stale-if-error: a failed load", 1, 1, 2, 1, 1, 3, 1)
-}
-
 // The Grafana dashboard in examples/ queries only metrics the collector exports, so a rename
 // cannot leave a panel empty.
 func TestGrafanaDashboardMetricsExist(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
-	newTestCache[string](t, newFaultyStore(t), WithPrometheus(reg, "dash")) // a store with round trips: timed
+	newTestCache(t, newFaultyStore(t), WithPrometheus(reg, "dash")) // a store with round trips: timed
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
 	exported := map[string]bool{}
 	for _, mf := range mfs {
 		exported[mf.GetName()] = true
 	}
-	dash, err := os.ReadFile("examples/grafana/cacheaside-dashboard.json")
+	dash, err := os.ReadFile("../examples/grafana/cacheaside-dashboard.json")
 	require.NoError(t, err)
 	used := map[string]bool{}
 	for _, m := range regexp.MustCompile(`cacheaside_[a-z0-9_]+`).FindAllString(string(dash), -1) {
@@ -557,3 +593,125 @@ func TestGrafanaDashboardMetricsExist(t *testing.T) {
 		}
 	}
 }
+
+// Every field of a Metrics snapshot, each with its own value, shows as the series of the
+// metric it feeds: the mapping pinned whole, histograms (buckets in seconds) included.
+func TestCollectorMapsEveryField(t *testing.T) {
+	h := func(n uint64) cacheaside.Histogram {
+		return cacheaside.Histogram{Count: n + 1, Sum: time.Duration(n) * time.Millisecond, Buckets: []cacheaside.Bucket{
+			{UpperBound: time.Millisecond, Count: n - 1}, {UpperBound: 2500 * time.Microsecond, Count: n},
+		}}
+	}
+	read := func(m *cacheaside.Metrics) {
+		*m = cacheaside.Metrics{
+			Groups: []cacheaside.GroupMetrics{{
+				Group:        "user",
+				Requests:     []cacheaside.Count{{Label: "hit", N: 1}, {Label: "l1_hit", N: 2}, {Label: "miss", N: 3}, {Label: "negative_hit", N: 4}, {Label: "stale", N: 5}},
+				Loads:        []cacheaside.Count{{Label: "ok", N: 6}, {Label: "not_found", N: 7}, {Label: "error", N: 8}, {Label: "panic", N: 9}},
+				LoadDuration: h(10),
+			}},
+			StoreErrors:        []cacheaside.Count{{Label: "fill", N: 11}, {Label: "get_or_lease", N: 12}},
+			StoreDurations:     []cacheaside.LabelHistogram{{Label: "fill", Histogram: h(13)}},
+			LeaseWaits:         14,
+			Coalesced:          []cacheaside.Count{{Label: "flight", N: 15}, {Label: "lookup", N: 16}},
+			EarlyRefreshes:     17,
+			StaleIfError:       18,
+			Invalidations:      []cacheaside.Count{{Label: "key", N: 19}, {Label: "pattern", N: 20}, {Label: "tag", N: 21}},
+			L1BroadcastDrops:   22,
+			L1Flushes:          23,
+			BreakerOpen:        true,
+			BreakerTransitions: []cacheaside.Count{{Label: "closed", N: 24}, {Label: "open", N: 25}},
+			UndecodableValues:  26,
+		}
+	}
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(newCollector("c", read)))
+	series := func(name string, labels ...string) string {
+		var b strings.Builder
+		typ := "counter"
+		if !strings.HasSuffix(name, "_total") {
+			typ = "gauge"
+		}
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, promHelp[name], name, typ)
+		for _, l := range labels {
+			fmt.Fprintf(&b, "%s{cache=\"c\"%s\n", name, l)
+		}
+		return b.String()
+	}
+	want := series("cacheaside_requests_total", `,group="user",result="hit"} 1`, `,group="user",result="l1_hit"} 2`,
+		`,group="user",result="miss"} 3`, `,group="user",result="negative_hit"} 4`, `,group="user",result="stale"} 5`) +
+		series("cacheaside_loads_total", `,group="user",outcome="error"} 8`, `,group="user",outcome="not_found"} 7`,
+			`,group="user",outcome="ok"} 6`, `,group="user",outcome="panic"} 9`) +
+		`# HELP cacheaside_load_duration_seconds Duration of loader calls.
+# TYPE cacheaside_load_duration_seconds histogram
+cacheaside_load_duration_seconds_bucket{cache="c",group="user",le="0.001"} 9
+cacheaside_load_duration_seconds_bucket{cache="c",group="user",le="0.0025"} 10
+cacheaside_load_duration_seconds_bucket{cache="c",group="user",le="+Inf"} 11
+cacheaside_load_duration_seconds_sum{cache="c",group="user"} 0.01
+cacheaside_load_duration_seconds_count{cache="c",group="user"} 11
+` + series("cacheaside_store_errors_total", `,op="fill"} 11`, `,op="get_or_lease"} 12`) +
+		`# HELP cacheaside_store_duration_seconds Duration of store operations, by operation (stores with network round trips only).
+# TYPE cacheaside_store_duration_seconds histogram
+cacheaside_store_duration_seconds_bucket{cache="c",op="fill",le="0.001"} 12
+cacheaside_store_duration_seconds_bucket{cache="c",op="fill",le="0.0025"} 13
+cacheaside_store_duration_seconds_bucket{cache="c",op="fill",le="+Inf"} 14
+cacheaside_store_duration_seconds_sum{cache="c",op="fill"} 0.013
+cacheaside_store_duration_seconds_count{cache="c",op="fill"} 14
+` + series("cacheaside_lease_waits_total", `} 14`) +
+		series("cacheaside_coalesced_total", `,kind="flight"} 15`, `,kind="lookup"} 16`) +
+		series("cacheaside_early_refreshes_total", `} 17`) +
+		series("cacheaside_stale_if_error_total", `} 18`) +
+		series("cacheaside_invalidations_total", `,kind="key"} 19`, `,kind="pattern"} 20`, `,kind="tag"} 21`) +
+		series("cacheaside_l1_broadcast_drops_total", `} 22`) +
+		series("cacheaside_l1_flushes_total", `} 23`) +
+		series("cacheaside_breaker_open", `} 1`) +
+		series("cacheaside_breaker_transitions_total", `,state="closed"} 24`, `,state="open"} 25`) +
+		series("cacheaside_undecodable_values_total", `} 26`)
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want)))
+	problems, err := testutil.GatherAndLint(reg)
+	require.NoError(t, err)
+	require.Empty(t, problems)
+}
+
+func TestWithPrometheusValidates(t *testing.T) {
+	for name, opt := range map[string]cacheaside.Option{
+		"nil registerer": WithPrometheus(nil, "c"),
+		"empty name":     WithPrometheus(prometheus.NewRegistry(), ""),
+		"bad name":       WithPrometheus(prometheus.NewRegistry(), "\xff"),
+	} {
+		_, err := cacheaside.New[string](cacheaside.NewMemoryStore(), opt)
+		require.ErrorIs(t, err, cacheaside.ErrInvalidOption, name)
+	}
+}
+
+// WithPrometheus adds no allocation to a hit, and names the cache (the same name the other
+// exporters see).
+func TestWithPrometheusHitAllocsAndName(t *testing.T) {
+	ctx := bg()
+	allocs := func(opts ...cacheaside.Option) float64 {
+		c := newTestCache(t, cacheaside.NewMemoryStore(), opts...)
+		_, err := c.GetOrLoad(ctx, "user:1", constLoad("v"))
+		require.NoError(t, err)
+		return testing.AllocsPerRun(500, func() {
+			if v, err := c.GetOrLoad(ctx, "user:1", constLoad("other")); err != nil || v != "v" {
+				t.Fatalf("not a hit: %q, %v", v, err)
+			}
+		})
+	}
+	require.Equal(t, allocs(), allocs(WithPrometheus(prometheus.NewRegistry(), "alloc"), cacheaside.WithKeyGroups(cacheaside.KeyGroupBefore(":"), 8)))
+
+	var named string
+	newTestCache(t, cacheaside.NewMemoryStore(), WithPrometheus(prometheus.NewRegistry(), "users"),
+		cacheaside.WithMetricsExporter(nameExporter{&named}))
+	require.Equal(t, "users", named)
+}
+
+type nameExporter struct{ name *string }
+
+func (e nameExporter) Export(cache string, _ func(*cacheaside.Metrics)) (cacheaside.MetricsRecorder, error) {
+	*e.name = cache
+	return e, nil
+}
+func (nameExporter) LoadDuration(string, time.Duration)  {}
+func (nameExporter) StoreDuration(string, time.Duration) {}
+func (nameExporter) Stop() error                         { return nil }
