@@ -27,7 +27,7 @@ import (
 const testPrefix = "prom-test:"
 
 // releaseAttempts is how often cacheaside tries to release a lease while the store fails
-// (releaseAttempts in lock.go).
+// (releaseAttempts in lease.go).
 const releaseAttempts = 4
 
 func bg() context.Context { return context.Background() }
