@@ -29,7 +29,7 @@ package cacheaside
 //     Invalidate before its fill (the fill is refused; the caller still gets what it loaded,
 //     fresh for it, while another caller may have filled an older version meanwhile: seen
 //     under latency, where a lease's grant reaches its caller late), and when a wait for
-//     another's lease is given up after a lease and a load's time (lock.go). Each instance
+//     another's lease is given up after a lease and a load's time (wait.go). Each instance
 //     counts such loads (Cache.stats.storeless), and they run during the reads they answer;
 //     so every read during which its instance counted one, counted a store error
 //     (Stats.StoreErrors) or had its breaker open is marked "unstored": it is checked for
