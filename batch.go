@@ -17,7 +17,7 @@ func (c *Cache[T]) getOrLoadMany(ctx context.Context, keys []string, load func(c
 	if len(opts) > 0 {
 		var err error
 		if ctx, err = withCallOptions(ctx, opts); err == nil {
-			err = c.checkTags(ctx)
+			err = c.tags.check(ctx)
 		}
 		if err != nil {
 			return nil, err

@@ -24,6 +24,7 @@ type Cache[T any] struct {
 
 	l1    *local[T]    // the local cache (local.go); nil without WithLocalCache
 	inval *invalidator // the store side of invalidations, and their broadcast (invalidate.go)
+	tags  *tagger      // tag records of loads, for InvalidateTags (tags.go)
 
 	fresh *refresher // early refresh, stale windows, refresh backoff, the clock (xfetch.go)
 	stats stats
@@ -88,6 +89,7 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 	c.obs = newObserver(&c.cfg, !inProcess)
 	c.gw = newGateway(store, &c.cfg, c.obs, life)
 	c.inval = &invalidator{gw: c.gw, bus: bus, channel: invalidationChannel(cfg.prefix), budget: cfg.invalTimeout}
+	c.tags = &tagger{gw: c.gw, inval: c.inval, prefix: cfg.prefix, ttl: cfg.ttl, negativeTTL: cfg.negativeTTL, extraTTL: c.fresh.extraTTL}
 	c.entries = &entries[T]{
 		vc: vc, schema: schemaOf(cfg.codec, schema), wire: newWire(cfg, store), // schema.go, wire.go
 		ttl: cfg.ttl, negativeTTL: cfg.negativeTTL, jitter: cfg.jitter, fresh: c.fresh, obs: c.obs,
@@ -131,7 +133,7 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 	if len(opts) > 0 {
 		var err error
 		if ctx, err = withCallOptions(ctx, opts); err == nil {
-			err = c.checkTags(ctx)
+			err = c.tags.check(ctx)
 		}
 		if err != nil {
 			var zero T

@@ -69,6 +69,20 @@ func withCallOptions(ctx context.Context, opts []CallOption) (context.Context, e
 	return context.WithValue(ctx, callKey{}, o), nil
 }
 
+// fillTTL returns the TTL of a fill on ctx: the call's, else the cache's. 0: do not store.
+func fillTTL(ctx context.Context, notFound bool, ttl, negativeTTL time.Duration) time.Duration {
+	o, _ := ctx.Value(callKey{}).(*callOptions)
+	switch {
+	case notFound && o != nil && o.negSet:
+		return o.negTTL
+	case notFound:
+		return negativeTTL
+	case o != nil && o.ttl > 0:
+		return o.ttl
+	}
+	return ttl
+}
+
 // loaderContext is the context a loader runs on: the load's, without the options of the call
 // that started it, so that a GetOrLoad the loader makes on it does not inherit them.
 func loaderContext(ctx context.Context) context.Context {

@@ -46,7 +46,7 @@ func (en *entries[T]) decode(sk string, b []byte) (v T, h envelope.Header, ok bo
 // TTL of the call whose load it is (callopts.go), else the cache's. ok is false when it must
 // not be stored: negative caching off, a codec error, or too large.
 func (en *entries[T]) encode(ctx context.Context, sk string, v T, notFound bool, delta time.Duration) (data []byte, ttl time.Duration, ok bool) {
-	ttl = en.fillTTL(ctx, notFound)
+	ttl = fillTTL(ctx, notFound, en.ttl, en.negativeTTL)
 	if ttl == 0 {
 		return nil, 0, false
 	}
@@ -154,18 +154,4 @@ func (en *entries[T]) unframe(sk string, frame []byte, h envelope.Header, payloa
 		return zero, false
 	}
 	return v, true
-}
-
-// fillTTL returns the TTL of a fill on ctx: the call's, else the cache's. 0: do not store.
-func (en *entries[T]) fillTTL(ctx context.Context, notFound bool) time.Duration {
-	o, _ := ctx.Value(callKey{}).(*callOptions)
-	switch {
-	case notFound && o != nil && o.negSet:
-		return o.negTTL
-	case notFound:
-		return en.negativeTTL
-	case o != nil && o.ttl > 0:
-		return o.ttl
-	}
-	return en.ttl
 }

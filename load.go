@@ -73,7 +73,7 @@ func (c *Cache[T]) loadUnder(ctx context.Context, f *flight[T], sk, tok string, 
 	}
 	v, err, pe := callLoader(ctx, load)
 	if c.unsafeLateTags {
-		_ = c.tagLoads(ctx, []string{sk})
+		_ = c.tags.record(ctx, []string{sk})
 	}
 	c.settle(ctx, f, sk, tok, v, err, pe, c.obs.loadDone(&obs, err, pe))
 	completed = true

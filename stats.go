@@ -75,7 +75,7 @@ func (c *Cache[T]) Stats() Stats {
 	s := c.obs.stats()
 	s.UnopenedValues = c.entries.wire.rejects[rejectSealed].Load() + c.entries.wire.rejects[rejectPlain].Load()
 	s.InvalidationFailures = c.stats.invalFailed.Load()
-	s.TagFailures = c.stats.tagFailures.Load()
+	s.TagFailures = c.tags.failures.Load()
 	s.UnreleasedLeases = c.gw.unreleased.Load()
 	return s
 }
@@ -131,7 +131,4 @@ type stats struct {
 	// invalFailed counts Invalidate, InvalidatePattern and InvalidateTags calls that returned
 	// an error.
 	invalFailed atomic.Uint64
-	// tagFailures counts failed tag records: loads that went unstored because their tags
-	// could not be recorded, and records InvalidateTags could not remove (tags.go).
-	tagFailures atomic.Uint64
 }

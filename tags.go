@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -64,39 +65,51 @@ func TagsOf(fn func(key string) []string) CallOption {
 	}
 }
 
-// tagName is the name under which the store indexes tag: in this cache's prefix, like its keys
+// tagger records the keys of tagged loads in the store's tag index, finds them again for
+// InvalidateTags, and removes the records it acted on.
+type tagger struct {
+	gw          *gateway
+	inval       *invalidator
+	prefix      string
+	ttl         time.Duration // WithTTL, WithNegativeTTL and the longer stale window: how long
+	negativeTTL time.Duration // an entry a record guards may live
+	extraTTL    time.Duration
+	failures    atomic.Uint64 // Stats.TagFailures
+}
+
+// name is the name under which the store indexes tag: in this cache's prefix, like its keys
 // (RedisStore keeps it at that key), where no key of the cache is likely to be.
-func (c *Cache[T]) tagName(tag string) string { return c.cfg.prefix + "\x00tag:" + tag }
+func (tg *tagger) name(tag string) string { return tg.prefix + "\x00tag:" + tag }
 
 // tagged reports whether the options carry tags.
 func (o *callOptions) tagged() bool { return o != nil && (len(o.tags) > 0 || o.tagsOf != nil) }
 
 // checkTags refuses a call with tags on a store without a tag index.
-func (c *Cache[T]) checkTags(ctx context.Context) error {
-	if o, _ := ctx.Value(callKey{}).(*callOptions); o.tagged() && c.gw.tags == nil {
-		return fmt.Errorf("cacheaside: Tags with %T: %w", c.gw.store, ErrTagsUnsupported)
+func (tg *tagger) check(ctx context.Context) error {
+	if o, _ := ctx.Value(callKey{}).(*callOptions); o.tagged() && tg.gw.tags == nil {
+		return fmt.Errorf("cacheaside: Tags with %T: %w", tg.gw.store, ErrTagsUnsupported)
 	}
 	return nil
 }
 
-// tagLoads records the store keys sks under the tags of the call whose load ctx is, before the
+// record records the store keys sks under the tags of the call whose load ctx is, before the
 // load begins. The caller holds the keys' leases. It does nothing for a call without tags. An
 // error means the keys must not be filled: the load goes on without storing.
-func (c *Cache[T]) tagLoads(ctx context.Context, sks []string) error {
+func (tg *tagger) record(ctx context.Context, sks []string) error {
 	o, _ := ctx.Value(callKey{}).(*callOptions)
-	if !o.tagged() || c.gw.tags == nil {
+	if !o.tagged() || tg.gw.tags == nil {
 		return nil
 	}
 	tagged := make(map[string][]string, len(o.tags))
 	for _, sk := range sks {
 		for _, t := range o.tags {
-			name := c.tagName(t)
+			name := tg.name(t)
 			tagged[name] = append(tagged[name], sk)
 		}
 		if o.tagsOf != nil {
-			for _, t := range o.tagsOf(sk[len(c.cfg.prefix):]) {
+			for _, t := range o.tagsOf(sk[len(tg.prefix):]) {
 				if t != "" {
-					name := c.tagName(t)
+					name := tg.name(t)
 					tagged[name] = append(tagged[name], sk)
 				}
 			}
@@ -105,39 +118,39 @@ func (c *Cache[T]) tagLoads(ctx context.Context, sks []string) error {
 	if len(tagged) == 0 {
 		return nil
 	}
-	life := c.gw.leaseTTL + max(c.entries.fillTTL(ctx, false), c.entries.fillTTL(ctx, true)) + c.fresh.extraTTL + tagLifeSlack
-	add := func(ctx context.Context) (struct{}, error) { return struct{}{}, c.gw.tags.AddTags(ctx, tagged, life) }
+	life := tg.gw.leaseTTL + max(fillTTL(ctx, false, tg.ttl, tg.negativeTTL), fillTTL(ctx, true, tg.ttl, tg.negativeTTL)) + tg.extraTTL + tagLifeSlack
+	add := func(ctx context.Context) (struct{}, error) { return struct{}{}, tg.gw.tags.AddTags(ctx, tagged, life) }
 	ctx = context.WithoutCancel(ctx)
-	_, err := storeCallN(c.gw, ctx, opAddTags, len(sks), add)
+	_, err := storeCallN(tg.gw, ctx, opAddTags, len(sks), add)
 	if err != nil {
 		// The tags' nodes are not the key's: on a Cluster the first record may have to
 		// connect to one. Once more, with the time a connection is given.
-		timeout := max(c.cfg.connectTimeout, c.gw.storeTimeout(true, len(sks)))
-		_, err = storeCallWithin(c.gw, ctx, opAddTags, true, timeout, add)
+		timeout := max(tg.gw.connectTimeout, tg.gw.storeTimeout(true, len(sks)))
+		_, err = storeCallWithin(tg.gw, ctx, opAddTags, true, timeout, add)
 	}
 	if err != nil {
-		c.stats.tagFailures.Add(1)
+		tg.failures.Add(1)
 	}
 	return err
 }
 
-// tagLoadsBefore is tagLoads where a load is about to begin (nothing in the broken build the
+// tagLoadsBefore is tagger.record where a load is about to begin (nothing in the broken build the
 // tests make with unsafeLateTags, which records tags after the load).
 func (c *Cache[T]) tagLoadsBefore(ctx context.Context, sks []string) error {
 	if c.unsafeLateTags {
 		return nil
 	}
-	return c.tagLoads(ctx, sks)
+	return c.tags.record(ctx, sks)
 }
 
 // runChunksTagged is runChunks for keys whose leases tok holds, settled by settle, once their
-// tags are recorded (tagLoads). If that fails, the leases are released and the keys are loaded
+// tags are recorded (tagger.record). If that fails, the leases are released and the keys are loaded
 // without being stored.
 func (c *Cache[T]) runChunksTagged(ctx context.Context, fs []*flight[T], keys, sks []string, tok string, load func(context.Context, []string) (map[string]T, error), settle chunkDone[T]) {
 	if c.unsafeLateTags {
 		inner := settle
 		settle = func(ctx context.Context, lo, hi int, m map[string]T, err error, pe *PanicError, delta time.Duration) {
-			_ = c.tagLoads(ctx, sks[lo:hi])
+			_ = c.tags.record(ctx, sks[lo:hi])
 			inner(ctx, lo, hi, m, err, pe, delta)
 		}
 	}
@@ -171,20 +184,10 @@ func (c *Cache[T]) invalidateTags(ctx context.Context, tags ...string) error {
 	c.obs.invalidated(invalidatedTag, len(tags))
 	names := make([]string, len(tags))
 	for i, t := range tags {
-		names[i] = c.tagName(t)
+		names[i] = c.tags.name(t)
 	}
 	deadline := c.inval.deadline()
-	var found [][]TaggedKey
-	err := c.inval.retry(ctx, deadline, false, func(ctx context.Context, warm bool, timeout time.Duration) error {
-		r, err := storeCallWithin(c.gw, ctx, opTaggedKeys, warm, timeout, func(ctx context.Context) ([][]TaggedKey, error) {
-			return c.gw.tags.TaggedKeys(ctx, names)
-		})
-		if err == nil && len(r) != len(names) {
-			err = fmt.Errorf("cacheaside: store answered %d tags for %d", len(r), len(names))
-		}
-		found = r
-		return err
-	})
+	found, err := c.tags.find(ctx, deadline, names)
 	if err != nil {
 		c.stats.invalFailed.Add(1)
 		return &InvalidationError{Tags: tags, Err: err}
@@ -213,19 +216,36 @@ func (c *Cache[T]) invalidateTags(ctx context.Context, tags ...string) error {
 		c.stats.invalFailed.Add(1)
 		return &InvalidationError{Tags: tags, Keys: keys, Removed: removed, Err: err}
 	}
-	c.untag(ctx, deadline, acted)
+	c.tags.untag(ctx, deadline, acted)
 	return nil
 }
 
 // untag removes the records InvalidateTags read and acted on, once. A failure leaves them in
 // place, which costs the next InvalidateTags of the tag a delete of keys already deleted, not
 // a stale entry: so it is not the caller's error.
-func (c *Cache[T]) untag(ctx context.Context, deadline time.Time, tagged map[string][]TaggedKey) {
+func (tg *tagger) untag(ctx context.Context, deadline time.Time, tagged map[string][]TaggedKey) {
 	timeout := max(min(time.Until(deadline), invalidateAttempt), time.Millisecond)
-	_, err := storeCallWithin(c.gw, ctx, opRemoveTags, c.gw.warm.Load(), timeout, func(ctx context.Context) (struct{}, error) {
-		return struct{}{}, c.gw.tags.RemoveTags(ctx, tagged)
+	_, err := storeCallWithin(tg.gw, ctx, opRemoveTags, tg.gw.warm.Load(), timeout, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, tg.gw.tags.RemoveTags(ctx, tagged)
 	})
 	if err != nil {
-		c.stats.tagFailures.Add(1)
+		tg.failures.Add(1)
 	}
+}
+
+// find reads the records of the tags names, retried within the invalidation's budget (until
+// deadline).
+func (tg *tagger) find(ctx context.Context, deadline time.Time, names []string) ([][]TaggedKey, error) {
+	var found [][]TaggedKey
+	err := tg.inval.retry(ctx, deadline, false, func(ctx context.Context, warm bool, timeout time.Duration) error {
+		r, err := storeCallWithin(tg.gw, ctx, opTaggedKeys, warm, timeout, func(ctx context.Context) ([][]TaggedKey, error) {
+			return tg.gw.tags.TaggedKeys(ctx, names)
+		})
+		if err == nil && len(r) != len(names) {
+			err = fmt.Errorf("cacheaside: store answered %d tags for %d", len(r), len(names))
+		}
+		found = r
+		return err
+	})
+	return found, err
 }

@@ -215,7 +215,7 @@ func TestTagIndexBounded(t *testing.T) {
 				_, err := c.GetOrLoad(bg(), fmt.Sprint("k", i), load, Tags("hot"))
 				require.NoError(t, err)
 			}
-			set := c.tagName("hot")
+			set := c.tags.name("hot")
 			require.EqualValues(t, 50, raw.ZCard(bg(), set).Val())
 			ttl := raw.PTTL(bg(), set).Val()
 			require.Positive(t, ttl, "the set expires with its last record")

@@ -96,7 +96,7 @@ func (c *Cache[T]) warm(ctx context.Context, keys []string, load func(ctx contex
 	if len(cfg.callOpts) > 0 {
 		var err error
 		if ctx, err = withCallOptions(ctx, cfg.callOpts); err == nil {
-			err = c.checkTags(ctx)
+			err = c.tags.check(ctx)
 		}
 		if err != nil {
 			return res, err
