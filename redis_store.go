@@ -88,91 +88,14 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisOption) *RedisStor
 	return s
 }
 
-// Replies of lease (and of the batch scripts, redis_batch.go): {1, value} | {2, holder,
-// holderTTLms} | {3} granted. getOrLease answers a hit with the bare value (a bulk string, no
-// array for the client to build and copy) and a grant with the bare integer 3.
+// Replies of the lookup scripts (redis_lease.go): 1, value | 2, holder, holderTTLms | 3
+// granted. The single-key scripts answer a hit with the bare value (a bulk string, no array
+// for the client to build and copy) and a grant with the bare integer 3.
 const (
 	replyValue   = 1
 	replyHeld    = 2
 	replyGranted = 3
 )
-
-// A key that is not a hash (garbage written by someone else) is deleted and treated as empty.
-// A caller that finds the key held sets "w" (someone waits): the fill or release of the lease
-// then publishes the key on wakeChannel, and the waiters read again at once (lock.go).
-var getOrLeaseScript = redis.NewScript(`
-local r = redis.pcall('HMGET', KEYS[1], 'v', 't', 'w')
-if r.err then
-  redis.call('DEL', KEYS[1])
-  r = {false, false, false}
-end
-if r[1] then return r[1] end
-if r[2] then
-  if not r[3] then redis.call('HSET', KEYS[1], 'w', '1') end
-  return {2, r[2], redis.call('PTTL', KEYS[1])}
-end
-redis.call('HSET', KEYS[1], 't', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 3
-`)
-
-var leaseScript = redis.NewScript(`
-local r = redis.pcall('HMGET', KEYS[1], 'v', 't', 'e', 'w')
-if r.err then
-  redis.call('DEL', KEYS[1])
-  r = {false, false, false, false}
-end
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if r[2] then
-  local left = -1
-  if not r[1] then
-    left = redis.call('PTTL', KEYS[1])
-  else
-    left = (tonumber(r[3]) or 0) - ms
-  end
-  if left > 0 or not r[1] then
-    if not r[4] then redis.call('HSET', KEYS[1], 'w', '1') end
-    return {2, r[2], left}
-  end
-end
-redis.call('HSET', KEYS[1], 't', ARGV[1], 'e', string.format('%d', ms + tonumber(ARGV[2])))
-if not r[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return {3}
-`)
-
-// A lease on a present value ends at "e" (server time); a bare lease ends with its key. The
-// fill overwrites "v" and drops the lease fields rather than deleting the key first: a script
-// may not write a key it deleted while its slot migrates (Cluster). If someone waits ("w"),
-// it publishes the key on ARGV[4] (classic PUBLISH: on Cluster it reaches the subscribers of
-// every node).
-var fillScript = redis.NewScript(`
-local r = redis.pcall('HMGET', KEYS[1], 't', 'e', 'w')
-if r.err or r[1] ~= ARGV[1] then return 0 end
-if r[2] then
-  local now = redis.call('TIME')
-  if tonumber(r[2]) <= tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then return 0 end
-end
-redis.call('HSET', KEYS[1], 'v', ARGV[2])
-redis.call('HDEL', KEYS[1], 't', 'e', 'w')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if r[3] then redis.call('PUBLISH', ARGV[4], KEYS[1]) end
-return 1
-`)
-
-var releaseScript = redis.NewScript(`
-local r = redis.pcall('HMGET', KEYS[1], 't', 'e', 'v', 'w')
-if r.err or r[1] ~= ARGV[1] then return 0 end
-if r[4] then redis.call('PUBLISH', ARGV[2], KEYS[1]) end
-if not r[3] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-redis.call('HDEL', KEYS[1], 't', 'e', 'w')
-local now = redis.call('TIME')
-if tonumber(r[2]) <= tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then return 0 end
-return 1
-`)
 
 // Deletes a key and returns 1 if it held a value (or was not a hash at all), 0 for a bare lease.
 // A tag's set (redis_tags.go) is not an entry: it stays, and counts 0.
@@ -271,8 +194,8 @@ func (s *RedisStore) Lease(ctx context.Context, key, token string, leaseTTL time
 	})
 }
 
-// parseLookup reads a reply of getOrLeaseScript (a bare value, a bare 3, or an array) or of
-// leaseScript (an array).
+// parseLookup reads a reply of getOrLeaseScript or leaseScript: a bare value, a bare 3, or an
+// array.
 func parseLookup(cmd *redis.Cmd) (Lookup, error) {
 	r, err := cmd.Result()
 	if err != nil {
