@@ -151,9 +151,19 @@ func (s *RedisStore) KeepsWrites() bool { return false }
 
 // GetOrLease implements Store.
 func (s *RedisStore) GetOrLease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error) {
-	return guard(ctx, s.trusted, func(ctx context.Context) (Lookup, error) {
-		return parseLookup(getOrLeaseScript.Run(ctx, s.client, []string{key}, token, ms(leaseTTL)))
+	if !s.guarded(ctx) {
+		return parseLookup(s.evalKey(ctx, getOrLeaseScript, key, token, ms(leaseTTL)))
+	}
+	return guard(ctx, false, func(ctx context.Context) (Lookup, error) {
+		return parseLookup(s.evalKey(ctx, getOrLeaseScript, key, token, ms(leaseTTL)))
 	})
+}
+
+// guarded reports whether a call with ctx must run under guard: its deadline is not enforced
+// by the client. A call that need not goes straight to the client, with no closure.
+func (s *RedisStore) guarded(ctx context.Context) bool {
+	_, ok := ctx.Deadline()
+	return ok && !s.trusted
 }
 
 // readValue implements valueReader (lookup.go) with HGET: no script, no lease.
@@ -190,7 +200,7 @@ func stringBytes(s string) []byte {
 // Lease implements Store.
 func (s *RedisStore) Lease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error) {
 	return guard(ctx, s.trusted, func(ctx context.Context) (Lookup, error) {
-		return parseLookup(leaseScript.Run(ctx, s.client, []string{key}, token, ms(leaseTTL)))
+		return parseLookup(s.evalKey(ctx, leaseScript, key, token, ms(leaseTTL)))
 	})
 }
 
@@ -236,6 +246,22 @@ func parseLookupArray(reply []any) (Lookup, error) {
 	}
 	// Never the reply itself: it may hold a value, and store errors are logged.
 	return Lookup{}, fmt.Errorf("cacheaside: unexpected script reply: code %d, %d elements", code, len(reply))
+}
+
+// evalKey runs script on key with args, as Script.Run does (EVALSHA, then EVAL if the server
+// lacks the script), but builds the command's arguments in one slice of its own: no key
+// slice and no second argument slice.
+func (s *RedisStore) evalKey(ctx context.Context, script *redis.Script, key string, args ...any) *redis.Cmd {
+	a := make([]any, 4+len(args))
+	a[0], a[1], a[2], a[3] = "evalsha", script.Hash(), 1, key
+	copy(a[4:], args)
+	cmd := redis.NewCmd(ctx, a...)
+	cmd.SetFirstKeyPos(3) // Cluster routes it by the key
+	_ = s.client.Process(ctx, cmd)
+	if isNoScript(cmd.Err()) {
+		return script.Eval(ctx, s.client, []string{key}, a[4:]...)
+	}
+	return cmd
 }
 
 // pipelineScript runs script n times in one pipeline, and reloads it and retries the commands
@@ -289,16 +315,21 @@ func isNoScript(err error) bool {
 
 // Fill implements Store.
 func (s *RedisStore) Fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error) {
-	return guard(ctx, s.trusted, func(ctx context.Context) (bool, error) {
-		n, err := fillScript.Run(ctx, s.client, []string{key}, token, value, ms(ttl), wakeChannel).Int()
-		return n == 1, err
-	})
+	if !s.guarded(ctx) {
+		return s.fill(ctx, key, token, value, ttl)
+	}
+	return guard(ctx, false, func(ctx context.Context) (bool, error) { return s.fill(ctx, key, token, value, ttl) })
+}
+
+func (s *RedisStore) fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error) {
+	n, err := s.evalKey(ctx, fillScript, key, token, value, ms(ttl), wakeChannel).Int()
+	return n == 1, err
 }
 
 // Release implements Store.
 func (s *RedisStore) Release(ctx context.Context, key, token string) (bool, error) {
 	return guard(ctx, s.trusted, func(ctx context.Context) (bool, error) {
-		n, err := releaseScript.Run(ctx, s.client, []string{key}, token, wakeChannel).Int()
+		n, err := s.evalKey(ctx, releaseScript, key, token, wakeChannel).Int()
 		return n == 1, err
 	})
 }
