@@ -109,6 +109,49 @@ func BenchmarkMissFill(b *testing.B) {
 		b.ReportMetric(float64(tFloor.Nanoseconds())/float64(b.N), "floor-ns/op")
 		b.ReportMetric(float64(tOurs)/float64(tFloor), "ours/floor")
 	})
+	// The store's read-or-lease and fill alone (no Cache) and the floor in turn: what the
+	// Lua protocol itself costs over GET + SET.
+	b.Run("store-vs-floor", func(b *testing.B) {
+		client := newClient(b)
+		p := prefix(b, client)
+		s := cacheaside.NewRedisStore(client)
+		ctx := context.Background()
+		var tOurs, tFloor time.Duration
+		i := 0
+		for b.Loop() {
+			key := "miss" + strconv.Itoa(i)
+			start := time.Now()
+			lk, err := s.GetOrLease(ctx, p+"o:"+key, "tok", 10*time.Second)
+			if err != nil || !lk.Granted {
+				b.Fatalf("lease %s: %+v %v", key, lk, err)
+			}
+			u, _ := load(i)(ctx)
+			data, err := json.Marshal(u)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if ok, err := s.Fill(ctx, p+"o:"+key, "tok", data, time.Minute); !ok || err != nil {
+				b.Fatalf("fill %s: %v %v", key, ok, err)
+			}
+			mid := time.Now()
+			if _, err := client.Get(ctx, p+"f:"+key).Bytes(); !errors.Is(err, redis.Nil) {
+				b.Fatal("not a miss")
+			}
+			u, _ = load(i)(ctx)
+			if data, err = json.Marshal(u); err != nil {
+				b.Fatal(err)
+			}
+			if err := client.Set(ctx, p+"f:"+key, data, time.Minute).Err(); err != nil {
+				b.Fatal(err)
+			}
+			tOurs += mid.Sub(start)
+			tFloor += time.Since(mid)
+			i++
+		}
+		b.ReportMetric(float64(tOurs.Nanoseconds())/float64(b.N), "ours-ns/op")
+		b.ReportMetric(float64(tFloor.Nanoseconds())/float64(b.N), "floor-ns/op")
+		b.ReportMetric(float64(tOurs)/float64(tFloor), "ours/floor")
+	})
 	// The store's lease operations alone, without the Cache around them: a miss's
 	// read-or-lease and fill, the refresh's lease and fill of a present value, a released
 	// lease, and the batch forms over 10 keys (one script call each).
