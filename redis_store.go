@@ -28,8 +28,8 @@ var (
 // present value; "w" when another caller waits for the lease's fill, see wake.go). A hit is
 // a plain HGET of "v" (a Cache sends the read-or-lease script first only after recent misses:
 // lookup.go). Every read-or-lease, fill and release is one Lua script on one key, so
-// every script touches a single hash slot and works on Cluster; a batch runs the same steps
-// for many keys in one script call per hash slot (per up to 256 keys on a standalone or
+// every script touches a single hash slot and works on Cluster; a batch runs the same Lua
+// definition of each operation (redis_lease.go) for many keys in one script call per hash slot (per up to 256 keys on a standalone or
 // Sentinel server), all calls in one pipeline: one round trip per node. A batch read first
 // reads the values with plain pipelined HGETs and runs the script for the misses only: one
 // round trip per node when every key is a hit, two with misses (see redis_batch.go).
