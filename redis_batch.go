@@ -19,114 +19,12 @@ import (
 // or Sentinel server (up to maxScriptKeys per call), the keys of one hash slot on Cluster (so
 // never a CROSSSLOT error), one key on a Ring or any other client (a Ring picks its shard by key). The
 // calls go in one pipeline: a batch of any size costs one round trip per node. Each key is
-// handled exactly as by the single-key scripts, and a script runs atomically.
+// handled by the same Lua definition as the single-key scripts (redis_lease.go), and a script
+// runs atomically.
 
 // maxScriptKeys bounds the keys of one script call, so that no call holds the server for long
 // (a few hundred microseconds at most).
 const maxScriptKeys = 256
-
-// Reply: per key, in order, {1, value} | {2, holder, holderTTLms} | {3} granted, flattened.
-var getOrLeaseManyScript = redis.NewScript(`
-local out, n = {}, 0
-for i = 1, #KEYS do
-  local k = KEYS[i]
-  local r = redis.pcall('HMGET', k, 'v', 't')
-  if r.err then
-    redis.call('DEL', k)
-    r = {false, false}
-  end
-  if r[1] then
-    out[n + 1], out[n + 2], n = 1, r[1], n + 2
-  elseif r[2] then
-    out[n + 1], out[n + 2], out[n + 3], n = 2, r[2], redis.call('PTTL', k), n + 3
-  else
-    redis.call('HSET', k, 't', ARGV[1])
-    redis.call('PEXPIRE', k, ARGV[2])
-    out[n + 1], n = 3, n + 1
-  end
-end
-return out
-`)
-
-// leaseScript for many keys, with the same reply as getOrLeaseManyScript (never a value).
-var leaseManyScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out, n = {}, 0
-for i = 1, #KEYS do
-  local k = KEYS[i]
-  local r = redis.pcall('HMGET', k, 'v', 't', 'e')
-  if r.err then
-    redis.call('DEL', k)
-    r = {false, false, false}
-  end
-  local left = 0
-  if r[2] and r[1] then left = (tonumber(r[3]) or 0) - now end
-  if r[2] and not r[1] then
-    out[n + 1], out[n + 2], out[n + 3], n = 2, r[2], redis.call('PTTL', k), n + 3
-  elseif left > 0 then
-    out[n + 1], out[n + 2], out[n + 3], n = 2, r[2], left, n + 3
-  else
-    redis.call('HSET', k, 't', ARGV[1], 'e', string.format('%d', now + tonumber(ARGV[2])))
-    if not r[1] then redis.call('PEXPIRE', k, ARGV[2]) end
-    out[n + 1], n = 3, n + 1
-  end
-end
-return out
-`)
-
-// ARGV: token, then value and TTL (ms) of each key. Reply: 1 (stored) or 0 per key.
-var fillManyScript = redis.NewScript(`
-local now
-local out = {}
-for i = 1, #KEYS do
-  local k = KEYS[i]
-  local r = redis.pcall('HMGET', k, 't', 'e')
-  out[i] = 0
-  if not r.err and r[1] == ARGV[1] then
-    local live = true
-    if r[2] then
-      if not now then
-        local t = redis.call('TIME')
-        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      end
-      live = tonumber(r[2]) > now
-    end
-    if live then
-      redis.call('HSET', k, 'v', ARGV[2 * i])
-      redis.call('HDEL', k, 't', 'e')
-      redis.call('PEXPIRE', k, ARGV[2 * i + 1])
-      out[i] = 1
-    end
-  end
-end
-return out
-`)
-
-// ARGV: token. Reply: 1 (the token held the lease) or 0 per key.
-var releaseManyScript = redis.NewScript(`
-local now
-local out = {}
-for i = 1, #KEYS do
-  local k = KEYS[i]
-  local r = redis.pcall('HMGET', k, 't', 'e', 'v')
-  out[i] = 0
-  if not r.err and r[1] == ARGV[1] then
-    if not r[3] then
-      redis.call('DEL', k)
-      out[i] = 1
-    else
-      redis.call('HDEL', k, 't', 'e')
-      if not now then
-        local t = redis.call('TIME')
-        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      end
-      if tonumber(r[2]) > now then out[i] = 1 end
-    end
-  end
-end
-return out
-`)
 
 // slotGroups splits a batch's keys into the groups one script call may cover: group g is
 // order[ends[g-1]:ends[g]] (from 0 for g = 0); a nil order is the identity.
@@ -430,8 +328,8 @@ func (s *RedisStore) FillMany(ctx context.Context, token string, entries []FillE
 		g := s.group(keys)
 		cmds, err := s.pipelineScript(ctx, fillManyScript, g.len(), func(i int) ([]string, []any) {
 			lo, hi := g.span(i)
-			args := make([]any, 1, 1+2*(hi-lo))
-			args[0] = token
+			args := make([]any, 2, 2+2*(hi-lo))
+			args[0], args[1] = token, wakeChannel
 			for j := lo; j < hi; j++ {
 				e := entries[g.index(j)]
 				args = append(args, e.Value, ms(e.TTL))
@@ -454,7 +352,7 @@ func (s *RedisStore) ReleaseMany(ctx context.Context, token string, keys []strin
 	return guard(ctx, s.trusted, func(ctx context.Context) ([]bool, error) {
 		g := s.group(keys)
 		cmds, err := s.pipelineScript(ctx, releaseManyScript, g.len(), func(i int) ([]string, []any) {
-			return g.keys(i, keys), []any{token}
+			return g.keys(i, keys), []any{token, wakeChannel}
 		})
 		if err != nil {
 			return nil, err

@@ -420,3 +420,56 @@ func BenchmarkBatchPathsCache(b *testing.B) {
 		})
 	}
 }
+
+// A batch's leases follow the single-key protocol (one Lua definition per operation,
+// redis_lease.go): a single-key caller that finds a key leased by a batch records that it
+// waits ("w"), and the batch's fill or release publishes the key on wakeChannel and drops the
+// mark, as a single-key fill or release does.
+func TestRedisBatchFillAndReleaseWakeWaiters(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, b backend) {
+		ctx := bg()
+		raw := b.client(t)
+		store := b.newStore(t).(*RedisStore)
+		prefix := testPrefix(t)
+		sub := raw.Subscribe(ctx, wakeChannel)
+		t.Cleanup(func() { sub.Close() })
+		_, err := sub.Receive(ctx) // subscribed
+		require.NoError(t, err)
+		msgs := sub.Channel()
+		for _, end := range []string{"fill", "release"} {
+			t.Run(end, func(t *testing.T) {
+				key := prefix + end
+				lks, err := store.LeaseMany(ctx, []string{key}, "holder", time.Minute)
+				require.NoError(t, err)
+				require.True(t, lks[0].Granted)
+				lk, err := store.GetOrLease(ctx, key, "waiter", time.Minute)
+				require.NoError(t, err)
+				require.Equal(t, "holder", lk.Holder)
+				if end == "fill" {
+					ok, err := store.FillMany(ctx, "holder", []FillEntry{{Key: key, Value: []byte("v"), TTL: time.Minute}})
+					require.NoError(t, err)
+					require.Equal(t, []bool{true}, ok)
+					fields, err := raw.HGetAll(ctx, key).Result()
+					require.NoError(t, err)
+					require.Equal(t, map[string]string{"v": "v"}, fields, "the fill leaves the value alone")
+				} else {
+					ok, err := store.ReleaseMany(ctx, "holder", []string{key})
+					require.NoError(t, err)
+					require.Equal(t, []bool{true}, ok)
+				}
+				deadline := time.After(5 * time.Second)
+				for {
+					select {
+					case m := <-msgs:
+						if m.Payload != key {
+							continue // another test's
+						}
+					case <-deadline:
+						t.Fatalf("the batch %s published nothing for the waiter", end)
+					}
+					break
+				}
+			})
+		}
+	})
+}

@@ -28,8 +28,8 @@ var (
 // present value; "w" when another caller waits for the lease's fill, see wake.go). A hit is
 // a plain HGET of "v" (a Cache sends the read-or-lease script first only after recent misses:
 // lookup.go). Every read-or-lease, fill and release is one Lua script on one key, so
-// every script touches a single hash slot and works on Cluster; a batch runs the same steps
-// for many keys in one script call per hash slot (per up to 256 keys on a standalone or
+// every script touches a single hash slot and works on Cluster; a batch runs the same Lua
+// definition of each operation (redis_lease.go) for many keys in one script call per hash slot (per up to 256 keys on a standalone or
 // Sentinel server), all calls in one pipeline: one round trip per node. A batch read first
 // reads the values with plain pipelined HGETs and runs the script for the misses only: one
 // round trip per node when every key is a hit, two with misses (see redis_batch.go).
@@ -88,91 +88,14 @@ func NewRedisStore(client redis.UniversalClient, opts ...RedisOption) *RedisStor
 	return s
 }
 
-// Replies of lease (and of the batch scripts, redis_batch.go): {1, value} | {2, holder,
-// holderTTLms} | {3} granted. getOrLease answers a hit with the bare value (a bulk string, no
-// array for the client to build and copy) and a grant with the bare integer 3.
+// Replies of the lookup scripts (redis_lease.go): 1, value | 2, holder, holderTTLms | 3
+// granted. The single-key scripts answer a hit with the bare value (a bulk string, no array
+// for the client to build and copy) and a grant with the bare integer 3.
 const (
 	replyValue   = 1
 	replyHeld    = 2
 	replyGranted = 3
 )
-
-// A key that is not a hash (garbage written by someone else) is deleted and treated as empty.
-// A caller that finds the key held sets "w" (someone waits): the fill or release of the lease
-// then publishes the key on wakeChannel, and the waiters read again at once (lock.go).
-var getOrLeaseScript = redis.NewScript(`
-local r = redis.pcall('HMGET', KEYS[1], 'v', 't', 'w')
-if r.err then
-  redis.call('DEL', KEYS[1])
-  r = {false, false, false}
-end
-if r[1] then return r[1] end
-if r[2] then
-  if not r[3] then redis.call('HSET', KEYS[1], 'w', '1') end
-  return {2, r[2], redis.call('PTTL', KEYS[1])}
-end
-redis.call('HSET', KEYS[1], 't', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 3
-`)
-
-var leaseScript = redis.NewScript(`
-local r = redis.pcall('HMGET', KEYS[1], 'v', 't', 'e', 'w')
-if r.err then
-  redis.call('DEL', KEYS[1])
-  r = {false, false, false, false}
-end
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if r[2] then
-  local left = -1
-  if not r[1] then
-    left = redis.call('PTTL', KEYS[1])
-  else
-    left = (tonumber(r[3]) or 0) - ms
-  end
-  if left > 0 or not r[1] then
-    if not r[4] then redis.call('HSET', KEYS[1], 'w', '1') end
-    return {2, r[2], left}
-  end
-end
-redis.call('HSET', KEYS[1], 't', ARGV[1], 'e', string.format('%d', ms + tonumber(ARGV[2])))
-if not r[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return {3}
-`)
-
-// A lease on a present value ends at "e" (server time); a bare lease ends with its key. The
-// fill overwrites "v" and drops the lease fields rather than deleting the key first: a script
-// may not write a key it deleted while its slot migrates (Cluster). If someone waits ("w"),
-// it publishes the key on ARGV[4] (classic PUBLISH: on Cluster it reaches the subscribers of
-// every node).
-var fillScript = redis.NewScript(`
-local r = redis.pcall('HMGET', KEYS[1], 't', 'e', 'w')
-if r.err or r[1] ~= ARGV[1] then return 0 end
-if r[2] then
-  local now = redis.call('TIME')
-  if tonumber(r[2]) <= tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then return 0 end
-end
-redis.call('HSET', KEYS[1], 'v', ARGV[2])
-redis.call('HDEL', KEYS[1], 't', 'e', 'w')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if r[3] then redis.call('PUBLISH', ARGV[4], KEYS[1]) end
-return 1
-`)
-
-var releaseScript = redis.NewScript(`
-local r = redis.pcall('HMGET', KEYS[1], 't', 'e', 'v', 'w')
-if r.err or r[1] ~= ARGV[1] then return 0 end
-if r[4] then redis.call('PUBLISH', ARGV[2], KEYS[1]) end
-if not r[3] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-redis.call('HDEL', KEYS[1], 't', 'e', 'w')
-local now = redis.call('TIME')
-if tonumber(r[2]) <= tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then return 0 end
-return 1
-`)
 
 // Deletes a key and returns 1 if it held a value (or was not a hash at all), 0 for a bare lease.
 // A tag's set (redis_tags.go) is not an entry: it stays, and counts 0.
@@ -228,9 +151,19 @@ func (s *RedisStore) KeepsWrites() bool { return false }
 
 // GetOrLease implements Store.
 func (s *RedisStore) GetOrLease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error) {
-	return guard(ctx, s.trusted, func(ctx context.Context) (Lookup, error) {
-		return parseLookup(getOrLeaseScript.Run(ctx, s.client, []string{key}, token, ms(leaseTTL)))
+	if !s.guarded(ctx) {
+		return parseLookup(s.evalKey(ctx, getOrLeaseScript, key, token, ms(leaseTTL)))
+	}
+	return guard(ctx, false, func(ctx context.Context) (Lookup, error) {
+		return parseLookup(s.evalKey(ctx, getOrLeaseScript, key, token, ms(leaseTTL)))
 	})
+}
+
+// guarded reports whether a call with ctx must run under guard: its deadline is not enforced
+// by the client. A call that need not goes straight to the client, with no closure.
+func (s *RedisStore) guarded(ctx context.Context) bool {
+	_, ok := ctx.Deadline()
+	return ok && !s.trusted
 }
 
 // readValue implements valueReader (lookup.go) with HGET: no script, no lease.
@@ -267,12 +200,12 @@ func stringBytes(s string) []byte {
 // Lease implements Store.
 func (s *RedisStore) Lease(ctx context.Context, key, token string, leaseTTL time.Duration) (Lookup, error) {
 	return guard(ctx, s.trusted, func(ctx context.Context) (Lookup, error) {
-		return parseLookup(leaseScript.Run(ctx, s.client, []string{key}, token, ms(leaseTTL)))
+		return parseLookup(s.evalKey(ctx, leaseScript, key, token, ms(leaseTTL)))
 	})
 }
 
-// parseLookup reads a reply of getOrLeaseScript (a bare value, a bare 3, or an array) or of
-// leaseScript (an array).
+// parseLookup reads a reply of getOrLeaseScript or leaseScript: a bare value, a bare 3, or an
+// array.
 func parseLookup(cmd *redis.Cmd) (Lookup, error) {
 	r, err := cmd.Result()
 	if err != nil {
@@ -313,6 +246,22 @@ func parseLookupArray(reply []any) (Lookup, error) {
 	}
 	// Never the reply itself: it may hold a value, and store errors are logged.
 	return Lookup{}, fmt.Errorf("cacheaside: unexpected script reply: code %d, %d elements", code, len(reply))
+}
+
+// evalKey runs script on key with args, as Script.Run does (EVALSHA, then EVAL if the server
+// lacks the script), but builds the command's arguments in one slice of its own: no key
+// slice and no second argument slice.
+func (s *RedisStore) evalKey(ctx context.Context, script *redis.Script, key string, args ...any) *redis.Cmd {
+	a := make([]any, 4+len(args))
+	a[0], a[1], a[2], a[3] = "evalsha", script.Hash(), 1, key
+	copy(a[4:], args)
+	cmd := redis.NewCmd(ctx, a...)
+	cmd.SetFirstKeyPos(3) // Cluster routes it by the key
+	_ = s.client.Process(ctx, cmd)
+	if isNoScript(cmd.Err()) {
+		return script.Eval(ctx, s.client, []string{key}, a[4:]...)
+	}
+	return cmd
 }
 
 // pipelineScript runs script n times in one pipeline, and reloads it and retries the commands
@@ -366,16 +315,21 @@ func isNoScript(err error) bool {
 
 // Fill implements Store.
 func (s *RedisStore) Fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error) {
-	return guard(ctx, s.trusted, func(ctx context.Context) (bool, error) {
-		n, err := fillScript.Run(ctx, s.client, []string{key}, token, value, ms(ttl), wakeChannel).Int()
-		return n == 1, err
-	})
+	if !s.guarded(ctx) {
+		return s.fill(ctx, key, token, value, ttl)
+	}
+	return guard(ctx, false, func(ctx context.Context) (bool, error) { return s.fill(ctx, key, token, value, ttl) })
+}
+
+func (s *RedisStore) fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error) {
+	n, err := s.evalKey(ctx, fillScript, key, token, value, ms(ttl), wakeChannel).Int()
+	return n == 1, err
 }
 
 // Release implements Store.
 func (s *RedisStore) Release(ctx context.Context, key, token string) (bool, error) {
 	return guard(ctx, s.trusted, func(ctx context.Context) (bool, error) {
-		n, err := releaseScript.Run(ctx, s.client, []string{key}, token, wakeChannel).Int()
+		n, err := s.evalKey(ctx, releaseScript, key, token, wakeChannel).Int()
 		return n == 1, err
 	})
 }

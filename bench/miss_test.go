@@ -19,6 +19,7 @@ import (
 // return. Every iteration is a new key. Serial only: a miss is the slow path, its cost is
 // round trips.
 func BenchmarkMissFill(b *testing.B) {
+	ctx0 := context.Background()
 	load := func(i int) func(context.Context) (User, error) {
 		return func(context.Context) (User, error) { return newUser(i), nil }
 	}
@@ -67,6 +68,178 @@ func BenchmarkMissFill(b *testing.B) {
 			}
 			return u, client.Set(ctx, p+key, data, time.Minute).Err()
 		})
+	})
+	// ours and the floor in turn, on keys of their own, each iteration one miss of each: the
+	// ratio of one run, both under the same load.
+	b.Run("ours-vs-floor", func(b *testing.B) {
+		client := newClient(b)
+		p := prefix(b, client)
+		c, err := cacheaside.New[User](cacheaside.NewRedisStore(client), append(patient, cacheaside.WithPrefix(p+"o:"), cacheaside.WithTTL(time.Minute))...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		ctx := context.Background()
+		var tOurs, tFloor time.Duration
+		i := 0
+		for b.Loop() {
+			key := "miss" + strconv.Itoa(i)
+			start := time.Now()
+			u, err := c.GetOrLoad(ctx, key, load(i))
+			if err != nil || u.ID != int64(i) {
+				b.Fatalf("miss %d: %+v, %v", i, u, err)
+			}
+			mid := time.Now()
+			if _, err := client.Get(ctx, p+"f:"+key).Bytes(); !errors.Is(err, redis.Nil) {
+				b.Fatal("not a miss")
+			}
+			u, _ = load(i)(ctx)
+			data, err := json.Marshal(u)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := client.Set(ctx, p+"f:"+key, data, time.Minute).Err(); err != nil {
+				b.Fatal(err)
+			}
+			tOurs += mid.Sub(start)
+			tFloor += time.Since(mid)
+			i++
+		}
+		b.ReportMetric(float64(tOurs.Nanoseconds())/float64(b.N), "ours-ns/op")
+		b.ReportMetric(float64(tFloor.Nanoseconds())/float64(b.N), "floor-ns/op")
+		b.ReportMetric(float64(tOurs)/float64(tFloor), "ours/floor")
+	})
+	// The store's read-or-lease and fill alone (no Cache) and the floor in turn: what the
+	// Lua protocol itself costs over GET + SET.
+	b.Run("store-vs-floor", func(b *testing.B) {
+		client := newClient(b)
+		p := prefix(b, client)
+		s := cacheaside.NewRedisStore(client)
+		ctx := context.Background()
+		var tOurs, tFloor time.Duration
+		i := 0
+		for b.Loop() {
+			key := "miss" + strconv.Itoa(i)
+			start := time.Now()
+			lk, err := s.GetOrLease(ctx, p+"o:"+key, "tok", 10*time.Second)
+			if err != nil || !lk.Granted {
+				b.Fatalf("lease %s: %+v %v", key, lk, err)
+			}
+			u, _ := load(i)(ctx)
+			data, err := json.Marshal(u)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if ok, err := s.Fill(ctx, p+"o:"+key, "tok", data, time.Minute); !ok || err != nil {
+				b.Fatalf("fill %s: %v %v", key, ok, err)
+			}
+			mid := time.Now()
+			if _, err := client.Get(ctx, p+"f:"+key).Bytes(); !errors.Is(err, redis.Nil) {
+				b.Fatal("not a miss")
+			}
+			u, _ = load(i)(ctx)
+			if data, err = json.Marshal(u); err != nil {
+				b.Fatal(err)
+			}
+			if err := client.Set(ctx, p+"f:"+key, data, time.Minute).Err(); err != nil {
+				b.Fatal(err)
+			}
+			tOurs += mid.Sub(start)
+			tFloor += time.Since(mid)
+			i++
+		}
+		b.ReportMetric(float64(tOurs.Nanoseconds())/float64(b.N), "ours-ns/op")
+		b.ReportMetric(float64(tFloor.Nanoseconds())/float64(b.N), "floor-ns/op")
+		b.ReportMetric(float64(tOurs)/float64(tFloor), "ours/floor")
+	})
+	// The store's lease operations alone, without the Cache around them: a miss's
+	// read-or-lease and fill, the refresh's lease and fill of a present value, a released
+	// lease, and the batch forms over 10 keys (one script call each).
+	b.Run("store-getorlease-fill", func(b *testing.B) {
+		client := newClient(b)
+		p := prefix(b, client)
+		s := cacheaside.NewRedisStore(client)
+		val := []byte(`{"id":1,"name":"user-1","email":"user1@example.com","age":21,"active":false}`)
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			k := p + "sg" + strconv.Itoa(i)
+			lk, err := s.GetOrLease(ctx0, k, "tok", time.Second)
+			if err != nil || !lk.Granted {
+				b.Fatalf("lease %s: %+v %v", k, lk, err)
+			}
+			if ok, err := s.Fill(ctx0, k, "tok", val, time.Minute); !ok || err != nil {
+				b.Fatalf("fill %s: %v %v", k, ok, err)
+			}
+			i++
+		}
+	})
+	b.Run("store-lease-fill", func(b *testing.B) {
+		client := newClient(b)
+		k := prefix(b, client) + "sl"
+		s := cacheaside.NewRedisStore(client)
+		val := []byte(`{"id":1,"name":"user-1","email":"user1@example.com","age":21,"active":false}`)
+		b.ReportAllocs()
+		for b.Loop() {
+			lk, err := s.Lease(ctx0, k, "tok", time.Second)
+			if err != nil || !lk.Granted {
+				b.Fatalf("lease %s: %+v %v", k, lk, err)
+			}
+			if ok, err := s.Fill(ctx0, k, "tok", val, time.Minute); !ok || err != nil {
+				b.Fatalf("fill %s: %v %v", k, ok, err)
+			}
+		}
+	})
+	b.Run("store-lease-release", func(b *testing.B) {
+		client := newClient(b)
+		k := prefix(b, client) + "sr"
+		s := cacheaside.NewRedisStore(client)
+		b.ReportAllocs()
+		for b.Loop() {
+			lk, err := s.Lease(ctx0, k, "tok", time.Second)
+			if err != nil || !lk.Granted {
+				b.Fatalf("lease %s: %+v %v", k, lk, err)
+			}
+			if ok, err := s.Release(ctx0, k, "tok"); !ok || err != nil {
+				b.Fatalf("release %s: %v %v", k, ok, err)
+			}
+		}
+	})
+	b.Run("store-many10-getorlease-fill", func(b *testing.B) {
+		client := newClient(b)
+		p := prefix(b, client)
+		s := cacheaside.NewRedisStore(client)
+		val := []byte(`{"id":1,"name":"user-1","email":"user1@example.com","age":21,"active":false}`)
+		b.ReportAllocs()
+		i := 0
+		keys := make([]string, 10)
+		entries := make([]cacheaside.FillEntry, 10)
+		for b.Loop() {
+			for j := range keys {
+				keys[j] = p + "sm" + strconv.Itoa(i) + ":" + strconv.Itoa(j)
+				entries[j] = cacheaside.FillEntry{Key: keys[j], Value: val, TTL: time.Minute}
+			}
+			lks, err := s.LeaseMany(ctx0, keys, "tok", time.Second)
+			if err != nil || !lks[9].Granted {
+				b.Fatalf("lease many: %v", err)
+			}
+			ok, err := s.FillMany(ctx0, "tok", entries)
+			if err != nil || !ok[9] {
+				b.Fatalf("fill many: %v", err)
+			}
+			i++
+		}
+	})
+	b.Run("floor-go-redis-set", func(b *testing.B) {
+		client := newClient(b)
+		k := prefix(b, client) + "fs"
+		val := []byte(`{"id":1,"name":"user-1","email":"user1@example.com","age":21,"active":false}`)
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := client.Set(ctx0, k, val, time.Minute).Err(); err != nil {
+				b.Fatal(err)
+			}
+		}
 	})
 	b.Run("ours-memory", func(b *testing.B) {
 		store := cacheaside.NewMemoryStore()
