@@ -19,7 +19,7 @@ import (
 type gateway struct {
 	store          Store
 	mem            InProcessStore // the store, when it is in this process: no timeouts, hits peeked
-	plain          valueReader    // the store's plain read, if it has one (lookup.go)
+	plain          ValueReader    // the store's plain read, if it has one (lookup.go)
 	tags           TagStore       // the store's tag index (tags.go); nil if it has none
 	timeout        time.Duration  // WithStoreTimeout
 	connectTimeout time.Duration  // WithConnectTimeout
@@ -53,7 +53,7 @@ func newGateway(store Store, cfg *config, obs *observer, life *lifecycle) *gatew
 		g.mem = m
 	} else {
 		g.deadlines = newDeadlines(cfg.storeTimeout)
-		g.plain, _ = store.(valueReader)
+		g.plain, _ = store.(ValueReader)
 	}
 	g.breaker = breaker.New(cfg.breakerFailures, obs.breakerChanged)
 	obs.breaker = g.breaker
@@ -137,10 +137,11 @@ func (g *gateway) bound(ctx context.Context, timeout time.Duration) (context.Con
 // readValue is the plain read of readOwn, bounded and accounted as the read-or-lease is.
 func (g *gateway) readValue(ctx context.Context, sk string) ([]byte, error) {
 	v, err := storeCall(g, detach(ctx), opGetOrLease, func(ctx context.Context) ([]byte, error) {
-		return g.plain.readValue(ctx, sk)
+		return g.plain.ReadValue(ctx, sk)
 	})
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
 	return v, err
 }
+

@@ -103,13 +103,6 @@ func (e *lookupError) Unwrap() error { return e.err }
 // of either, the choice costs one atomic load per lookup, shared by every core.
 const scriptWindow = 16
 
-// valueReader is an optional interface of a Store: a plain read of a key's value, without
-// lease or script. RedisStore implements it.
-type valueReader interface {
-	// readValue returns the key's value, or nil if it holds none (a bare lease, nothing, or
-	// something that is not an entry: the read-or-lease deals with it).
-	readValue(ctx context.Context, key string) ([]byte, error)
-}
 
 // detach is context.WithoutCancel, without an allocation for a context that has no
 // cancellation already (context.Background()).

@@ -14,6 +14,7 @@ var (
 	_ LeaseManyStore   = (*MemoryStore)(nil)
 	_ InProcessStore   = (*MemoryStore)(nil)
 	_ ValueBytesStore  = (*MemoryStore)(nil)
+	_ WakingStore      = (*MemoryStore)(nil)
 )
 
 // DefaultMemoryMaxBytes is the default bound of a MemoryStore: 64 MiB of keys, values and

@@ -329,7 +329,7 @@ func (s *RedisStore) FillMany(ctx context.Context, token string, entries []FillE
 		cmds, err := s.pipelineScript(ctx, fillManyScript, g.len(), func(i int) ([]string, []any) {
 			lo, hi := g.span(i)
 			args := make([]any, 2, 2+2*(hi-lo))
-			args[0], args[1] = token, wakeChannel
+			args[0], args[1] = token, WakeChannel
 			for j := lo; j < hi; j++ {
 				e := entries[g.index(j)]
 				args = append(args, e.Value, ms(e.TTL))
@@ -352,7 +352,7 @@ func (s *RedisStore) ReleaseMany(ctx context.Context, token string, keys []strin
 	return guard(ctx, s.trusted, func(ctx context.Context) ([]bool, error) {
 		g := s.group(keys)
 		cmds, err := s.pipelineScript(ctx, releaseManyScript, g.len(), func(i int) ([]string, []any) {
-			return g.keys(i, keys), []any{token, wakeChannel}
+			return g.keys(i, keys), []any{token, WakeChannel}
 		})
 		if err != nil {
 			return nil, err

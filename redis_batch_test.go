@@ -423,7 +423,7 @@ func BenchmarkBatchPathsCache(b *testing.B) {
 
 // A batch's leases follow the single-key protocol (one Lua definition per operation,
 // redis_lease.go): a single-key caller that finds a key leased by a batch records that it
-// waits ("w"), and the batch's fill or release publishes the key on wakeChannel and drops the
+// waits ("w"), and the batch's fill or release publishes the key on WakeChannel and drops the
 // mark, as a single-key fill or release does.
 func TestRedisBatchFillAndReleaseWakeWaiters(t *testing.T) {
 	forEachRedis(t, func(t *testing.T, b backend) {
@@ -431,7 +431,7 @@ func TestRedisBatchFillAndReleaseWakeWaiters(t *testing.T) {
 		raw := b.client(t)
 		store := b.newStore(t).(*RedisStore)
 		prefix := testPrefix(t)
-		sub := raw.Subscribe(ctx, wakeChannel)
+		sub := raw.Subscribe(ctx, WakeChannel)
 		t.Cleanup(func() { sub.Close() })
 		_, err := sub.Receive(ctx) // subscribed
 		require.NoError(t, err)

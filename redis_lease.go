@@ -10,7 +10,7 @@ import "github.com/redis/go-redis/v9"
 // An entry is one hash at its key: the value in field "v", the lease token in "t", the lease's
 // end (server time, ms) in "e" when it guards the refresh of a present value (a bare lease ends
 // with its key), and "w" when a caller waits for the lease's fill: the fill or release then
-// publishes the key on the channel it is given (wakeChannel: wake.go). A key that is not a hash
+// publishes the key on the channel it is given (WakeChannel: wake.go). A key that is not a hash
 // (garbage written by someone else) is deleted and treated as empty. A fill overwrites "v" and
 // drops the lease fields rather than deleting the key first: a script may not write a key it
 // deleted while its slot migrates (Cluster).

@@ -18,6 +18,8 @@ var (
 	_ ReleaseManyStore = (*RedisStore)(nil)
 	_ LeaseManyStore   = (*RedisStore)(nil)
 	_ ValueBytesStore  = (*RedisStore)(nil)
+	_ ValueReader      = (*RedisStore)(nil)
+	_ WakingStore      = (*RedisStore)(nil)
 )
 
 // RedisStore keeps entries in Redis: standalone, Sentinel (a failover client), Cluster or
@@ -166,8 +168,8 @@ func (s *RedisStore) guarded(ctx context.Context) bool {
 	return ok && !s.trusted
 }
 
-// readValue implements valueReader (lookup.go) with HGET: no script, no lease.
-func (s *RedisStore) readValue(ctx context.Context, key string) ([]byte, error) {
+// ReadValue implements ValueReader (lookup.go) with HGET: no script, no lease.
+func (s *RedisStore) ReadValue(ctx context.Context, key string) ([]byte, error) {
 	if _, ok := ctx.Deadline(); s.trusted || !ok {
 		return s.hget(ctx, key)
 	}
@@ -322,14 +324,14 @@ func (s *RedisStore) Fill(ctx context.Context, key, token string, value []byte, 
 }
 
 func (s *RedisStore) fill(ctx context.Context, key, token string, value []byte, ttl time.Duration) (bool, error) {
-	n, err := s.evalKey(ctx, fillScript, key, token, value, ms(ttl), wakeChannel).Int()
+	n, err := s.evalKey(ctx, fillScript, key, token, value, ms(ttl), WakeChannel).Int()
 	return n == 1, err
 }
 
 // Release implements Store.
 func (s *RedisStore) Release(ctx context.Context, key, token string) (bool, error) {
 	return guard(ctx, s.trusted, func(ctx context.Context) (bool, error) {
-		n, err := s.evalKey(ctx, releaseScript, key, token, wakeChannel).Int()
+		n, err := s.evalKey(ctx, releaseScript, key, token, WakeChannel).Int()
 		return n == 1, err
 	})
 }

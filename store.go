@@ -116,6 +116,19 @@ type ValueBytesStore interface {
 	KeepsWrites() bool
 }
 
+// ValueReader is an optional interface of a Store that can read a key's value alone, without
+// the lease script: RedisStore implements it with HGET. A Cache over one reads a key with
+// ReadValue first while its calls mostly hit (a hit then costs the server a plain read, not a
+// script), and goes to GetOrLease only on a miss; while calls mostly miss it sends GetOrLease
+// first (lookup.go). A plain read is as fresh as GetOrLease's: only a live value may be
+// returned, never a value its Invalidate removed.
+type ValueReader interface {
+	// ReadValue returns the value at key, or nil if the key holds none (nothing, a bare lease,
+	// or anything that is not an entry: GetOrLease then deals with it). The bytes follow the
+	// rules of Lookup.Value.
+	ReadValue(ctx context.Context, key string) ([]byte, error)
+}
+
 // FillEntry is one value of a FillMany.
 type FillEntry struct {
 	Key   string

@@ -6,7 +6,7 @@ package cacheaside
 // Polling alone costs a waiter up to its backoff (100 ms at most, by default) after the fill.
 // So the store records that someone waits (RedisStore: field "w" of the key's hash, set by the
 // read-or-lease that found the lease held), and the fill or release of that lease publishes
-// the key on wakeChannel; every Cache that has a waiter subscribes to the channel (lazily, on
+// the key on WakeChannel; every Cache that has a waiter subscribes to the channel (lazily, on
 // its store's Broadcaster, one subscription per Cache) and wakes its waiters of the key, which
 // read the store again at once. Nothing depends on the message: the polling stays, and a
 // message lost (the subscription down, a Ring whose shards do not share pub/sub, a fill by an
@@ -19,21 +19,28 @@ import (
 	"sync"
 )
 
-// wakeChannel carries the store keys whose lease was filled or released while someone waited
-// for it.
-const wakeChannel = "cacheaside:wake"
+// WakeChannel is the Broadcaster channel of wake-ups: each message is a store key (prefix and
+// key) whose lease was filled or released while a GetOrLease found it held.
+const WakeChannel = "cacheaside:wake"
 
-// wakeStore is an optional interface of a Broadcaster Store whose fills and releases publish
-// on wakeChannel the keys someone waits for (RedisStore, MemoryStore).
-type wakeStore interface {
+// WakingStore is an optional interface of a Broadcaster Store that wakes lease waiters: when
+// a GetOrLease (or GetOrLeaseMany) finds a key's lease held, the store remembers it, and the
+// Fill or Release of that lease publishes the key on WakeChannel. A Cache over one subscribes
+// and reads a waited-for key again at once instead of at its next poll. Waiters poll all the
+// same, so a lost message only costs time. RedisStore and MemoryStore implement it.
+type WakingStore interface {
 	Broadcaster
-	wakesWaiters()
+	// WakesWaiters does nothing: it declares that the store publishes wake-ups.
+	WakesWaiters()
 }
 
-func (s *RedisStore) wakesWaiters()  {}
-func (s *MemoryStore) wakesWaiters() {}
+// WakesWaiters implements WakingStore.
+func (s *RedisStore) WakesWaiters() {}
 
-// wakes is a Cache's waiters per store key, and its subscription to wakeChannel.
+// WakesWaiters implements WakingStore.
+func (s *MemoryStore) WakesWaiters() {}
+
+// wakes is a Cache's waiters per store key, and its subscription to WakeChannel.
 type wakes struct {
 	life    *lifecycle // the subscriber runs on a goroutine the Cache owns
 	bus     Broadcaster
@@ -57,7 +64,7 @@ func (w *wakes) watch(sk string) (ch func() <-chan struct{}, unwatch func()) {
 		return func() <-chan struct{} { return nil }, func() {}
 	}
 	w.started.Do(func() {
-		sub := w.bus.Subscribe(wakeChannel)
+		sub := w.bus.Subscribe(WakeChannel)
 		w.life.goOwned(func() { sub.Run(w.life.ctx, w.on) })
 	})
 	w.mu.Lock()
@@ -96,19 +103,19 @@ func (w *wakes) on(ev SubscriptionEvent, msg []byte) {
 
 // newWakes returns the wake-ups of a Cache over store, or nil if the store has none.
 func newWakes(store Store, prefix string, life *lifecycle) *wakes {
-	ws, ok := store.(wakeStore)
+	ws, ok := store.(WakingStore)
 	if !ok {
 		return nil
 	}
 	return &wakes{life: life, bus: ws, prefix: prefix, keys: make(map[string]*wakeSlot)}
 }
 
-// wake publishes key on wakeChannel if any Cache watches it (MemoryStore's fills and releases).
+// wake publishes key on WakeChannel if any Cache watches it (MemoryStore's fills and releases).
 func (s *MemoryStore) wake(key string) {
 	s.bus.mu.RLock()
-	none := len(s.bus.subs[wakeChannel]) == 0
+	none := len(s.bus.subs[WakeChannel]) == 0
 	s.bus.mu.RUnlock()
 	if !none {
-		_ = s.Publish(context.Background(), wakeChannel, []byte(key))
+		_ = s.Publish(context.Background(), WakeChannel, []byte(key))
 	}
 }
