@@ -144,4 +144,3 @@ func (g *gateway) readValue(ctx context.Context, sk string) ([]byte, error) {
 	}
 	return v, err
 }
-

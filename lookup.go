@@ -103,7 +103,6 @@ func (e *lookupError) Unwrap() error { return e.err }
 // of either, the choice costs one atomic load per lookup, shared by every core.
 const scriptWindow = 16
 
-
 // detach is context.WithoutCancel, without an allocation for a context that has no
 // cancellation already (context.Background()).
 func detach(ctx context.Context) context.Context {
