@@ -125,9 +125,6 @@ type stats struct {
 	// to an Invalidate or its expiry), failed or was not tried (value not storable). The
 	// linearizability suite tells by it the reads that may have got such a value.
 	storeless atomic.Uint64
-	// unreleased counts leases this process would not fill and could not release either (the
-	// store failed every attempt): other processes wait for them until they expire.
-	unreleased atomic.Uint64
 	// invalFailed counts Invalidate, InvalidatePattern and InvalidateTags calls that returned
 	// an error.
 	invalFailed atomic.Uint64
