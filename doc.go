@@ -43,7 +43,11 @@
 // A [Cache] keeps its values in a [Store]: [NewRedisStore] over any go-redis
 // [github.com/redis/go-redis/v9.UniversalClient] (standalone, Sentinel, Cluster, Ring), or
 // [NewMemoryStore] for one process. A Store of your own must keep the lease semantics the
-// [Store] interface documents.
+// [Store] interface documents; what it does better it declares with optional interfaces, never
+// by its type: [ValueReader] (a plain read for hits), [LeaseManyStore] and [ReleaseManyStore]
+// (batches), [InProcessStore] (hits without a network), [TagStore] (tags), [Broadcaster]
+// (invalidation messages, needed by [WithLocalCache]) and [WakingStore] (lease waiters woken
+// by the fill).
 //
 // # Reads, writes, batches
 //

@@ -116,8 +116,8 @@ func (o *observer) stats() Stats {
 	return s
 }
 
-// stats counts what the metrics (metrics.go) do not tell apart: the background loads count
-// there as loads, and those started before expiry as early refreshes.
+// stats counts what the metrics (metrics.go) do not tell apart. (The parts keep their own:
+// refreshes in the refresher, unreleased leases in the gateway, tag failures in the tagger.)
 type stats struct {
 	// storeless counts loads whose values the store did not take, which their callers get all
 	// the same: loads of callers failing open (loadWithoutStore, loadManyWithoutStore), loads
