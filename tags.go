@@ -81,6 +81,12 @@ type tagger struct {
 // (RedisStore keeps it at that key), where no key of the cache is likely to be.
 func (tg *tagger) name(tag string) string { return tg.prefix + "\x00tag:" + tag }
 
+// SupportsTags reports whether the Cache's store indexes tags (it implements TagStore, as
+// RedisStore and MemoryStore do): whether Tags, TagsOf and InvalidateTags can work. Without
+// an index they return errors wrapping ErrTagsUnsupported. The outbox asks it, to refuse a tag
+// invalidation when it is written rather than retry its delivery forever.
+func (c *Cache[T]) SupportsTags() bool { return c.gw.tags != nil }
+
 // tagged reports whether the options carry tags.
 func (o *callOptions) tagged() bool { return o != nil && (len(o.tags) > 0 || o.tagsOf != nil) }
 

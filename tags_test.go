@@ -450,3 +450,16 @@ func TestTagsNotOnHitPath(t *testing.T) {
 		require.EqualValues(t, 1, s.adds.Load(), "one record for the load, none for the 19 hits")
 	})
 }
+
+// SupportsTags says whether the store indexes tags: the built-in stores do, a store without
+// TagStore does not.
+func TestSupportsTags(t *testing.T) {
+	ms := NewMemoryStore()
+	defer ms.Close()
+	if c := newTestCache[string](t, ms); !c.SupportsTags() {
+		t.Error("MemoryStore: SupportsTags is false")
+	}
+	if c := newTestCache[string](t, struct{ Store }{ms}); c.SupportsTags() {
+		t.Error("a store without TagStore: SupportsTags is true")
+	}
+}

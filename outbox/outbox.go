@@ -20,8 +20,10 @@ type Invalidator interface {
 
 // TagInvalidator is what the outbox delivers tag invalidations to: an Invalidator registered
 // with WithCache must also implement it for InvalidateTags to accept its name.
-// *cacheaside.Cache[T] implements it (its store must support tags, else each delivery fails
-// and is retried). Any error is taken as "try again later".
+// *cacheaside.Cache[T] implements it. An Invalidator that also has a method SupportsTags()
+// bool (*cacheaside.Cache[T] has: whether its store indexes tags) and says false is refused
+// too, when the invalidation is written: its deliveries could only fail. Any error of a
+// delivery is taken as "try again later".
 type TagInvalidator interface {
 	InvalidateTags(ctx context.Context, tags ...string) error
 }

@@ -80,6 +80,9 @@ func (b *Outbox) encodeTags(cache string, tags []string) ([]byte, error) {
 	if _, ok := inv.(TagInvalidator); !ok {
 		return nil, fmt.Errorf("%w: cache %q: %T has no InvalidateTags method", ErrTagsUnsupported, cache, inv)
 	}
+	if s, ok := inv.(interface{ SupportsTags() bool }); ok && !s.SupportsTags() {
+		return nil, fmt.Errorf("%w: cache %q: its store indexes no tags", ErrTagsUnsupported, cache)
+	}
 	payload, err := json.Marshal(tagPayload{Tags: tags})
 	if err != nil {
 		return nil, fmt.Errorf("cacheaside: outbox: encoding tags: %w", err)

@@ -350,12 +350,22 @@ func TestTagsBadInput(t *testing.T) {
 	db := openDB(t)
 	table := testTable(t, db)
 	keysOnly := Func(func(context.Context, ...string) error { return nil })
-	box := newBox(t, db, WithTable(table), WithCache("keys-only", keysOnly), WithCache("tags", new(recorder)),
+	ms := cacheaside.NewMemoryStore()
+	t.Cleanup(func() { _ = ms.Close() })
+	noIndex, err := cacheaside.New[string](struct{ cacheaside.Store }{ms}) // a store without TagStore
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = noIndex.Close() })
+	box := newBox(t, db, WithTable(table), WithCache("keys-only", keysOnly), WithCache("tags", new(recorder)), WithCache("no-index", noIndex),
 		WithPollInterval(10*time.Millisecond), WithRetryBackoff(10*time.Millisecond, 20*time.Millisecond), WithLogger(nil))
 	ctx := context.Background()
-	err := box.Do(ctx, nil, func(tx *sql.Tx) error {
+	err = box.Do(ctx, nil, func(tx *sql.Tx) error {
 		if err := box.InvalidateTags(ctx, tx, "keys-only", "t"); !errors.Is(err, ErrTagsUnsupported) || !strings.Contains(err.Error(), `"keys-only"`) {
 			t.Errorf("cache without tags: %v", err)
+		}
+		if err := box.InvalidateTags(ctx, tx, "no-index", "t"); !errors.Is(err, ErrTagsUnsupported) || !strings.Contains(err.Error(), `"no-index"`) {
+			t.Errorf("cache whose store indexes no tags: %v", err)
 		}
 		if err := box.InvalidateTags(ctx, tx, "tags"); !errors.Is(err, ErrNoTags) {
 			t.Errorf("no tags: %v", err)
