@@ -130,6 +130,14 @@ func New[T any](store Store, opts ...Option) (*Cache[T], error) {
 // opts apply to this call only (TTL, NegativeTTL); an invalid one is an error wrapping
 // ErrInvalidOption.
 func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.Context) (T, error), opts ...CallOption) (T, error) {
+	if len(opts) == 0 && load != nil && !c.fresh.timed && !c.obs.noteResult && !c.life.isClosed() {
+		// The plain L1 hit, answered here: one generic call (and one copy of the value) less
+		// on the fastest path, 22% of its time. Everything else is getOrLoad's (get.go).
+		if e := c.l1.hit(key); e != nil && !e.notFound {
+			c.obs.request(ctx, key, resultL1Hit)
+			return e.val, nil
+		}
+	}
 	if len(opts) > 0 {
 		var err error
 		if ctx, err = withCallOptions(ctx, opts); err == nil {
