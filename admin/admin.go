@@ -44,9 +44,20 @@ type Cache interface {
 }
 
 // TagInvalidator is implemented by a cache that invalidates entries by tag. The page offers tag
-// invalidation for the caches that implement it, and only for them.
+// invalidation for the caches that implement it, and only for them; a cache that also has a
+// method SupportsTags() bool and says false (*cacheaside.Cache[T] over a store without a tag
+// index) is offered none.
 type TagInvalidator interface {
 	InvalidateTags(ctx context.Context, tags ...string) error
+}
+
+// supportsTags reports whether the page offers c tag invalidation.
+func supportsTags(c Cache) bool {
+	if s, ok := c.(interface{ SupportsTags() bool }); ok && !s.SupportsTags() {
+		return false
+	}
+	_, ok := c.(TagInvalidator)
+	return ok
 }
 
 var (
@@ -264,7 +275,7 @@ func (h *Handler) serveIndex(w http.ResponseWriter, r *http.Request) {
 		if !ok {
 			continue
 		}
-		_, tags := c.(TagInvalidator)
+		tags := supportsTags(c)
 		s := c.Stats()
 		p.Caches = append(p.Caches, cacheView{Name: name, Info: c.Info(), Stats: s, Rows: statRows(s), Tags: tags})
 	}
@@ -334,7 +345,7 @@ func (h *Handler) parseInvalidation(w http.ResponseWriter, get func(string) stri
 		what = "pattern"
 	case "tags":
 		what = "tag list"
-		if _, ok := c.(TagInvalidator); !ok {
+		if !supportsTags(c) {
 			h.fail(w, http.StatusBadRequest, fmt.Sprintf("Cache %q does not support tags.", inv.Cache))
 			return inv, nil, false
 		}

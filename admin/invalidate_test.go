@@ -159,3 +159,16 @@ func TestInvalidateTags(t *testing.T) {
 		t.Fatalf("InvalidateTags calls: %q", tc.got)
 	}
 }
+
+// A cache whose store indexes no tags is offered no tag invalidation, and refused one.
+func TestInvalidateTagsWithoutIndex(t *testing.T) {
+	c := newCache[user](t, struct{ cacheaside.Store }{memStore(t)})
+	h := admin.New()
+	register(t, h, "plain", c)
+	if r := get(t, h, admin.DefaultPath); strings.Contains(r.body, `value="tags"`) {
+		t.Fatalf("tag invalidation offered for a cache without a tag index:\n%s", r.body)
+	}
+	if r := get(t, h, admin.DefaultPath+"invalidate?cache=plain&kind=tags&target=t"); r.status != http.StatusBadRequest {
+		t.Fatalf("tag invalidation of a cache without a tag index: status %d", r.status)
+	}
+}
