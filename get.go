@@ -8,27 +8,42 @@ import (
 // The read path of one key (GetOrLoad): the L1, then one read of the store, then the flight
 // that answers a miss (load.go, wait.go).
 
-// getOrLoad is GetOrLoad without a span of its own: the L1, then the store (resolve), then the
-// flight that answers a miss. A call whose flight's value the store refused reads again.
+// getOrLoad is GetOrLoad without a span of its own: the L1 (fromL1), then the store
+// (fromStore). GetOrLoad takes the same two steps itself for a call without options.
 func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.Context) (T, error)) (T, error) {
-	var zero T
 	if load == nil {
+		var zero T
 		return zero, errNilLoader
 	}
 	if c.life.isClosed() {
+		var zero T
 		return zero, ErrClosed
 	}
 	if e := c.l1.hit(key); e != nil { // local.go
-		if c.fresh.timed && c.fresh.judge(e.header()) == serveRefresh {
-			c.refresh(ctx, key, c.gens.load(key), e.raw, true, load)
-		}
-		if e.notFound {
-			c.obs.request(ctx, key, resultNegativeHit)
-			return zero, ErrNotFound
-		}
-		c.obs.request(ctx, key, resultL1Hit)
-		return e.val, nil
+		return c.fromL1(ctx, key, e, load)
 	}
+	return c.fromStore(ctx, key, load)
+}
+
+// fromL1 answers a call with its key's L1 entry e, refreshing it in the background if early
+// refresh says so.
+func (c *Cache[T]) fromL1(ctx context.Context, key string, e *l1Entry[T], load func(context.Context) (T, error)) (T, error) {
+	if c.fresh.timed && c.fresh.judge(e.header()) == serveRefresh {
+		c.refresh(ctx, key, c.gens.load(key), e.raw, true, load)
+	}
+	if e.notFound {
+		c.obs.request(ctx, key, resultNegativeHit)
+		var zero T
+		return zero, ErrNotFound
+	}
+	c.obs.request(ctx, key, resultL1Hit)
+	return e.val, nil
+}
+
+// fromStore answers a call the L1 did not: one read of the store (resolve), then the flight
+// that answers a miss. A call whose flight's value the store refused reads again.
+func (c *Cache[T]) fromStore(ctx context.Context, key string, load func(context.Context) (T, error)) (T, error) {
+	var zero T
 	if !c.calls.enter() {
 		return zero, ErrClosed
 	}
