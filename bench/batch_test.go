@@ -218,22 +218,29 @@ func BenchmarkBatch(b *testing.B) {
 
 // interleaved runs many and other once each per iteration and reports their times and ratio.
 func interleaved(b *testing.B, many, other func() error) {
-	var tMany, tOther time.Duration
+	interleavedAs(b, "many", "other", many, other)
+}
+
+// interleavedAs runs ours and other in turn each iteration, so load drifts weigh on both
+// alike, and reports each one's time per op (ours-ns/op, other-ns/op under the names given)
+// and their ratio.
+func interleavedAs(b *testing.B, oursName, otherName string, ours, other func() error) {
+	var tOurs, tOther time.Duration
 	for b.Loop() {
 		start := time.Now()
-		if err := many(); err != nil {
+		if err := ours(); err != nil {
 			b.Fatal(err)
 		}
 		mid := time.Now()
 		if err := other(); err != nil {
 			b.Fatal(err)
 		}
-		tMany += mid.Sub(start)
+		tOurs += mid.Sub(start)
 		tOther += time.Since(mid)
 	}
-	b.ReportMetric(float64(tMany.Nanoseconds())/float64(b.N), "many-ns/op")
-	b.ReportMetric(float64(tOther.Nanoseconds())/float64(b.N), "other-ns/op")
-	b.ReportMetric(float64(tMany)/float64(tOther), "many/other")
+	b.ReportMetric(float64(tOurs.Nanoseconds())/float64(b.N), oursName+"-ns/op")
+	b.ReportMetric(float64(tOther.Nanoseconds())/float64(b.N), otherName+"-ns/op")
+	b.ReportMetric(float64(tOurs)/float64(tOther), oursName+"/"+otherName)
 }
 
 // missCases benchmarks batches of keys with misses on c (whose store keys are storePrefix+key): AllMiss deletes every key before each

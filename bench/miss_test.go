@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -58,15 +59,7 @@ func BenchmarkMissFill(b *testing.B) {
 		client := newClient(b)
 		p := prefix(b, client)
 		run(b, func(ctx context.Context, key string, i int) (User, error) {
-			if _, err := client.Get(ctx, p+key).Bytes(); !errors.Is(err, redis.Nil) {
-				return User{}, errors.New("not a miss")
-			}
-			u, _ := load(i)(ctx)
-			data, err := json.Marshal(u)
-			if err != nil {
-				return u, err
-			}
-			return u, client.Set(ctx, p+key, data, time.Minute).Err()
+			return floorMiss(ctx, client, p+key, i)
 		})
 	})
 	// ours and the floor in turn, on keys of their own, each iteration one miss of each: the
@@ -80,34 +73,17 @@ func BenchmarkMissFill(b *testing.B) {
 		}
 		defer c.Close()
 		ctx := context.Background()
-		var tOurs, tFloor time.Duration
 		i := 0
-		for b.Loop() {
-			key := "miss" + strconv.Itoa(i)
-			start := time.Now()
-			u, err := c.GetOrLoad(ctx, key, load(i))
-			if err != nil || u.ID != int64(i) {
-				b.Fatalf("miss %d: %+v, %v", i, u, err)
+		interleavedAs(b, "ours", "floor", func() error {
+			if u, err := c.GetOrLoad(ctx, "miss"+strconv.Itoa(i), load(i)); err != nil || u.ID != int64(i) {
+				return fmt.Errorf("miss %d: %+v, %v", i, u, err)
 			}
-			mid := time.Now()
-			if _, err := client.Get(ctx, p+"f:"+key).Bytes(); !errors.Is(err, redis.Nil) {
-				b.Fatal("not a miss")
-			}
-			u, _ = load(i)(ctx)
-			data, err := json.Marshal(u)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := client.Set(ctx, p+"f:"+key, data, time.Minute).Err(); err != nil {
-				b.Fatal(err)
-			}
-			tOurs += mid.Sub(start)
-			tFloor += time.Since(mid)
-			i++
-		}
-		b.ReportMetric(float64(tOurs.Nanoseconds())/float64(b.N), "ours-ns/op")
-		b.ReportMetric(float64(tFloor.Nanoseconds())/float64(b.N), "floor-ns/op")
-		b.ReportMetric(float64(tOurs)/float64(tFloor), "ours/floor")
+			return nil
+		}, func() error {
+			defer func() { i++ }()
+			_, err := floorMiss(ctx, client, p+"f:miss"+strconv.Itoa(i), i)
+			return err
+		})
 	})
 	// The store's read-or-lease and fill alone (no Cache) and the floor in turn: what the
 	// Lua protocol itself costs over GET + SET.
@@ -116,41 +92,27 @@ func BenchmarkMissFill(b *testing.B) {
 		p := prefix(b, client)
 		s := cacheaside.NewRedisStore(client)
 		ctx := context.Background()
-		var tOurs, tFloor time.Duration
 		i := 0
-		for b.Loop() {
-			key := "miss" + strconv.Itoa(i)
-			start := time.Now()
-			lk, err := s.GetOrLease(ctx, p+"o:"+key, "tok", 10*time.Second)
+		interleavedAs(b, "ours", "floor", func() error {
+			key := p + "o:miss" + strconv.Itoa(i)
+			lk, err := s.GetOrLease(ctx, key, "tok", 10*time.Second)
 			if err != nil || !lk.Granted {
-				b.Fatalf("lease %s: %+v %v", key, lk, err)
+				return fmt.Errorf("lease %s: %+v %v", key, lk, err)
 			}
 			u, _ := load(i)(ctx)
 			data, err := json.Marshal(u)
 			if err != nil {
-				b.Fatal(err)
+				return err
 			}
-			if ok, err := s.Fill(ctx, p+"o:"+key, "tok", data, time.Minute); !ok || err != nil {
-				b.Fatalf("fill %s: %v %v", key, ok, err)
+			if ok, err := s.Fill(ctx, key, "tok", data, time.Minute); !ok || err != nil {
+				return fmt.Errorf("fill %s: %v %v", key, ok, err)
 			}
-			mid := time.Now()
-			if _, err := client.Get(ctx, p+"f:"+key).Bytes(); !errors.Is(err, redis.Nil) {
-				b.Fatal("not a miss")
-			}
-			u, _ = load(i)(ctx)
-			if data, err = json.Marshal(u); err != nil {
-				b.Fatal(err)
-			}
-			if err := client.Set(ctx, p+"f:"+key, data, time.Minute).Err(); err != nil {
-				b.Fatal(err)
-			}
-			tOurs += mid.Sub(start)
-			tFloor += time.Since(mid)
-			i++
-		}
-		b.ReportMetric(float64(tOurs.Nanoseconds())/float64(b.N), "ours-ns/op")
-		b.ReportMetric(float64(tFloor.Nanoseconds())/float64(b.N), "floor-ns/op")
-		b.ReportMetric(float64(tOurs)/float64(tFloor), "ours/floor")
+			return nil
+		}, func() error {
+			defer func() { i++ }()
+			_, err := floorMiss(ctx, client, p+"f:miss"+strconv.Itoa(i), i)
+			return err
+		})
 	})
 	// The store's lease operations alone, without the Cache around them: a miss's
 	// read-or-lease and fill, the refresh's lease and fill of a present value, a released
@@ -266,4 +228,17 @@ func BenchmarkMissFill(b *testing.B) {
 			return u, nil
 		})
 	})
+}
+
+// floorMiss is the floor of a miss + fill: a GET that finds nothing, the load (user i), a SET.
+func floorMiss(ctx context.Context, client redis.UniversalClient, key string, i int) (User, error) {
+	if _, err := client.Get(ctx, key).Bytes(); !errors.Is(err, redis.Nil) {
+		return User{}, fmt.Errorf("%s: not a miss: %v", key, err)
+	}
+	u := newUser(i)
+	data, err := json.Marshal(u)
+	if err != nil {
+		return u, err
+	}
+	return u, client.Set(ctx, key, data, time.Minute).Err()
 }
