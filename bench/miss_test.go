@@ -31,7 +31,7 @@ func BenchmarkMissFill(b *testing.B) {
 		for b.Loop() {
 			u, err := get(ctx, "miss"+strconv.Itoa(i), i)
 			if err != nil || u.ID != int64(i) {
-				b.Fatalf("miss %d: %+v, %v", i, u, err)
+				b.Fatalf("miss %d: %+v, %w", i, u, err)
 			}
 			i++
 		}
@@ -76,7 +76,7 @@ func BenchmarkMissFill(b *testing.B) {
 		i := 0
 		interleavedAs(b, "ours", "floor", func() error {
 			if u, err := c.GetOrLoad(ctx, "miss"+strconv.Itoa(i), load(i)); err != nil || u.ID != int64(i) {
-				return fmt.Errorf("miss %d: %+v, %v", i, u, err)
+				return fmt.Errorf("miss %d: %+v, %w", i, u, err)
 			}
 			return nil
 		}, func() error {
@@ -97,7 +97,7 @@ func BenchmarkMissFill(b *testing.B) {
 			key := p + "o:miss" + strconv.Itoa(i)
 			lk, err := s.GetOrLease(ctx, key, "tok", 10*time.Second)
 			if err != nil || !lk.Granted {
-				return fmt.Errorf("lease %s: %+v %v", key, lk, err)
+				return fmt.Errorf("lease %s: %+v %w", key, lk, err)
 			}
 			u, _ := load(i)(ctx)
 			data, err := json.Marshal(u)
@@ -105,7 +105,7 @@ func BenchmarkMissFill(b *testing.B) {
 				return err
 			}
 			if ok, err := s.Fill(ctx, key, "tok", data, time.Minute); !ok || err != nil {
-				return fmt.Errorf("fill %s: %v %v", key, ok, err)
+				return fmt.Errorf("fill %s: %v %w", key, ok, err)
 			}
 			return nil
 		}, func() error {
@@ -233,7 +233,7 @@ func BenchmarkMissFill(b *testing.B) {
 // floorMiss is the floor of a miss + fill: a GET that finds nothing, the load (user i), a SET.
 func floorMiss(ctx context.Context, client redis.UniversalClient, key string, i int) (User, error) {
 	if _, err := client.Get(ctx, key).Bytes(); !errors.Is(err, redis.Nil) {
-		return User{}, fmt.Errorf("%s: not a miss: %v", key, err)
+		return User{}, fmt.Errorf("%s: not a miss: %w", key, err)
 	}
 	u := newUser(i)
 	data, err := json.Marshal(u)
