@@ -31,7 +31,7 @@ func BenchmarkMissFill(b *testing.B) {
 		for b.Loop() {
 			u, err := get(ctx, "miss"+strconv.Itoa(i), i)
 			if err != nil || u.ID != int64(i) {
-				b.Fatalf("miss %d: %+v, %w", i, u, err)
+				b.Fatalf("miss %d: %+v, %v", i, u, err)
 			}
 			i++
 		}
