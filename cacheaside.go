@@ -267,8 +267,8 @@ func (c *Cache[T]) InvalidateTags(ctx context.Context, tags ...string) error {
 
 // Close stops the cache: it refuses new calls, cancels the loads in flight (their loaders'
 // contexts end), and returns once every call that was running has returned and every
-// goroutine of the Cache (loads, waits, refreshes, the store prober, the L1 subscriber) has
-// ended. It leaves the store open.
+// goroutine of the Cache (loads, waits, refreshes, the store prober, the L1 subscriber, and the
+// idle goroutines it keeps to run the next loads on) has ended. It leaves the store open.
 //
 // No lease outlives Close: a lease this instance was granted and will not fill (a load that
 // Close ended, a read-or-lease that was on the wire when Close began) is released before Close

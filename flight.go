@@ -185,7 +185,7 @@ func (g *flightGroup[T]) spawn(ctx context.Context, keys []flightKey, gens []uin
 		}
 	}
 	g.mu.Unlock()
-	go func() {
+	g.life.run(func() {
 		defer g.life.done()
 		var lctx context.Context
 		var cancel context.CancelFunc
@@ -206,7 +206,7 @@ func (g *flightGroup[T]) spawn(ctx context.Context, keys []flightKey, gens []uin
 		}()
 		fn(lctx, fs, idx)
 		completed = true
-	}()
+	})
 	return fs, false
 }
 

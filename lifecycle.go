@@ -18,11 +18,13 @@ type lifecycle struct {
 	wg     sync.WaitGroup
 	ctx    context.Context // cancelled by close
 	cancel context.CancelFunc
+	pool   workers // the goroutines goOwned and run use (workers.go)
 }
 
 func newLifecycle() *lifecycle {
 	l := &lifecycle{}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
+	l.pool.life = l
 	return l
 }
 
@@ -51,12 +53,16 @@ func (l *lifecycle) goOwned(fn func()) bool {
 	if !l.add() {
 		return false
 	}
-	go func() {
+	l.run(func() {
 		defer l.wg.Done()
 		fn()
-	}()
+	})
 	return true
 }
+
+// run runs fn on a pooled goroutine the Cache owns. The caller holds a count from add, which
+// fn releases with done.
+func (l *lifecycle) run(fn func()) { l.pool.run(fn) }
 
 // close refuses new goroutines and cancels the context; it reports false if it was closed
 // already. wait then waits for the goroutines.

@@ -1,0 +1,144 @@
+package cacheaside
+
+import (
+	"bytes"
+	"context"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// goid returns the calling goroutine's id, from its stack header ("goroutine 7 [running]:").
+func goid(t *testing.T) uint64 {
+	var buf [64]byte
+	b := buf[:runtime.Stack(buf[:], false)]
+	b = bytes.TrimPrefix(b, []byte("goroutine "))
+	id, err := strconv.ParseUint(string(b[:bytes.IndexByte(b, ' ')]), 10, 64)
+	require.NoError(t, err)
+	return id
+}
+
+// waitIdle waits until the pool has n idle workers.
+func waitIdle(t *testing.T, p *workers, n int) {
+	t.Helper()
+	within(t, 5*time.Second, "idle workers", func() {
+		for p.idleCount() < n {
+			time.Sleep(time.Millisecond)
+		}
+	})
+}
+
+// Consecutive misses run their loads on one reused goroutine, not on a new one each (whose
+// stack would grow again through every load).
+func TestWorkersReuseLoadGoroutine(t *testing.T) {
+	c := newTestCache[int](t, NewMemoryStore())
+	ids := map[uint64]bool{}
+	for i := range 20 {
+		if i > 0 {
+			waitIdle(t, &c.life.pool, 1)
+		}
+		v, err := c.GetOrLoad(bg(), "k"+strconv.Itoa(i), func(context.Context) (int, error) {
+			ids[goid(t)] = true
+			return i, nil
+		})
+		require.NoError(t, err)
+		require.Equal(t, i, v)
+	}
+	require.Len(t, ids, 1, "every load ran on the same pooled goroutine")
+}
+
+// An idle worker ends after the idle timeout.
+func TestWorkersEndWhenIdle(t *testing.T) {
+	l := newLifecycle()
+	l.pool.idle = 20 * time.Millisecond
+	ran := make(chan struct{})
+	require.True(t, l.goOwned(func() { close(ran) }))
+	<-ran
+	within(t, 5*time.Second, "the idle worker ending", l.wait)
+	require.Zero(t, l.pool.idleCount())
+	l.close()
+}
+
+// Close ends the idle workers (at their default idle timeout of 10 s they would outlive it), and
+// wait waits for them.
+func TestWorkersEndOnClose(t *testing.T) {
+	l := newLifecycle()
+	var wg sync.WaitGroup
+	release := make(chan struct{})
+	for range 5 {
+		wg.Add(1)
+		require.True(t, l.goOwned(func() { wg.Done(); <-release }))
+	}
+	wg.Wait()
+	close(release)
+	waitIdle(t, &l.pool, 5)
+	require.True(t, l.close())
+	within(t, 5*time.Second, "wait after close", l.wait)
+	require.Zero(t, l.pool.idleCount())
+	require.False(t, l.goOwned(func() { t.Error("ran after close") }))
+}
+
+// At most maxIdle workers wait; the others end when their function returns.
+func TestWorkersMaxIdle(t *testing.T) {
+	l := newLifecycle()
+	l.pool.maxIdle = 2
+	var wg sync.WaitGroup
+	release := make(chan struct{})
+	for range 6 {
+		wg.Add(1)
+		require.True(t, l.goOwned(func() { wg.Done(); <-release }))
+	}
+	wg.Wait()
+	close(release)
+	waitIdle(t, &l.pool, 2)
+	time.Sleep(20 * time.Millisecond) // the other four, had they parked, would show now
+	require.Equal(t, 2, l.pool.idleCount())
+	l.close()
+	within(t, 5*time.Second, "wait after close", l.wait)
+}
+
+// A function that calls runtime.Goexit ends its worker and nothing else: the pool goes on.
+func TestWorkersGoexit(t *testing.T) {
+	l := newLifecycle()
+	done := make(chan struct{})
+	require.True(t, l.goOwned(func() { defer close(done); runtime.Goexit() }))
+	<-done
+	ran := make(chan struct{})
+	require.True(t, l.goOwned(func() { close(ran) }))
+	within(t, 5*time.Second, "a function after a Goexit", func() { <-ran })
+	l.close()
+	within(t, 5*time.Second, "wait after close", l.wait)
+}
+
+// Many goroutines handing functions to workers that time out about as fast as they park: every
+// function runs once, and close waits for every worker (run with -race).
+func TestWorkersConcurrent(t *testing.T) {
+	l := newLifecycle()
+	l.pool.idle = time.Microsecond * 200
+	l.pool.maxIdle = 4
+	var ran atomic.Int64
+	var wg sync.WaitGroup
+	const goroutines, each = 8, 500
+	for range goroutines {
+		wg.Go(func() {
+			for i := range each {
+				if !l.goOwned(func() { ran.Add(1) }) {
+					t.Error("refused while open")
+				}
+				if i%50 == 0 {
+					time.Sleep(time.Millisecond) // let some workers time out
+				}
+			}
+		})
+	}
+	within(t, 20*time.Second, "handing out functions", wg.Wait)
+	l.close()
+	within(t, 5*time.Second, "wait after close", l.wait)
+	require.EqualValues(t, goroutines*each, ran.Load())
+	require.Zero(t, l.pool.idleCount())
+}
