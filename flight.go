@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime/debug"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -187,6 +188,9 @@ func (g *flightGroup[T]) spawn(ctx context.Context, keys []flightKey, gens []uin
 	g.mu.Unlock()
 	g.life.run(func() {
 		defer g.life.done()
+		// The caller's profiler labels (pprof.Do), as a goroutine of its own would inherit
+		// them; the pooled goroutine drops them when the load ends (workers.go).
+		pprof.SetGoroutineLabels(ctx)
 		var lctx context.Context
 		var cancel context.CancelFunc
 		if timeout > 0 {

@@ -1,6 +1,7 @@
 package cacheaside
 
 import (
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"time"
@@ -17,6 +18,10 @@ const (
 // of starting one per function. A miss runs its load on such a goroutine; a new goroutine
 // starts with a small stack and grows it (copying) through the load, the codec and the store
 // call, about 12 µs per miss on the fill benchmark, where a reused one already has the stack.
+//
+// A function runs with no profiler labels (runtime/pprof): whatever labels the worker's
+// creator had, or an earlier function set, are dropped; a function that wants its caller's sets
+// them from its context (flight.go does).
 //
 // Every worker is counted in its lifecycle's wait group from start to end, so Close waits for
 // the idle ones too: they end when the lifecycle's context is cancelled, after idle of
@@ -59,6 +64,7 @@ func (p *workers) work(w *worker, fn func()) {
 	var timer *time.Timer
 	for {
 		fn()
+		pprof.SetGoroutineLabels(p.life.ctx) // none: the next function must not run under fn's
 		if !p.park(w) {
 			return
 		}

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -141,4 +143,88 @@ func TestWorkersConcurrent(t *testing.T) {
 	within(t, 5*time.Second, "wait after close", l.wait)
 	require.EqualValues(t, goroutines*each, ran.Load())
 	require.Zero(t, l.pool.idleCount())
+}
+
+// labelProbe blocks a loader until the test has read the goroutine profile; its name marks the
+// loader's goroutine in that profile.
+//
+//go:noinline
+func labelProbe(entered chan<- struct{}, release <-chan struct{}) {
+	entered <- struct{}{}
+	<-release
+}
+
+// probeLabels returns the profiler labels ("" for none) of the goroutine that calls the probe
+// start hands out, as the goroutine profile shows them; start returns once that call returned.
+func probeLabels(t *testing.T, start func(probe func())) string {
+	t.Helper()
+	entered, release := make(chan struct{}), make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		start(func() { labelProbe(entered, release) })
+	}()
+	<-entered
+	var buf bytes.Buffer
+	require.NoError(t, pprof.Lookup("goroutine").WriteTo(&buf, 1))
+	close(release)
+	<-done
+	for rec := range strings.SplitSeq(buf.String(), "\n\n") {
+		if !strings.Contains(rec, ".labelProbe+") {
+			continue
+		}
+		for line := range strings.SplitSeq(rec, "\n") {
+			if l, ok := strings.CutPrefix(line, "# labels: "); ok {
+				return l
+			}
+		}
+		return ""
+	}
+	t.Fatal("no probe goroutine in the profile")
+	return ""
+}
+
+// loaderLabels runs a miss of key under ctx and returns the labels its loader ran under.
+func loaderLabels(ctx context.Context, t *testing.T, c *Cache[int], key string) string {
+	return probeLabels(t, func(probe func()) {
+		_, err := c.GetOrLoad(ctx, key, func(context.Context) (int, error) { probe(); return 1, nil })
+		require.NoError(t, err)
+	})
+}
+
+// A load runs under its caller's profiler labels (pprof.Do), as on a goroutine of its own,
+// whatever the pooled goroutine ran before; a load whose caller has none runs with none.
+func TestWorkersProfilerLabels(t *testing.T) {
+	c := newTestCache[int](t, NewMemoryStore())
+	var got []string
+	pprof.Do(bg(), pprof.Labels("req", "a"), func(ctx context.Context) {
+		got = append(got, loaderLabels(ctx, t, c, "k1"))
+	})
+	waitIdle(t, &c.life.pool, 1)
+	got = append(got, loaderLabels(bg(), t, c, "k2"))
+	waitIdle(t, &c.life.pool, 1)
+	pprof.Do(bg(), pprof.Labels("req", "c"), func(ctx context.Context) {
+		got = append(got, loaderLabels(ctx, t, c, "k3"))
+	})
+	require.Equal(t, []string{`{"req":"a"}`, "", `{"req":"c"}`}, got)
+}
+
+// A pooled function starts with no profiler labels, whatever the one before it on the same
+// goroutine set.
+func TestWorkersDropLabels(t *testing.T) {
+	l := newLifecycle()
+	defer func() { l.close(); l.wait() }()
+	ran := make(chan struct{})
+	require.True(t, l.goOwned(func() {
+		pprof.SetGoroutineLabels(pprof.WithLabels(bg(), pprof.Labels("req", "a")))
+		close(ran)
+	}))
+	<-ran
+	waitIdle(t, &l.pool, 1)
+	got := probeLabels(t, func(probe func()) {
+		done := make(chan struct{})
+		require.True(t, l.goOwned(func() { probe(); close(done) }))
+		<-done
+	})
+	require.Empty(t, got)
 }
