@@ -244,6 +244,12 @@ func BenchmarkRedisHit(b *testing.B) {
 			return u, err
 		}, &calls)
 	})
+	// ours and the floor in turn, each iteration one hit of each on keys of their own, on one
+	// client: the ratio of one run, both under the same load (loopback latency on a shared VM
+	// moves by tens of percent between runs). With a ContextTimeoutEnabled client and with
+	// go-redis's defaults.
+	b.Run("ours-vs-floor", func(b *testing.B) { hitVsFloor(b, newClient(b)) })
+	b.Run("ours-vs-floor-default-client", func(b *testing.B) { hitVsFloor(b, newDefaultClient(b)) })
 	b.Run("floor-go-redis-get-json", func(b *testing.B) {
 		client := newClient(b)
 		p := prefix(b, client)
@@ -262,6 +268,51 @@ func BenchmarkRedisHit(b *testing.B) {
 			}
 			return u, json.Unmarshal(data, &u)
 		}, nil)
+	})
+}
+
+// hitVsFloor runs a Cache hit and a GET + JSON decode in turn on client (interleavedAs), serially,
+// over hitKeys keys each.
+func hitVsFloor(b *testing.B, client *redis.Client) {
+	p := prefix(b, client)
+	c, err := cacheaside.New[User](cacheaside.NewRedisStore(client), append(patient, cacheaside.WithPrefix(p+"o:"), cacheaside.WithTTL(time.Hour))...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	for i := range hitKeys {
+		if _, err := c.GetOrLoad(ctx, keyOf(i), func(context.Context) (User, error) { return newUser(i), nil }); err != nil {
+			b.Fatal(err)
+		}
+		data, _ := json.Marshal(newUser(i))
+		if err := client.Set(ctx, p+"f:"+keyOf(i), data, time.Hour).Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var calls atomic.Int64
+	defer reportFallbacks(b, &calls)
+	loaders := fallbackLoaders(&calls)
+	b.ReportAllocs()
+	i := 0
+	interleavedAs(b, "ours", "floor", func() error {
+		k := i % hitKeys
+		if u, err := c.GetOrLoad(ctx, keyOf(k), loaders[k]); err != nil || u.ID != int64(k) {
+			return fmt.Errorf("hit %d: %+v, %w", k, u, err)
+		}
+		return nil
+	}, func() error {
+		defer func() { i++ }()
+		k := i % hitKeys
+		data, err := client.Get(ctx, p+"f:"+keyOf(k)).Bytes()
+		if err != nil {
+			return err
+		}
+		var u User
+		if err := json.Unmarshal(data, &u); err != nil || u.ID != int64(k) {
+			return fmt.Errorf("floor %d: %+v, %w", k, u, err)
+		}
+		return nil
 	})
 }
 
