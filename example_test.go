@@ -85,7 +85,9 @@ func ExampleNewRedisStore() {
 		panic(err)
 	}
 	defer mr.Close()
-	client := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	// ContextTimeoutEnabled: the client bounds each call by its context's deadline itself, so
+	// the store needs no goroutine per call to bound it (see NewRedisStore).
+	client := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true})
 	defer client.Close()
 
 	users, err := cacheaside.New[User](cacheaside.NewRedisStore(client), cacheaside.WithPrefix("users:"))

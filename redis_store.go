@@ -44,7 +44,9 @@ var (
 // goroutine and the caller leaves at the deadline Cache gives it (WithStoreTimeout), so a
 // hung Redis costs callers at most that timeout. Build the client with
 // ContextTimeoutEnabled: true to skip the goroutine (a hit then runs on the caller's
-// goroutine, with no timer of its own: storebound.go).
+// goroutine, with no timer of its own: storebound.go); the hand-over to it and back made a
+// loopback hit 1.32x a GET + decode on the same client, against 1.06x without (README:
+// Benchmarks).
 type RedisStore struct {
 	client     redis.UniversalClient
 	trusted    bool // the client enforces context deadlines itself
