@@ -2,6 +2,8 @@ package bench
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,6 +47,68 @@ func runL1Hit(b *testing.B, get func() (user, error)) {
 				}
 			}
 		})
+	})
+}
+
+// l1Block is how many hits of one side interleavedL1 runs before it switches to the other:
+// enough that the two clock reads around a block cost under 1% of it.
+const l1Block = 1024
+
+// interleavedL1 runs ours and floor in turn, l1Block hits of each per iteration, serially and in
+// parallel (each goroutine alternating on its own), and reports each side's time per hit and
+// their ratio: both see the same machine at the same moments, which separate cases do not.
+func interleavedL1(b *testing.B, ours, floor func() (user, error)) {
+	block := func(get func() (user, error)) (time.Duration, error) {
+		start := time.Now()
+		for range l1Block {
+			if v, err := get(); err != nil || v.ID != 42 {
+				return 0, fmt.Errorf("%v, %w", v, err)
+			}
+		}
+		return time.Since(start), nil
+	}
+	report := func(b *testing.B, tOurs, tFloor time.Duration) {
+		hits := float64(b.N) * l1Block
+		b.ReportMetric(float64(tOurs.Nanoseconds())/hits, "ours-ns/hit")
+		b.ReportMetric(float64(tFloor.Nanoseconds())/hits, "floor-ns/hit")
+		b.ReportMetric(float64(tOurs)/float64(tFloor), "ours/floor")
+	}
+	b.Run("serial", func(b *testing.B) {
+		b.ReportAllocs()
+		var tOurs, tFloor time.Duration
+		for b.Loop() {
+			o, err := block(ours)
+			if err != nil {
+				b.Fatal(err)
+			}
+			f, err := block(floor)
+			if err != nil {
+				b.Fatal(err)
+			}
+			tOurs, tFloor = tOurs+o, tFloor+f
+		}
+		report(b, tOurs, tFloor)
+	})
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		var tOurs, tFloor atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				o, err := block(ours)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				f, err := block(floor)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				tOurs.Add(int64(o))
+				tFloor.Add(int64(f))
+			}
+		})
+		report(b, time.Duration(tOurs.Load()), time.Duration(tFloor.Load()))
 	})
 }
 
@@ -93,6 +157,32 @@ func BenchmarkL1Hit(b *testing.B) {
 			b.Fatal(err)
 		}
 		runL1Hit(b, func() (user, error) { return c.GetOrLoad(ctx, l1Key, load) })
+	})
+
+	// cacheaside and the floor in turn, 1,024 hits of each at a time (interleavedL1).
+	b.Run("cacheaside-vs-floor", func(b *testing.B) {
+		store := cacheaside.NewMemoryStore()
+		defer store.Close()
+		c, err := cacheaside.New[user](store, cacheaside.WithLocalCache(10_000, time.Minute), cacheaside.WithTTL(time.Hour))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		for range 2 { // the store hit that fills L1, then an L1 hit
+			if _, err := c.GetOrLoad(ctx, l1Key, load); err != nil {
+				b.Fatal(err)
+			}
+		}
+		o := otter.Must(&otter.Options[string, *l1Entry]{MaximumSize: 10_000})
+		defer o.StopAllGoroutines()
+		o.Set(l1Key, &l1Entry{val: l1Value, ttl: time.Minute})
+		interleavedL1(b, func() (user, error) { return c.GetOrLoad(ctx, l1Key, load) }, func() (user, error) {
+			e, ok := o.GetIfPresent(l1Key)
+			if !ok {
+				return user{}, cacheaside.ErrNotFound
+			}
+			return e.val, nil
+		})
 	})
 
 	// The floor: otter's GetIfPresent on a plain size-bounded cache (no expiry).
