@@ -19,9 +19,9 @@
 //	                                              floor-go-redis-get-json (ContextTimeoutEnabled
 //	                                              clients); ours-default-client,
 //	                                              floor-default-client-get-json (go-redis defaults)
-//	BenchmarkRedisHit/ours-vs-floor[-default-client]  ours and the floor (GET + decode) in turn,
-//	                                              serially, on one client: ours/floor, the ratio
-//	                                              of one run
+//	BenchmarkRedisHit/ours-vs-floor[-default-client]/{serial,parallel}  ours and the floor
+//	                                              (GET + decode) in turn on one client:
+//	                                              ours/floor, the ratio of one run
 //	BenchmarkMemoryHit/<impl>/{serial,parallel}   a hit in process memory: ours-memory (the
 //	                                              MemoryStore, decoding each hit), sturdyc,
 //	                                              go-redis-cache-local, floor-otter

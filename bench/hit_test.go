@@ -271,8 +271,8 @@ func BenchmarkRedisHit(b *testing.B) {
 	})
 }
 
-// hitVsFloor runs a Cache hit and a GET + JSON decode in turn on client (interleavedAs), serially,
-// over hitKeys keys each.
+// hitVsFloor runs a Cache hit and a GET + JSON decode in turn on client, serially
+// (interleavedAs) and in parallel, over hitKeys keys each.
 func hitVsFloor(b *testing.B, client *redis.Client) {
 	p := prefix(b, client)
 	c, err := cacheaside.New[User](cacheaside.NewRedisStore(client), append(patient, cacheaside.WithPrefix(p+"o:"), cacheaside.WithTTL(time.Hour))...)
@@ -293,17 +293,13 @@ func hitVsFloor(b *testing.B, client *redis.Client) {
 	var calls atomic.Int64
 	defer reportFallbacks(b, &calls)
 	loaders := fallbackLoaders(&calls)
-	b.ReportAllocs()
-	i := 0
-	interleavedAs(b, "ours", "floor", func() error {
-		k := i % hitKeys
+	ours := func(k int) error {
 		if u, err := c.GetOrLoad(ctx, keyOf(k), loaders[k]); err != nil || u.ID != int64(k) {
 			return fmt.Errorf("hit %d: %+v, %w", k, u, err)
 		}
 		return nil
-	}, func() error {
-		defer func() { i++ }()
-		k := i % hitKeys
+	}
+	floor := func(k int) error {
 		data, err := client.Get(ctx, p+"f:"+keyOf(k)).Bytes()
 		if err != nil {
 			return err
@@ -313,6 +309,43 @@ func hitVsFloor(b *testing.B, client *redis.Client) {
 			return fmt.Errorf("floor %d: %+v, %w", k, u, err)
 		}
 		return nil
+	}
+	b.Run("serial", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		interleavedAs(b, "ours", "floor", func() error { return ours(i % hitKeys) }, func() error {
+			defer func() { i++ }()
+			return floor(i % hitKeys)
+		})
+	})
+	// Each goroutine alternates one hit of each on keys of its own offset; the sums over all
+	// goroutines give the ratio (per-goroutine latency, not throughput).
+	b.Run("parallel", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetParallelism(redisParallelism)
+		var goroutines, tOurs, tFloor atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			i := int(goroutines.Add(1)) * 97
+			for pb.Next() {
+				k := i % hitKeys
+				start := time.Now()
+				if err := ours(k); err != nil {
+					b.Error(err)
+					return
+				}
+				mid := time.Now()
+				if err := floor(k); err != nil {
+					b.Error(err)
+					return
+				}
+				tOurs.Add(int64(mid.Sub(start)))
+				tFloor.Add(int64(time.Since(mid)))
+				i++
+			}
+		})
+		b.ReportMetric(float64(tOurs.Load())/float64(b.N), "ours-ns/op")
+		b.ReportMetric(float64(tFloor.Load())/float64(b.N), "floor-ns/op")
+		b.ReportMetric(float64(tOurs.Load())/float64(tFloor.Load()), "ours/floor")
 	})
 }
 
