@@ -140,17 +140,7 @@ func newDefaultClient(tb testing.TB) *redis.Client {
 func BenchmarkRedisHit(b *testing.B) {
 	b.Run("ours", func(b *testing.B) {
 		client := newClient(b)
-		c, err := cacheaside.New[User](cacheaside.NewRedisStore(client), append(patient, cacheaside.WithPrefix(prefix(b, client)), cacheaside.WithTTL(time.Hour))...)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		ctx := context.Background()
-		for i := range hitKeys {
-			if _, err := c.GetOrLoad(ctx, keyOf(i), func(context.Context) (User, error) { return newUser(i), nil }); err != nil {
-				b.Fatal(err)
-			}
-		}
+		c := warmHitCache(b, client, prefix(b, client))
 		var calls atomic.Int64
 		loaders := fallbackLoaders(&calls)
 		runHit(b, redisParallelism, func(ctx context.Context, i int) (User, error) {
@@ -190,17 +180,7 @@ func BenchmarkRedisHit(b *testing.B) {
 	})
 	b.Run("ours-default-client", func(b *testing.B) {
 		client := newDefaultClient(b)
-		c, err := cacheaside.New[User](cacheaside.NewRedisStore(client), append(patient, cacheaside.WithPrefix(prefix(b, client)), cacheaside.WithTTL(time.Hour))...)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		ctx := context.Background()
-		for i := range hitKeys {
-			if _, err := c.GetOrLoad(ctx, keyOf(i), func(context.Context) (User, error) { return newUser(i), nil }); err != nil {
-				b.Fatal(err)
-			}
-		}
+		c := warmHitCache(b, client, prefix(b, client))
 		var calls atomic.Int64
 		loaders := fallbackLoaders(&calls)
 		runHit(b, redisParallelism, func(ctx context.Context, i int) (User, error) {
@@ -271,20 +251,30 @@ func BenchmarkRedisHit(b *testing.B) {
 	})
 }
 
-// hitVsFloor runs a Cache hit and a GET + JSON decode in turn on client, serially
-// (interleavedAs) and in parallel, over hitKeys keys each.
-func hitVsFloor(b *testing.B, client *redis.Client) {
-	p := prefix(b, client)
-	c, err := cacheaside.New[User](cacheaside.NewRedisStore(client), append(patient, cacheaside.WithPrefix(p+"o:"), cacheaside.WithTTL(time.Hour))...)
+// warmHitCache returns a Cache on client under prefix p, closed at the end of b, with hitKeys
+// keys cached.
+func warmHitCache(b *testing.B, client *redis.Client, p string) *cacheaside.Cache[User] {
+	c, err := cacheaside.New[User](cacheaside.NewRedisStore(client), append(patient, cacheaside.WithPrefix(p), cacheaside.WithTTL(time.Hour))...)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
+	b.Cleanup(func() { _ = c.Close() })
 	ctx := context.Background()
 	for i := range hitKeys {
 		if _, err := c.GetOrLoad(ctx, keyOf(i), func(context.Context) (User, error) { return newUser(i), nil }); err != nil {
 			b.Fatal(err)
 		}
+	}
+	return c
+}
+
+// hitVsFloor runs a Cache hit and a GET + JSON decode in turn on client, serially
+// (interleavedAs) and in parallel, over hitKeys keys each.
+func hitVsFloor(b *testing.B, client *redis.Client) {
+	p := prefix(b, client)
+	c := warmHitCache(b, client, p+"o:")
+	ctx := context.Background()
+	for i := range hitKeys {
 		data, _ := json.Marshal(newUser(i))
 		if err := client.Set(ctx, p+"f:"+keyOf(i), data, time.Hour).Err(); err != nil {
 			b.Fatal(err)

@@ -132,6 +132,26 @@ func runOtterL1(b *testing.B, o *otter.Cache[string, *l1Entry]) {
 	})
 }
 
+// newL1Cache returns a Cache with an L1 over a MemoryStore, closed (with the store) at the end
+// of b, whose L1 holds l1Key.
+func newL1Cache(b *testing.B, load func(context.Context) (user, error)) *cacheaside.Cache[user] {
+	store := cacheaside.NewMemoryStore()
+	c, err := cacheaside.New[user](store, cacheaside.WithLocalCache(10_000, time.Minute), cacheaside.WithTTL(time.Hour))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = c.Close(); store.Close() })
+	ctx := context.Background()
+	if _, err := c.GetOrLoad(ctx, l1Key, load); err != nil { // the store hit that fills L1
+		b.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // the memory subscription goes live at once; be sure
+	if _, err := c.GetOrLoad(ctx, l1Key, load); err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
 // BenchmarkL1Hit compares a hit in the in-process cache: cacheaside's L1 (WithLocalCache)
 // through GetOrLoad; the floor, otter's own GetIfPresent on a plain size-bounded cache; otter
 // with a per-entry expiry on the precise clock (otter-expiry) and on a 1 ms coarse clock
@@ -142,37 +162,13 @@ func BenchmarkL1Hit(b *testing.B) {
 	load := func(context.Context) (user, error) { return l1Value, nil }
 
 	b.Run("cacheaside", func(b *testing.B) {
-		store := cacheaside.NewMemoryStore()
-		defer store.Close()
-		c, err := cacheaside.New[user](store, cacheaside.WithLocalCache(10_000, time.Minute), cacheaside.WithTTL(time.Hour))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		if _, err := c.GetOrLoad(ctx, l1Key, load); err != nil { // the store hit that fills L1
-			b.Fatal(err)
-		}
-		time.Sleep(10 * time.Millisecond) // the memory subscription goes live at once; be sure
-		if _, err := c.GetOrLoad(ctx, l1Key, load); err != nil {
-			b.Fatal(err)
-		}
+		c := newL1Cache(b, load)
 		runL1Hit(b, func() (user, error) { return c.GetOrLoad(ctx, l1Key, load) })
 	})
 
 	// cacheaside and the floor in turn, 1,024 hits of each at a time (interleavedL1).
 	b.Run("cacheaside-vs-floor", func(b *testing.B) {
-		store := cacheaside.NewMemoryStore()
-		defer store.Close()
-		c, err := cacheaside.New[user](store, cacheaside.WithLocalCache(10_000, time.Minute), cacheaside.WithTTL(time.Hour))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		for range 2 { // the store hit that fills L1, then an L1 hit
-			if _, err := c.GetOrLoad(ctx, l1Key, load); err != nil {
-				b.Fatal(err)
-			}
-		}
+		c := newL1Cache(b, load)
 		o := otter.Must(&otter.Options[string, *l1Entry]{MaximumSize: 10_000})
 		defer o.StopAllGoroutines()
 		o.Set(l1Key, &l1Entry{val: l1Value, ttl: time.Minute})
