@@ -140,7 +140,7 @@ func newL1Cache(b *testing.B, load func(context.Context) (user, error)) *cacheas
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = c.Close(); store.Close() })
+	b.Cleanup(func() { _ = c.Close(); _ = store.Close() })
 	ctx := context.Background()
 	if _, err := c.GetOrLoad(ctx, l1Key, load); err != nil { // the store hit that fills L1
 		b.Fatal(err)
