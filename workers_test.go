@@ -28,11 +28,24 @@ func goid(t *testing.T) uint64 {
 // waitIdle waits until the pool has n idle workers.
 func waitIdle(t *testing.T, p *workers, n int) {
 	t.Helper()
-	within(t, 5*time.Second, "idle workers", func() {
-		for p.idleCount() < n {
-			time.Sleep(time.Millisecond)
-		}
+	eventually(t, 5*time.Second, "idle workers", func() (bool, string) {
+		idle := p.idleCount()
+		return idle >= n, strconv.Itoa(idle) + " idle"
 	})
+}
+
+// runBlocked starts n functions on l's pool that block until the returned release is called,
+// and returns once all n run.
+func runBlocked(t *testing.T, l *lifecycle, n int) (release func()) {
+	t.Helper()
+	var wg sync.WaitGroup
+	ch := make(chan struct{})
+	for range n {
+		wg.Add(1)
+		require.True(t, l.goOwned(func() { wg.Done(); <-ch }))
+	}
+	wg.Wait()
+	return func() { close(ch) }
 }
 
 // Consecutive misses run their loads on one reused goroutine, not on a new one each (whose
@@ -70,14 +83,7 @@ func TestWorkersEndWhenIdle(t *testing.T) {
 // wait waits for them.
 func TestWorkersEndOnClose(t *testing.T) {
 	l := newLifecycle()
-	var wg sync.WaitGroup
-	release := make(chan struct{})
-	for range 5 {
-		wg.Add(1)
-		require.True(t, l.goOwned(func() { wg.Done(); <-release }))
-	}
-	wg.Wait()
-	close(release)
+	runBlocked(t, l, 5)()
 	waitIdle(t, &l.pool, 5)
 	require.True(t, l.close())
 	within(t, 5*time.Second, "wait after close", l.wait)
@@ -89,14 +95,7 @@ func TestWorkersEndOnClose(t *testing.T) {
 func TestWorkersMaxIdle(t *testing.T) {
 	l := newLifecycle()
 	l.pool.maxIdle = 2
-	var wg sync.WaitGroup
-	release := make(chan struct{})
-	for range 6 {
-		wg.Add(1)
-		require.True(t, l.goOwned(func() { wg.Done(); <-release }))
-	}
-	wg.Wait()
-	close(release)
+	runBlocked(t, l, 6)()
 	waitIdle(t, &l.pool, 2)
 	time.Sleep(20 * time.Millisecond) // the other four, had they parked, would show now
 	require.Equal(t, 2, l.pool.idleCount())
