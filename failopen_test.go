@@ -49,19 +49,22 @@ var strayMarkers = [][]byte{
 	[]byte("cacheaside.startHungListener"),
 }
 
-// strays returns the stacks of the goroutines that strayMarkers name.
-func strays() [][]byte {
+// goroutineStacks returns the stack of every goroutine, one per element.
+func goroutineStacks() [][]byte {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
 		if n < len(buf) {
-			buf = buf[:n]
-			break
+			return bytes.Split(buf[:n], []byte("\n\n"))
 		}
 		buf = make([]byte, 2*len(buf))
 	}
+}
+
+// strays returns the stacks of the goroutines that strayMarkers name.
+func strays() [][]byte {
 	var out [][]byte
-	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+	for _, g := range goroutineStacks() {
 		for _, m := range strayMarkers {
 			if bytes.Contains(g, m) {
 				out = append(out, g)
@@ -293,17 +296,18 @@ func TestFailOpenHungListener(t *testing.T) {
 // and calls reach it in waves: each after its lookup failed, one store timeout after the
 // lookup ahead of it on the key. So the loads are one per wave, and a load of a fixed 100 ms
 // counted 4 waves on a loaded machine under -race, where 20 goroutines take a while to all
-// get a CPU. Each load therefore lasts until every caller has entered GetOrLoad and the
-// breaker is open (no lookup starts any more), then long enough for the lookups still in
-// flight to fail (one running and one queued per key, a store timeout each) and 100 ms: the
-// callers then reach the first load, or the one after it, whatever the scheduling.
+// get a CPU. Each load therefore lasts until the breaker is open (no lookup starts any more)
+// and every caller still in GetOrLoad is parked on a flight (callersOnFlights), then a while:
+// the callers then reach the first load, or the one after it, whatever the scheduling. (A
+// margin of time instead of the parking, 100 ms past two store timeouts, still saw 4 loads
+// in a CI run under -race.)
 func checkConcurrentOneKey(t *testing.T, c *Cache[string]) {
 	t.Helper()
 	const callers = 20
 	var loads, entered atomic.Int64
 	load := func(ctx context.Context) (string, error) {
 		loads.Add(1)
-		for deadline := time.Now().Add(10 * time.Second); entered.Load() < callers || !c.gw.breaker.Open(); {
+		for deadline := time.Now().Add(10 * time.Second); entered.Load() < callers || !c.gw.breaker.Open() || !callersOnFlights(); {
 			if time.Now().After(deadline) {
 				break // the checks below fail: the breaker stays closed, or callers were lost
 			}
@@ -369,4 +373,19 @@ func TestFailOpenContextTimeoutsEnabled(t *testing.T) {
 		c := newTestCache[string](t, NewRedisStore(client))
 		checkConcurrentOneKey(t, c)
 	})
+}
+
+// callersOnFlights reports whether every goroutine of checkConcurrentOneKey that is still
+// alive is parked on a flight: sharing a load (await) or waiting for the running one to end
+// before it shares the next (loadWithoutStore). None is still looking up the store.
+func callersOnFlights() bool {
+	for _, g := range goroutineStacks() {
+		if !bytes.Contains(g, []byte("created by github.com/cacheaside/cacheaside.checkConcurrentOneKey")) {
+			continue
+		}
+		if !bytes.Contains(g, []byte("cacheaside.await[")) && !bytes.Contains(g, []byte(").loadWithoutStore(")) {
+			return false
+		}
+	}
+	return true
 }

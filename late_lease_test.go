@@ -1,12 +1,16 @@
 package cacheaside
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // lateStore delays the execution of GetOrLease and Fill behind the caller's back, as a slow
@@ -213,4 +217,60 @@ func TestFailOpenNoJoinAcrossRemoteInvalidate(t *testing.T) {
 	if v := <-done2; v != 1 {
 		t.Fatalf("a call that began after Invalidate returned got version %d, loaded before it (want 1)", v)
 	}
+}
+
+// Calls that wait for a store-less load that began before them (loadWithoutStore) share one
+// next load when it ends: they wake at once, and checking for a registered flight and starting
+// one is one step, so no two of them start one each.
+func TestFailOpenWaitersShareOneNextLoad(t *testing.T) {
+	c := newTestCache[int](t, downStore{NewMemoryStore()})
+	const waiters, rounds = 10, 20
+	for round := range rounds {
+		key := "k" + strconv.Itoa(round)
+		release := make(chan struct{})
+		var loads atomic.Int64
+		load := func(context.Context) (int, error) {
+			if loads.Add(1) == 1 {
+				<-release // the first load holds until every waiter waits for it
+				return 1, nil
+			}
+			// The next holds until no waiter is between the two loads any more (a load takes a
+			// while; one that ended at once would leave latecomers nothing to join).
+			for deadline := time.Now().Add(5 * time.Second); parkedStoreless(t.Name()) > 0 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+			return 1, nil
+		}
+		first := make(chan error, 1)
+		go func() { _, err := c.GetOrLoad(bg(), key, load); first <- err }()
+		eventually(t, 5*time.Second, "the first load", func() (bool, string) { return loads.Load() == 1, "" })
+		var wg sync.WaitGroup
+		for range waiters {
+			wg.Go(func() {
+				if _, err := c.GetOrLoad(bg(), key, load); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		eventually(t, 5*time.Second, "waiters parked on the first load", func() (bool, string) {
+			n := parkedStoreless(t.Name())
+			return n == waiters, strconv.Itoa(n) + " parked"
+		})
+		close(release)
+		within(t, 5*time.Second, "the callers", wg.Wait)
+		require.NoError(t, <-first)
+		require.EqualValues(t, 2, loads.Load(), "round %d: the first load, then one for all the waiters", round)
+	}
+}
+
+// parkedStoreless counts the goroutines of the test named test that are inside
+// loadWithoutStore: waiting for a load that began before them, or about to start or join one.
+func parkedStoreless(test string) int {
+	n := 0
+	for _, g := range goroutineStacks() {
+		if bytes.Contains(g, []byte(").loadWithoutStore(")) && bytes.Contains(g, []byte("cacheaside."+test+".")) {
+			n++
+		}
+	}
+	return n
 }

@@ -123,7 +123,10 @@ func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uin
 			return nil, false
 		}
 	}
-	return c.flights.launch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
+	// No flight now. Calls that waited for the same one wake together: checking again and
+	// starting one is one step, so one of them starts it and the others join it. Whichever
+	// flight they find registered began after this call did (it was not there a moment ago).
+	f, started := c.flights.joinOrLaunch(ctx, k, gen, c.cfg.loadTimeout, func(lctx context.Context, f *flight[T]) {
 		c.stats.storeless.Add(1)
 		lctx, obs := c.obs.loadStart(lctx, sk)
 		defer obs.end()
@@ -132,5 +135,12 @@ func (c *Cache[T]) loadWithoutStore(ctx context.Context, sk, tok string, gen uin
 		if tok != "" {
 			c.gw.abandon(lctx, sk, tok)
 		}
-	}), true
+	})
+	if f != nil && !started {
+		c.obs.coalesced(ctx, coalescedFlight)
+		if tok != "" {
+			c.gw.abandon(ctx, sk, tok)
+		}
+	}
+	return f, started
 }
